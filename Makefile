@@ -1,0 +1,30 @@
+# Every target installs what it needs on first use (a .venv with Python 3.11).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test demo bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install normgrad (editable) with every extra and the dev tools
+
+test: $(STAMP)  ## run the test suite
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)  ## the main job on the embedded default model and a real photo
+	$(BIN)/python examples/demo.py
+
+bench: $(STAMP)  ## speed and memory benchmarks (ratios, one process per table)
+	$(BIN)/python benchmarks/bench_engine.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) normgrad-demo .pytest_cache .ruff_cache

@@ -1,0 +1,35 @@
+"""normgrad: training-centric saliency for PyTorch models.
+
+>>> import normgrad as ng
+>>> maps = ng.normgrad(model, images, layers=["layer2", "layer3", "layer4"])
+>>> combined = ng.combine(maps, size=images.shape[-2:])
+"""
+
+from normgrad.combine import COMBINE_MODES, combine, normalize, upsample
+from normgrad.engine.layers import INPUT, layer_names, select_layers
+from normgrad.errors import NormGradError
+from normgrad.formulas.aggregate import AGGREGATES
+from normgrad.formulas.extract import EXTRACTS
+from normgrad.methods import normgrad, normgrad_selective, saliency
+from normgrad.targets import TrainingLoss, Unit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AGGREGATES",
+    "COMBINE_MODES",
+    "EXTRACTS",
+    "INPUT",
+    "NormGradError",
+    "TrainingLoss",
+    "Unit",
+    "__version__",
+    "combine",
+    "layer_names",
+    "normalize",
+    "normgrad",
+    "normgrad_selective",
+    "saliency",
+    "select_layers",
+    "upsample",
+]

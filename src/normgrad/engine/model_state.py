@@ -1,0 +1,46 @@
+"""Leave the user's model exactly as it was found.
+
+Saliency runs in eval mode (BatchNorm running statistics, no dropout).  The
+training flag of every submodule is restored afterwards, one by one, and
+every hook is removed — in ``finally``, so also when an exception is
+raised halfway.  Nothing else is ever changed: weights, buffers,
+``requires_grad``, in-place flags and ``.grad`` are never written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Set ``training=False`` on every submodule; restore each flag on exit."""
+    saved = [(module, module.training) for module in model.modules()]
+    try:
+        for module, _ in saved:
+            module.training = False
+        yield
+    finally:
+        for module, training in saved:
+            module.training = training
+
+
+class Hooks:
+    """A set of hook handles, all removed when the ``with`` block ends."""
+
+    def __init__(self) -> None:
+        self._handles: list[RemovableHandle] = []
+
+    def add(self, handle: RemovableHandle) -> None:
+        self._handles.append(handle)
+
+    def __enter__(self) -> Hooks:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        while self._handles:
+            self._handles.pop().remove()

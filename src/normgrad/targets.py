@@ -1,0 +1,127 @@
+"""Targets: the scalar objective ``J`` (one per sample) that is back-propagated.
+
+Following Captum and TorchRay, ``target`` may be
+
+* ``None`` — each sample's predicted class; ``J`` is its logit;
+* an ``int`` — the same class for every sample;
+* a list / tuple / 1-D tensor — one class per sample;
+* a callable ``output -> (N,)`` — any scalar function of the model output;
+* :class:`TrainingLoss` — ``J = −cross_entropy(output, labels)`` per sample,
+  so that positive means "helps training";
+* :class:`Unit` — an intermediate unit (a layer's channel, optionally at one
+  location) as the objective.
+
+``J`` is differentiated as is: signed aggregates (``sum``, ``max``) follow
+the sign of ``∂J/∂a``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from normgrad.errors import NormGradError
+from normgrad.formulas.layout import activation_to_nchw
+
+ClassIndices = Union[int, Sequence[int], Tensor, None]
+
+
+@dataclass(frozen=True)
+class TrainingLoss:
+    """``J = −cross_entropy(output, labels)`` per sample; labels default to the predicted class."""
+
+    labels: ClassIndices = None
+
+
+@dataclass(frozen=True)
+class Unit:
+    """An intermediate unit as the objective: ``J = a[:, channel, row, col]`` of ``layer``.
+
+    Without ``location`` the channel's spatial mean is used.  Token
+    activations (N, T, C) take ``location=(0, token)``.
+    """
+
+    layer: str
+    channel: int
+    location: tuple[int, int] | None = None
+
+    def read(self, activation: Tensor) -> Tensor:
+        """The unit's value per sample, (N,), from the layer's activation."""
+        grid = activation_to_nchw(activation, f"target unit at {self.layer!r}")
+        channels, height, width = grid.shape[1:]
+        if not 0 <= self.channel < channels:
+            raise NormGradError(f"target unit channel {self.channel} is out of range for {self.layer!r}, which has {channels} channels")
+        plane = grid[:, self.channel]
+        if self.location is None:
+            return plane.mean(dim=(1, 2))
+        row, col = self.location
+        if not (0 <= row < height and 0 <= col < width):
+            raise NormGradError(f"target unit location {self.location} is outside {self.layer!r}'s {height}×{width} grid")
+        return plane[:, row, col].clone()
+
+
+Target = Union[ClassIndices, Callable[[Any], Tensor], TrainingLoss, Unit]
+
+
+def class_indices(spec: ClassIndices, output: Any, what: str = "target") -> Tensor:
+    """Per-sample class indices (N,) from ``spec``; ``None`` means the predicted class."""
+    logits = _logits(output, what)
+    batch, num_classes = logits.shape
+    if spec is None:
+        return logits.detach().argmax(1)
+    if isinstance(spec, bool) or not isinstance(spec, (int, Sequence, Tensor)):
+        raise NormGradError(f"{what} must be None, an int, a per-sample list/tensor of ints, a callable, TrainingLoss or Unit; got {type(spec).__name__}")
+    indices = torch.as_tensor(spec, device=logits.device)
+    if indices.is_floating_point() or indices.is_complex():
+        raise NormGradError(f"{what} classes must be integers; got {indices.dtype}")
+    indices = indices.long()
+    if indices.dim() == 0:
+        indices = indices.expand(batch)
+    if indices.shape != (batch,):
+        raise NormGradError(f"{what} has {indices.numel()} classes for a batch of {batch}; give one int or one per sample")
+    bad = (indices < 0) | (indices >= num_classes)
+    if bool(bad.any()):
+        raise NormGradError(f"{what} class {int(indices[bad][0])} is out of range: the model has {num_classes} classes (0..{num_classes - 1})")
+    return indices
+
+
+def _logits(output: Any, what: str) -> Tensor:
+    if not isinstance(output, Tensor) or output.dim() != 2:
+        shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise NormGradError(f"{what} by class needs model outputs of shape (N, num_classes); got {shape}. Pass a callable target instead")
+    return output
+
+
+class Objective:
+    """``J`` for a target spec: ``scores(output, unit_value) -> (N,)``."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    @property
+    def unit(self) -> Unit | None:
+        return self.target if isinstance(self.target, Unit) else None
+
+    def scores(self, output: Any, unit_value: Tensor | None, batch: int) -> Tensor:
+        target = self.target
+        if isinstance(target, Unit):
+            assert unit_value is not None
+            scores = unit_value
+        elif isinstance(target, TrainingLoss):
+            labels = class_indices(target.labels, output, "TrainingLoss labels")
+            scores = -F.cross_entropy(output, labels, reduction="none")
+        elif callable(target) and not isinstance(target, Tensor):
+            scores = target(output)
+            if not isinstance(scores, Tensor):
+                raise NormGradError(f"a callable target must return a tensor of shape (N,); got {type(scores).__name__}")
+        else:
+            indices = class_indices(target, output)  # type: ignore[arg-type]
+            scores = output.gather(1, indices[:, None])[:, 0]
+        if scores.shape != (batch,):
+            raise NormGradError(f"the objective must give one score per sample, shape ({batch},); got {tuple(scores.shape)}")
+        return scores

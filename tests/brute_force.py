@@ -1,0 +1,202 @@
+"""Brute-force definitions of every extract × aggregate, for the tests.
+
+Each virtual layer is inserted with its own weights *per sample and per
+location* (leaves initialised so that the network's function is
+unchanged).  Autograd's gradient with respect to the copy at location
+``u`` is then exactly the per-location contribution — the explicit outer
+product or unfolded patch term — which is aggregated entry by entry.
+Nothing here uses the closed forms of the library.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def aggregate_explicit(contribution: Tensor, aggregate: str) -> Tensor:
+    """Aggregate an explicit (N, h, w, ...) contribution tensor to an (N, 1, h, w) map."""
+    flat = contribution.flatten(3)
+    if aggregate == "norm":
+        out = flat.norm(dim=3)
+    elif aggregate == "positive_norm":
+        out = flat.clamp_min(0).norm(dim=3)
+    elif aggregate == "sum":
+        out = flat.sum(3)
+    elif aggregate == "max":
+        out = flat.amax(3)
+    else:
+        raise ValueError(aggregate)
+    return out[:, None]
+
+
+class VirtualLayer:
+    """A virtual layer applied to an NCHW activation, with per-(sample, location) weights."""
+
+    def __init__(self, extract: str, activation: Tensor) -> None:
+        n, c, h, w = activation.shape
+        self.extract, self.shape = extract, (n, c, h, w)
+        opts = {"dtype": activation.dtype, "device": activation.device}
+        if extract == "scaling":
+            weight = torch.ones(n, h, w, c, **opts)
+        elif extract == "conv1x1":
+            weight = torch.eye(c, **opts).expand(n, h, w, c, c).clone()
+        elif extract == "conv3x3":
+            weight = torch.zeros(n, h, w, c, c, 3, 3, **opts)
+            weight[..., torch.arange(c), torch.arange(c), 1, 1] = 1.0
+        elif extract == "depthwise3x3":
+            weight = torch.zeros(n, h, w, c, 3, 3, **opts)
+            weight[..., 1, 1] = 1.0
+        elif extract == "bias":
+            weight = torch.zeros(n, h, w, c, **opts)
+        else:
+            raise ValueError(extract)
+        self.weight = weight.requires_grad_(True)
+
+    def __call__(self, a: Tensor) -> Tensor:
+        n, c, h, w = self.shape
+        wt = self.weight
+        if self.extract == "scaling":
+            return a * wt.permute(0, 3, 1, 2)
+        if self.extract == "bias":
+            return a + wt.permute(0, 3, 1, 2)
+        if self.extract == "conv1x1":
+            return torch.einsum("nhwoc,nchw->nohw", wt, a)
+        patches = F.unfold(a, 3, padding=1).view(n, c, 3, 3, h, w)  # zero padded patches
+        if self.extract == "conv3x3":
+            return torch.einsum("nhwocij,ncijhw->nohw", wt, patches)
+        return torch.einsum("nhwcij,ncijhw->nchw", wt, patches)  # depthwise3x3
+
+    def contribution(self, grad_weight: Tensor) -> Tensor:
+        return grad_weight  # (N, h, w, ...): the explicit per-location term
+
+
+def unfold_conv(conv: nn.Conv2d, x: Tensor, output_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Re-run a Conv2d with one weight copy per (sample, output location).
+
+    Returns ``(output, per_location_weight)``; the gradient of ``J`` with respect
+    to the copy at ``u`` is the layer's per-location weight-gradient term
+    ``g_u P_u(x)ᵀ`` (per group).
+    """
+    pad = tuple(conv._reversed_padding_repeated_twice)
+    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+    h_out, w_out = output_size
+    expected = _out(x.shape[-2], pad[2] + pad[3], conv), _out(x.shape[-1], pad[0] + pad[1], conv, 1)
+    if expected != (h_out, w_out):  # timm Conv2dSame: TensorFlow SAME padding
+        pad = _tf_same(x.shape[-2:], conv)
+    padded = F.pad(x, pad, mode=mode) if any(pad) else x
+    n, groups = x.shape[0], conv.groups
+    patches = F.unfold(padded, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)
+    patches = patches.view(n, groups, -1, h_out, w_out)  # (N, G, Cin/G*k*k, h, w)
+    weight = conv.weight.detach().reshape(groups, conv.out_channels // groups, -1)
+    per_location = weight.expand(n, h_out, w_out, *weight.shape).clone().requires_grad_(True)
+    out = torch.einsum("nhwgok,ngkhw->ngohw", per_location, patches).reshape(n, conv.out_channels, h_out, w_out)
+    if conv.bias is not None:
+        out = out + conv.bias.view(1, -1, 1, 1)
+    return out, per_location
+
+
+def _out(size: int, total_pad: int, conv: nn.Conv2d, dim: int = 0) -> int:
+    k, s, d = conv.kernel_size[dim], conv.stride[dim], conv.dilation[dim]
+    return (size + total_pad - d * (k - 1) - 1) // s + 1
+
+
+def _tf_same(size, conv: nn.Conv2d) -> tuple[int, int, int, int]:
+    pads = []
+    for i in range(2):
+        k, s, d = conv.kernel_size[i], conv.stride[i], conv.dilation[i]
+        total = max((-(-size[i] // s) - 1) * s + (k - 1) * d + 1 - size[i], 0)
+        pads.append((total // 2, total - total // 2))
+    return (pads[1][0], pads[1][1], pads[0][0], pads[0][1])
+
+
+def _objective(output: Tensor, target) -> Tensor:
+    if target is None:
+        target = output.argmax(1)
+    target = torch.as_tensor(target, device=output.device).long().expand(output.shape[0])
+    return output.gather(1, target[:, None]).sum()
+
+
+def to_nchw(t: Tensor) -> Tensor:
+    if t.dim() == 4:
+        return t
+    if t.dim() == 3:
+        side = math.isqrt(t.shape[1])
+        grid = (side, side) if side * side == t.shape[1] else (1, t.shape[1])
+        return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], *grid)
+    return t[:, :, None, None]
+
+
+def from_nchw(t: Tensor, like: Tensor) -> Tensor:
+    if like.dim() == 4:
+        return t
+    if like.dim() == 3:
+        return t.flatten(2).transpose(1, 2)
+    return t[:, :, 0, 0]
+
+
+def brute_force_map(model: nn.Module, x: Tensor, layer: str, extract: str, aggregate: str, target=None) -> Tensor:
+    """The map of one layer by explicit per-location weight gradients (autograd)."""
+    model.eval()
+    holder: dict = {}
+    if layer == "input":
+        virtual = VirtualLayer(extract, x)
+        output = model(virtual(x))
+        holder["virtual"] = virtual
+    else:
+        module = dict(model.named_modules())[layer]
+
+        def hook(mod, inputs, out):
+            if extract == "layer":
+                if isinstance(mod, nn.Linear):
+                    a = to_nchw(inputs[0])
+                    wt = mod.weight.detach().expand(a.shape[0], a.shape[2], a.shape[3], *mod.weight.shape).clone().requires_grad_(True)
+                    y = torch.einsum("nhwoc,nchw->nohw", wt, a)
+                    if mod.bias is not None:
+                        y = y + mod.bias.view(1, -1, 1, 1)
+                    new = from_nchw(y, out) if inputs[0].dim() != 4 else y.permute(0, 2, 3, 1)
+                    holder["weight"] = wt
+                else:
+                    new, holder["weight"] = unfold_conv(mod, inputs[0], tuple(out.shape[-2:]))
+                torch.testing.assert_close(new, out, rtol=1e-4, atol=1e-4)
+                return new
+            virtual = VirtualLayer(extract, to_nchw(out))
+            holder["virtual"] = virtual
+            return from_nchw(virtual(to_nchw(out)), out)
+
+        handle = module.register_forward_hook(hook)
+        try:
+            output = model(x)
+        finally:
+            handle.remove()
+    weight = holder["weight"] if extract == "layer" else holder["virtual"].weight
+    (grad_weight,) = torch.autograd.grad(_objective(output, target), [weight])
+    if extract == "layer" and grad_weight.dim() == 6:  # conv: (N, h, w, G, Cout/G, K) - keep groups separate
+        grad_weight = grad_weight.flatten(3)
+    return aggregate_explicit(grad_weight, aggregate)
+
+
+def per_location_weight_grads(conv: nn.Conv2d, x: Tensor, objective) -> Tensor:
+    """Per-location weight gradients of a real conv, one location at a time.
+
+    For each output location ``u``, only ``u`` sees a differentiable weight
+    (all others use a detached copy), so ``∂J/∂W`` is the term of ``u`` alone.
+    Returns (h, w, *weight.shape).  Slow; for small layers only.
+    """
+    out = conv(x)
+    h, w = out.shape[-2:]
+    weight = conv.weight.detach().clone().requires_grad_(True)
+    terms = torch.zeros(h, w, *weight.shape, dtype=x.dtype)
+    for i in range(h):
+        for j in range(w):
+            live = conv._conv_forward(x, weight, conv.bias)
+            frozen = conv._conv_forward(x, weight.detach(), conv.bias)
+            mask = torch.zeros_like(live)
+            mask[..., i, j] = 1
+            y = frozen + mask * (live - frozen)
+            (grad,) = torch.autograd.grad(objective(y), [weight])
+            terms[i, j] = grad
+    return terms

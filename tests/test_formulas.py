@@ -1,0 +1,103 @@
+"""Every extract × aggregate against its brute-force definition, on single layers."""
+
+import pytest
+import torch
+from torch import nn
+
+import normgrad as ng
+from brute_force import aggregate_explicit, brute_force_map, per_location_weight_grads
+
+VIRTUAL = ["scaling", "conv1x1", "conv3x3", "depthwise3x3", "bias"]
+
+CONVS = {
+    "plain": dict(in_channels=4, out_channels=6, kernel_size=3, padding=1),
+    "strided": dict(in_channels=4, out_channels=6, kernel_size=3, stride=2),
+    "dilated": dict(in_channels=4, out_channels=6, kernel_size=3, padding=2, dilation=2),
+    "rect_padded": dict(in_channels=4, out_channels=6, kernel_size=(3, 5), stride=(2, 1), padding=(2, 1)),
+    "grouped": dict(in_channels=4, out_channels=6, kernel_size=3, padding=1, groups=2),
+    "depthwise": dict(in_channels=4, out_channels=4, kernel_size=3, padding=1, groups=4),
+    "depthwise_multiplier": dict(in_channels=4, out_channels=8, kernel_size=5, stride=2, padding=2, groups=4),
+    "same": dict(in_channels=4, out_channels=6, kernel_size=4, padding="same"),
+    "reflect": dict(in_channels=4, out_channels=6, kernel_size=3, padding=1, padding_mode="reflect"),
+    "circular": dict(in_channels=4, out_channels=6, kernel_size=3, padding=2, padding_mode="circular", dilation=2),
+    "no_bias_1x1": dict(in_channels=4, out_channels=6, kernel_size=1, bias=False),
+}
+
+
+def conv_model(**conv_args) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(**conv_args), nn.Tanh(), nn.Flatten(), nn.LazyLinear(5))
+
+
+def prepared(model: nn.Sequential, x: torch.Tensor) -> nn.Sequential:
+    model(x)  # materialise the lazy layer
+    return model.double().eval()
+
+
+@pytest.mark.parametrize("aggregate", ng.AGGREGATES)
+@pytest.mark.parametrize("conv", list(CONVS))
+def test_layer_extract_matches_per_location_weight_gradients(conv, aggregate):
+    x = torch.randn(2, 4, 9, 10)
+    model = prepared(conv_model(**CONVS[conv]), x)
+    x = x.double()
+    maps = ng.saliency(model, x, target=3, layers=["0"], extract="layer", aggregate=aggregate)
+    expected = brute_force_map(model, x, "0", "layer", aggregate, target=3)
+    torch.testing.assert_close(maps["0"], expected.float(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("conv", ["strided", "dilated", "grouped", "depthwise_multiplier", "same", "reflect"])
+def test_layer_extract_one_location_at_a_time(conv):
+    """Per-location terms from one autograd pass per location sum to torch's own weight gradient."""
+    x = torch.randn(1, 4, 8, 7, dtype=torch.double)
+    model = prepared(conv_model(**CONVS[conv]), x.float()).double()
+    layer = model[0]
+
+    def objective(y):
+        return model[1:](y)[:, 2].sum()
+
+    terms = per_location_weight_grads(layer, x, objective)
+    weight_grad = torch.autograd.grad(objective(layer(x)), [layer.weight])[0]
+    torch.testing.assert_close(terms.sum((0, 1)), weight_grad)
+    for aggregate in ng.AGGREGATES:
+        maps = ng.saliency(model, x, target=2, layers=["0"], extract="layer", aggregate=aggregate)
+        expected = aggregate_explicit(terms[None], aggregate)
+        torch.testing.assert_close(maps["0"], expected.float(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("aggregate", ng.AGGREGATES)
+@pytest.mark.parametrize("extract", VIRTUAL)
+@pytest.mark.parametrize("layer", ["input", "0", "1"])
+def test_virtual_extracts_match_explicit_outer_products(extract, aggregate, layer):
+    x = torch.randn(2, 3, 7, 6)
+    model = prepared(conv_model(in_channels=3, out_channels=5, kernel_size=3, padding=1), x)
+    x = x.double()
+    maps = ng.saliency(model, x, target=[1, 4], layers=[layer], extract=extract, aggregate=aggregate)
+    expected = brute_force_map(model, x, layer, extract, aggregate, target=[1, 4])
+    torch.testing.assert_close(maps[layer], expected.float(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("aggregate", ng.AGGREGATES)
+@pytest.mark.parametrize("extract", VIRTUAL + ["layer"])
+def test_linear_and_vector_activations(extract, aggregate):
+    """A linear layer on (N, C) vectors is a 1×1 conv at a single location."""
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4)).double()
+    x = torch.randn(3, 6, dtype=torch.double)
+    wrapped = nn.Sequential(nn.Flatten(), *model).double()
+    image = x[:, :, None, None]
+    maps = ng.saliency(wrapped, image, target=1, layers=["1", "3"], extract=extract, aggregate=aggregate)
+    for layer in ["1", "3"]:
+        assert maps[layer].shape == (3, 1, 1, 1)
+        expected = brute_force_map(wrapped, image, layer, extract, aggregate, target=1)
+        torch.testing.assert_close(maps[layer], expected.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_float32_precision():
+    """In float32 the closed forms agree with the float64 brute force to float32 precision."""
+    x = torch.randn(2, 4, 9, 10)
+    model = prepared(conv_model(**CONVS["grouped"]), x).float()
+    for extract in VIRTUAL + ["layer"]:
+        for aggregate in ng.AGGREGATES:
+            maps = ng.saliency(model, x, target=0, layers=["0"], extract=extract, aggregate=aggregate)["0"]
+            expected = brute_force_map(model.double(), x.double(), "0", extract, aggregate, target=0).float()
+            model.float()
+            assert maps.dtype == torch.float32
+            torch.testing.assert_close(maps, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
