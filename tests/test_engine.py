@@ -19,8 +19,7 @@ def snapshot(model: nn.Module) -> dict:
         "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
         "inplace": [getattr(m, "inplace", None) for m in model.modules()],
         "hooks": [
-            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks), len(m._backward_pre_hooks))
-            for m in model.modules()
+            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks), len(m._backward_pre_hooks)) for m in model.modules()
         ],
     }
 

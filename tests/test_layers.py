@@ -12,8 +12,22 @@ from conftest import SmallNet
 def test_selectors():
     model = SmallNet()
     names = dict(model.named_modules())
-    assert [n for n, _ in ng.select_layers(model, nn.Conv2d)] == ["features.0", "features.3", "features.5", "features.7.conv1", "features.7.conv2", "features.8"]
-    assert [n for n, _ in ng.select_layers(model, "features.7.*")] == ["features.7.conv1", "features.7.bn1", "features.7.relu", "features.7.conv2", "features.7.bn2", "features.7.relu_out"]
+    assert [n for n, _ in ng.select_layers(model, nn.Conv2d)] == [
+        "features.0",
+        "features.3",
+        "features.5",
+        "features.7.conv1",
+        "features.7.conv2",
+        "features.8",
+    ]
+    assert [n for n, _ in ng.select_layers(model, "features.7.*")] == [
+        "features.7.conv1",
+        "features.7.bn1",
+        "features.7.relu",
+        "features.7.conv2",
+        "features.7.bn2",
+        "features.7.relu_out",
+    ]
     assert [n for n, _ in ng.select_layers(model, [model.classifier, "input", "features.0"])] == ["classifier", "input", "features.0"]
     assert [n for n, _ in ng.select_layers(model, lambda name, m: name.endswith("bn1"))] == ["features.7.bn1"]
     assert [n for n, _ in ng.select_layers(model, ["features.0", nn.Conv2d])][:2] == ["features.0", "features.3"]

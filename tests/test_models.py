@@ -4,7 +4,6 @@ The brute force inserts the virtual (or per-location real) layer with a
 forward hook and differentiates with respect to its per-location weights.
 """
 
-import pytest
 import torch
 import torchvision
 from torch import nn
@@ -40,14 +39,25 @@ def test_small_net_bn_pooling_residual_inplace(small_net):
 
 def test_resnet18():
     model = randomize_batchnorm(torchvision.models.resnet18(weights=None, num_classes=10))
-    check_all(model, torch.randn(2, 3, 48, 48), ["conv1", "layer1.0.bn2", "layer2", "layer4"], ["conv1", "layer2.0.conv1", "layer2.0.downsample.0", "fc"])
+    check_all(
+        model,
+        torch.randn(2, 3, 48, 48),
+        ["conv1", "layer1.0.bn2", "layer2", "layer4"],
+        ["conv1", "layer2.0.conv1", "layer2.0.downsample.0", "fc"],
+    )
 
 
 def test_mobilenet_v3_depthwise():
     model = randomize_batchnorm(torchvision.models.mobilenet_v3_small(weights=None, num_classes=10))
     depthwise = model.features[1].block[0][0]
     assert depthwise.groups == depthwise.in_channels > 1
-    check_all(model, torch.randn(2, 3, 40, 40), ["features.1", "features.2.block.1", "features.4"], ["features.1.block.0.0", "features.4.block.1.0", "features.6.block.2.fc1"], target=7)
+    check_all(
+        model,
+        torch.randn(2, 3, 40, 40),
+        ["features.1", "features.2.block.1", "features.4"],
+        ["features.1.block.0.0", "features.4.block.1.0", "features.6.block.2.fc1"],
+        target=7,
+    )
 
 
 class TinyTransformer(nn.Module):
@@ -86,7 +96,9 @@ def test_inplace_relu_gives_the_same_maps_as_out_of_place():
             b = ng.saliency(plain, x, layers=layers, extract=extract, aggregate=aggregate)
             for layer in layers:
                 torch.testing.assert_close(a[layer], b[layer])
-    vgg_like = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.LazyLinear(3))
+    vgg_like = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.LazyLinear(3)
+    )
     vgg_like(x)
     expected = brute_force_map(vgg_like.double(), x.double(), "0", "conv1x1", "sum")
     torch.testing.assert_close(ng.saliency(vgg_like, x.double(), layers="0", aggregate="sum")["0"], expected.float())

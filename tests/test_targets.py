@@ -35,7 +35,9 @@ def reference(model, x, objective, layer="features.3"):
 def test_default_target_is_the_predicted_class(model):
     x = torch.randn(3, 3, 20, 18)
     predicted = model(x).argmax(1)
-    torch.testing.assert_close(ng.normgrad(model, x, layers="features.3")["features.3"], ng.normgrad(model, x, predicted, layers="features.3")["features.3"])
+    torch.testing.assert_close(
+        ng.normgrad(model, x, layers="features.3")["features.3"], ng.normgrad(model, x, predicted, layers="features.3")["features.3"]
+    )
 
 
 @pytest.mark.parametrize("spec", [2, [2, 4, 6], (2, 4, 6), torch.tensor([2, 4, 6]), torch.tensor(5)])
@@ -60,7 +62,9 @@ def test_training_loss_target(model):
     got = ng.saliency(model, x, ng.TrainingLoss(labels), layers="features.3", aggregate="norm")["features.3"]
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
     # signed aggregates follow dJ/da with J = -CE: the negated map of +CE
-    plus = ng.saliency(model, x, lambda out: F.cross_entropy(out, labels, reduction="none"), layers="features.3", extract="scaling", aggregate="sum")
+    plus = ng.saliency(
+        model, x, lambda out: F.cross_entropy(out, labels, reduction="none"), layers="features.3", extract="scaling", aggregate="sum"
+    )
     minus = ng.saliency(model, x, ng.TrainingLoss(labels), layers="features.3", extract="scaling", aggregate="sum")
     torch.testing.assert_close(minus["features.3"], -plus["features.3"])
     predicted = ng.normgrad(model, x, ng.TrainingLoss(), layers="features.3")["features.3"]

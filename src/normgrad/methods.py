@@ -37,9 +37,7 @@ def saliency(
     return run_saliency(model, inputs, target, layers, extract, aggregate)
 
 
-def normgrad(
-    model: nn.Module, inputs: Tensor, target: Target = None, *, layers: Layers, extract: str = "conv1x1"
-) -> dict[str, Tensor]:
+def normgrad(model: nn.Module, inputs: Tensor, target: Target = None, *, layers: Layers, extract: str = "conv1x1") -> dict[str, Tensor]:
     """NormGrad: ``s_u = ‖g_u a_uᵀ‖_F = ‖g_u‖·‖a_u‖`` (virtual identity 1×1 conv).
 
     ``extract="layer"`` uses each layer's own weights instead:

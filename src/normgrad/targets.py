@@ -75,7 +75,9 @@ def class_indices(spec: ClassIndices, output: Any, what: str = "target") -> Tens
     if spec is None:
         return logits.detach().argmax(1)
     if isinstance(spec, bool) or not isinstance(spec, (int, Sequence, Tensor)):
-        raise NormGradError(f"{what} must be None, an int, a per-sample list/tensor of ints, a callable, TrainingLoss or Unit; got {type(spec).__name__}")
+        raise NormGradError(
+            f"{what} must be None, an int, a per-sample list/tensor of ints, a callable, TrainingLoss or Unit; got {type(spec).__name__}"
+        )
     indices = torch.as_tensor(spec, device=logits.device)
     if indices.is_floating_point() or indices.is_complex():
         raise NormGradError(f"{what} classes must be integers; got {indices.dtype}")
@@ -86,7 +88,9 @@ def class_indices(spec: ClassIndices, output: Any, what: str = "target") -> Tens
         raise NormGradError(f"{what} has {indices.numel()} classes for a batch of {batch}; give one int or one per sample")
     bad = (indices < 0) | (indices >= num_classes)
     if bool(bad.any()):
-        raise NormGradError(f"{what} class {int(indices[bad][0])} is out of range: the model has {num_classes} classes (0..{num_classes - 1})")
+        raise NormGradError(
+            f"{what} class {int(indices[bad][0])} is out of range: the model has {num_classes} classes (0..{num_classes - 1})"
+        )
     return indices
 
 

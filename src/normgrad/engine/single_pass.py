@@ -53,7 +53,9 @@ class Probe:
             kind = f"a {output.dtype} tensor" if isinstance(output, Tensor) else f"a {type(output).__name__}"
             raise NormGradError(f"layer {self.name!r} outputs {kind}; supported: a float {SUPPORTED_ACTIVATIONS}")
         if not output.requires_grad:
-            raise NormGradError(f"layer {self.name!r}: its output does not depend on the input through autograd (detached or computed under no_grad)")
+            raise NormGradError(
+                f"layer {self.name!r}: its output does not depend on the input through autograd (detached or computed under no_grad)"
+            )
         detached_inputs = tuple(x.detach() if isinstance(x, Tensor) else x for x in inputs)
         with torch.no_grad():  # statistics are values, not part of the graph
             self.record = extract.forward_record(aggregate, self.module, detached_inputs, output.detach(), f"layer {self.name!r}")
@@ -111,7 +113,9 @@ def run_saliency(
 
         silent = [probe.name for probe in probes if probe.calls == 0]
         if silent:
-            raise NormGradError(f"layer(s) {', '.join(map(repr, silent))} never ran in the forward pass; choose layers that compute the output")
+            raise NormGradError(
+                f"layer(s) {', '.join(map(repr, silent))} never ran in the forward pass; choose layers that compute the output"
+            )
         if objective.unit is not None and not unit_values:
             raise NormGradError(f"target unit layer {objective.unit.layer!r} never ran in the forward pass")
         scores = objective.scores(output, unit_values[0] if unit_values else None, inputs.shape[0])
@@ -143,9 +147,13 @@ def _unit_hook(objective: Objective, unit_values: list[Tensor]):
     def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
         assert objective.unit is not None
         if unit_values:
-            raise NormGradError(f"target unit layer {objective.unit.layer!r} runs more than once in one forward pass; pick a module that runs once")
+            raise NormGradError(
+                f"target unit layer {objective.unit.layer!r} runs more than once in one forward pass; pick a module that runs once"
+            )
         if not isinstance(output, Tensor):
-            raise NormGradError(f"target unit layer {objective.unit.layer!r} outputs a {type(output).__name__}; supported: {SUPPORTED_ACTIVATIONS}")
+            raise NormGradError(
+                f"target unit layer {objective.unit.layer!r} outputs a {type(output).__name__}; supported: {SUPPORTED_ACTIVATIONS}"
+            )
         unit_values.append(objective.unit.read(output))
 
     return hook

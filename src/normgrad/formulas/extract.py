@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from normgrad.errors import NormGradError
-from normgrad.formulas.aggregate import Stats, channel_stats, outer_aggregate, working_dtype
+from normgrad.formulas.aggregate import Stats, channel_stats, outer_aggregate, vector_aggregate, working_dtype
 from normgrad.formulas.layout import activation_to_nchw, channels_last_to_nchw
 from normgrad.formulas.patches import CONV3X3, Window, conv_window
 
@@ -36,11 +36,17 @@ EXTRACTS: tuple[str, ...] = ("scaling", "conv1x1", "conv3x3", "depthwise3x3", "b
 
 @dataclass
 class ForwardRecord:
-    """What the forward hook keeps of a layer: the statistics of ``q`` and the layout."""
+    """What the forward hook keeps of a layer: the statistics of ``q`` and the layout.
+
+    ``elementwise`` records (the ``scaling`` extract) keep ``q`` itself, a copy
+    of the activation: ``a ⊙ g`` is then aggregated directly, which needs one
+    activation-sized tensor instead of one per statistic.
+    """
 
     q_stats: Stats
     groups: int
     channels_last: bool = False
+    elementwise: bool = False
 
 
 class Extract:
@@ -58,6 +64,9 @@ class Extract:
         """The (N, 1, h, w) map from the forward record and ``g = ∂J/∂output``."""
         to_nchw = channels_last_to_nchw if record.channels_last else activation_to_nchw
         grad = to_nchw(grad_output, where)
+        if record.elementwise:
+            (activation,) = record.q_stats
+            return vector_aggregate(aggregate, grad.to(activation.dtype) * activation)
         p_stats = channel_stats(grad, aggregate, record.groups)
         return outer_aggregate(aggregate, p_stats, record.q_stats)
 
@@ -74,6 +83,8 @@ class VirtualExtract(Extract):
     def forward_record(self, aggregate: str, module: nn.Module | None, inputs: tuple, output: Tensor, where: str) -> ForwardRecord:
         activation = activation_to_nchw(output, where)
         groups = activation.shape[1] if self.per_channel else 1
+        if self.per_channel and self.window.is_identity:  # scaling: keep a copy of a, aggregate a ⊙ g later
+            return ForwardRecord((activation.to(working_dtype(activation), copy=True),), groups, elementwise=True)
         if self.uses_activation:
             q_stats = self.window.pool(channel_stats(activation, aggregate, groups), aggregate)
         else:  # the virtual bias multiplies a constant 1

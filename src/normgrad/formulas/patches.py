@@ -44,8 +44,7 @@ class Window:
         left, right, top, bottom = self.padding
         padded = (input_size[0] + top + bottom, input_size[1] + left + right)
         return tuple(  # type: ignore[return-value]
-            (padded[i] - self.dilation[i] * (self.kernel_size[i] - 1) - 1) // self.stride[i] + 1
-            for i in range(2)
+            (padded[i] - self.dilation[i] * (self.kernel_size[i] - 1) - 1) // self.stride[i] + 1 for i in range(2)
         )
 
     def pad(self, stat: Tensor) -> Tensor:
