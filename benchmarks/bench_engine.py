@@ -13,6 +13,7 @@ Ratios are measured in one process, interleaved, on ResNet-50 at 224²
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 import normgrad as ng  # noqa: E402
 from measure import machine, median_seconds, peak_bytes  # noqa: E402
+
+FLOOR = "floor (forward + autograd.grad)"
 
 
 def floor(model: nn.Module, x: torch.Tensor, layers: list[str]):
@@ -44,10 +47,41 @@ def per_layer_loop(model: nn.Module, x: torch.Tensor, layers: list[str]):
     return {name: ng.normgrad(model, x, layers=[name])[name] for name in layers}
 
 
+def bench_batch(model: nn.Module, x: torch.Tensor, repeats: int, loop: bool) -> list[tuple]:
+    """Rows (batch, method, seconds, time ratio, MiB, memory ratio) for one input batch."""
+    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    stages = ["layer1", "layer2", "layer3", "layer4"]
+    methods = {
+        FLOOR: lambda: floor(model, x, convs),
+        "NormGrad, 53 Conv2d": lambda: ng.normgrad(model, x, layers=nn.Conv2d),
+        "NormGrad, own weights (layer), 53 Conv2d": lambda: ng.normgrad(model, x, layers=nn.Conv2d, extract="layer"),
+        "NormGrad selective, 53 Conv2d": lambda: ng.normgrad_selective(model, x, layers=nn.Conv2d),
+        "NormGrad, 4 stage outputs": lambda: ng.normgrad(model, x, layers=stages),
+    }
+    for fn in methods.values():
+        fn()  # warm up
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(repeats):  # interleaved: drifts in machine speed hit every method alike
+        for name, fn in methods.items():
+            times[name].append(median_seconds(fn, 1))
+    seconds = {name: statistics.median(t) for name, t in times.items()}
+    peaks = {name: peak_bytes(fn) for name, fn in methods.items()}
+    if loop:
+        name = "per-layer loop (TorchRay way), 53 passes"
+        seconds[name] = median_seconds(lambda: per_layer_loop(model, x, convs), 1)
+        peaks[name] = peak_bytes(lambda: per_layer_loop(model, x, convs[:3]))  # every pass peaks alike
+    rows = []
+    for name in seconds:
+        row = (x.shape[0], name, seconds[name], seconds[name] / seconds[FLOOR], peaks[name] / 2**20, peaks[name] / peaks[FLOOR])
+        print("batch {:2d}  {:45s} {:8.3f} s  {:6.2f}x   {:8.1f} MiB  {:5.2f}x".format(*row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--no-loop", action="store_true", help="skip the (slow) per-layer loop")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks-engine.md"))
@@ -55,35 +89,10 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None).eval()
-    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    stages = ["layer1", "layer2", "layer3", "layer4"]
     rows = []
     for batch in args.batches:
         x = torch.randn(batch, 3, args.size, args.size)
-        methods = {
-            "floor (forward + autograd.grad)": lambda: floor(model, x, convs),
-            "NormGrad, 53 Conv2d": lambda: ng.normgrad(model, x, layers=nn.Conv2d),
-            "NormGrad, own weights (layer), 53 Conv2d": lambda: ng.normgrad(model, x, layers=nn.Conv2d, extract="layer"),
-            "NormGrad selective, 53 Conv2d": lambda: ng.normgrad_selective(model, x, layers=nn.Conv2d),
-            "NormGrad, 4 stage outputs": lambda: ng.normgrad(model, x, layers=stages),
-        }
-        for fn in methods.values():
-            fn()  # warm up
-        times = {name: [] for name in methods}
-        for _ in range(args.repeats):  # interleaved: drifts in machine speed hit every method alike
-            for name, fn in methods.items():
-                times[name].append(median_seconds(fn, 1))
-        seconds = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
-        peaks = {name: peak_bytes(fn) for name, fn in methods.items()}
-        if not args.no_loop:
-            name = "per-layer loop (TorchRay way), 53 passes"
-            seconds[name] = median_seconds(lambda: per_layer_loop(model, x, convs), 1)
-            peaks[name] = peak_bytes(lambda: per_layer_loop(model, x, convs[:3]))  # every pass peaks alike
-        base_t, base_m = seconds["floor (forward + autograd.grad)"], peaks["floor (forward + autograd.grad)"]
-        for name in seconds:
-            rows.append((batch, name, seconds[name], seconds[name] / base_t, peaks[name] / 2**20, peaks[name] / base_m))
-            print(f"batch {batch:2d}  {name:45s} {seconds[name]:8.3f} s  {seconds[name] / base_t:6.2f}x   "
-                  f"{peaks[name] / 2**20:8.1f} MiB  {peaks[name] / base_m:5.2f}x", flush=True)
+        rows += bench_batch(model, x, args.repeats, loop=not args.no_loop)
 
     table = ["| batch | method | time (s) | time / floor | peak memory (MiB) | memory / floor |", "|---:|---|---:|---:|---:|---:|"]
     table += [f"| {b} | {n} | {t:.3f} | {rt:.2f}× | {m:.0f} | {rm:.2f}× |" for b, n, t, rt, m, rm in rows]

@@ -15,10 +15,13 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Union
 
+import torch
 from torch import nn
 
+from normgrad.engine.model_state import Hooks, eval_mode
 from normgrad.errors import NormGradError
 
 INPUT = "input"
@@ -106,3 +109,64 @@ def _matching(modules: dict[str, nn.Module], predicate: Callable[[str, nn.Module
     if not found:
         raise NormGradError(f"no layer of the model matches {what}")
     yield from found
+
+
+@dataclass
+class LayerInfo:
+    """One module as seen in a forward pass: its name, type, output shape and call count."""
+
+    name: str
+    type: str
+    output_shape: tuple | None
+    calls: int
+
+
+def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
+    """Every submodule with its type and output shape, in execution (post-)order, from one no-grad pass."""
+    modules = named_layers(model)
+    seen: dict[str, LayerInfo] = {}
+    with torch.no_grad(), eval_mode(model), Hooks() as hooks:
+
+        def make_hook(name: str):
+            def hook(module: nn.Module, inputs: tuple, output: object) -> None:
+                info = seen.get(name)
+                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+                if info is None:
+                    seen[name] = LayerInfo(name, type(module).__name__, shape, 1)
+                else:
+                    info.calls += 1
+
+            return hook
+
+        for name, module in modules.items():
+            hooks.add(module.register_forward_hook(make_hook(name)))
+        model(example)
+    never_ran = [LayerInfo(n, type(m).__name__, None, 0) for n, m in modules.items() if n not in seen]
+    return [LayerInfo(INPUT, "input", tuple(example.shape), 1), *seen.values(), *never_ran]
+
+
+def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Default layers: one per spatial resolution, the shallowest module that ends there.
+
+    At each output resolution with stride at least 4 (above 1×1) the modules
+    nearest the top of the model (fewest dots in the name) are kept, and of
+    those the last to run: ``layer1..4`` in ResNets, the stage outputs of
+    EfficientNets, the ReLU before each pool in VGG (the paper's
+    ``features.15/.22/.29``).  Shared modules are skipped.
+    """
+    height = example.shape[-2]
+    chosen: dict[tuple, tuple[int, str]] = {}
+    for info in describe_layers(model, example):
+        shape = info.output_shape
+        if info.name == INPUT or info.calls != 1 or shape is None or len(shape) != 4:
+            continue
+        if shape[-2] > (height + 3) // 4 or shape[-2] * shape[-1] <= 1:
+            continue
+        depth = info.name.count(".")
+        key = tuple(shape[-2:])
+        if key not in chosen or depth <= chosen[key][0]:
+            chosen.pop(key, None)
+            chosen[key] = (depth, info.name)
+    if not chosen:
+        raise NormGradError("cannot choose default layers: no module outputs a spatial (N, C, H, W) map")
+    return [name for _, name in chosen.values()]

