@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install normgrad (editable) with every extra and the dev tools
 
-test: $(STAMP)  ## run the test suite
+test: $(STAMP)  ## lint, then run the test suite
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)  ## the main job on the embedded default model and a real photo
