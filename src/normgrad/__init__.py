@@ -10,6 +10,7 @@ from normgrad.engine.layers import INPUT, layer_names, select_layers
 from normgrad.errors import NormGradError
 from normgrad.formulas.aggregate import AGGREGATES
 from normgrad.formulas.extract import EXTRACTS
+from normgrad.meta import WithParameters, meta_saliency
 from normgrad.methods import normgrad, normgrad_selective, saliency
 from normgrad.targets import TrainingLoss, Unit
 
@@ -23,9 +24,11 @@ __all__ = [
     "NormGradError",
     "TrainingLoss",
     "Unit",
+    "WithParameters",
     "__version__",
     "combine",
     "layer_names",
+    "meta_saliency",
     "normalize",
     "normgrad",
     "normgrad_selective",

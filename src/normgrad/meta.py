@@ -20,7 +20,8 @@ layers are the model's own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -72,6 +73,7 @@ def meta_saliency(
     per_sample: bool = True,
     labels: Any = None,
     params: Iterable[str] | Callable[[str, nn.Parameter], bool] | None = None,
+    vectorize: bool | None = None,
     chunk_size: int | None = 8,
     **method_kwargs: Any,
 ) -> Any:
@@ -81,36 +83,63 @@ def meta_saliency(
     ``target`` is None, the labels of a :class:`TrainingLoss` target, the
     predicted class for callable and unit targets).  ``params`` picks the
     parameters that step (names or a predicate ``(name, param)``); the
-    others stay fixed.  ``chunk_size`` bounds how many per-sample gradients
-    are computed at once (``None``: all).  ``lr=0`` gives the plain maps.
+    others stay fixed.  Per-sample steps of a batch are vectorised with
+    ``torch.func.vmap`` when ``vectorize`` (default: on CUDA; on CPU a loop
+    is faster and leaner), ``chunk_size`` images at a time.  ``lr=0`` gives
+    the plain maps.
     """
     check_inputs(inputs)
     if steps < 0 or int(steps) != steps:
         raise NormGradError(f"steps must be a non-negative integer; got {steps}")
     if not lr >= 0:
         raise NormGradError(f"lr must be non-negative (use adversarial=True to step up the loss); got {lr}")
-    with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
-        target, labels = _resolve(model, inputs, target, labels)
     if lr == 0 or steps == 0:
-        return method(model, inputs, target, **method_kwargs)
+        with eval_mode(model):
+            return method(model, inputs, target, **method_kwargs)
     trainable = _trainable(model, params)
-    sign = 1.0 if adversarial else -1.0
+    signed_lr = lr if adversarial else -lr
+    batch = inputs.shape[0]
     with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
-        if not per_sample or inputs.shape[0] == 1:
-            updated = _shared_steps(model, trainable, inputs, labels, lr * sign, steps)
+        if not per_sample or batch == 1:
+            updated, target = _shared_steps(model, trainable, inputs, target, labels, signed_lr, steps)
             return method(WithParameters(model, updated), inputs, target, **method_kwargs)
-        per_image = _per_sample_steps(model, trainable, inputs, labels, lr * sign, steps, chunk_size)
-    results = []
-    for index, updated in enumerate(per_image):
-        sample = slice(index, index + 1)
-        results.append(method(WithParameters(model, updated), inputs[sample], _target_of(target, index), **method_kwargs))
+        vectorize = inputs.is_cuda if vectorize is None else vectorize
+        updates = _per_sample_updates(model, trainable, inputs, target, labels, signed_lr, steps, vectorize, chunk_size)
+        results = [
+            method(WithParameters(model, updated), inputs[i : i + 1], sample_target, **method_kwargs)
+            for i, (updated, sample_target) in enumerate(updates)
+        ]
     return _concatenate(results)
 
 
-def _resolve(model: nn.Module, inputs: Tensor, target: Target, labels: Any) -> tuple[Target, Tensor]:
+def _per_sample_updates(
+    model: nn.Module,
+    parameters: Parameters,
+    inputs: Tensor,
+    target: Target,
+    labels: Any,
+    signed_lr: float,
+    steps: int,
+    vectorize: bool,
+    chunk_size: int | None,
+) -> Iterator[tuple[Parameters, Target]]:
+    """Each image's updated parameters and target: vectorised, or one image at a time (lazily)."""
+    if vectorize:
+        with torch.no_grad():
+            target, label_tensor = _labels_from(model(inputs), target, labels)
+        try:
+            per_image = _vmapped_steps(model, parameters, inputs, label_tensor, signed_lr, steps, chunk_size)
+        except (RuntimeError, NotImplementedError) as error:  # a model torch.func cannot trace
+            warnings.warn(f"per-sample steps cannot be vectorised for this model ({error}); stepping one image at a time", stacklevel=3)
+        else:
+            yield from ((updated, _sample_of(target, i)) for i, updated in enumerate(per_image))
+            return
+    for i in range(inputs.shape[0]):
+        yield _shared_steps(model, parameters, inputs[i : i + 1], _sample_of(target, i), _sample_of(labels, i), signed_lr, steps)
+
+
+def _labels_from(output: Tensor, target: Target, labels: Any) -> tuple[Target, Tensor]:
     """Fix ``target=None`` to the predicted classes, and find the step's labels (validated)."""
-    with torch.no_grad():
-        output = model(inputs)
     if target is None:
         target = class_indices(None, output)
     if labels is None:
@@ -138,55 +167,47 @@ def _trainable(model: nn.Module, params: Iterable[str] | Callable[[str, nn.Param
     return {name: p.detach() for name, p in chosen.items()}
 
 
-def _loss(model: nn.Module, parameters: Parameters, inputs: Tensor, labels: Tensor) -> Tensor:
-    return F.cross_entropy(functional_call(model, parameters, (inputs,)), labels)
-
-
-def _shared_steps(model: nn.Module, parameters: Parameters, inputs: Tensor, labels: Tensor, signed_lr: float, steps: int) -> Parameters:
-    """``steps`` SGD steps on the batch's mean loss."""
-    for _ in range(steps):
+def _shared_steps(
+    model: nn.Module, parameters: Parameters, inputs: Tensor, target: Target, labels: Any, signed_lr: float, steps: int
+) -> tuple[Parameters, Target]:
+    """``steps`` SGD steps on the batch's mean loss; the first forward also fixes the labels (and ``target=None``)."""
+    for step in range(steps):
         leaves = {name: p.detach().requires_grad_(True) for name, p in parameters.items()}
-        grads = torch.autograd.grad(_loss(model, leaves, inputs, labels), list(leaves.values()))
-        parameters = {name: p.detach() + signed_lr * g for (name, p), g in zip(leaves.items(), grads)}
-    return parameters
-
-
-def _per_sample_steps(
-    model: nn.Module, parameters: Parameters, inputs: Tensor, labels: Tensor, signed_lr: float, steps: int, chunk_size: int | None
-) -> list[Parameters]:
-    """Each image's own ``steps`` SGD steps, per-sample gradients vectorised with ``torch.func.vmap``."""
-    try:
-        stacked = _vmapped_steps(model, parameters, inputs, labels, signed_lr, steps, chunk_size)
-    except (RuntimeError, NotImplementedError):  # a model vmap cannot trace: one image at a time
-        return [_shared_steps(model, parameters, inputs[i : i + 1], labels[i : i + 1], signed_lr, steps) for i in range(inputs.shape[0])]
-    return [{name: value[i] for name, value in stacked.items()} for i in range(inputs.shape[0])]
+        output = functional_call(model, leaves, (inputs,))
+        if step == 0:
+            target, label_tensor = _labels_from(output.detach(), target, labels)
+        grads = torch.autograd.grad(F.cross_entropy(output, label_tensor), list(leaves.values()))
+        parameters = {name: torch.add(p.detach(), g, alpha=signed_lr) for (name, p), g in zip(leaves.items(), grads)}
+    return parameters, target
 
 
 def _vmapped_steps(
     model: nn.Module, parameters: Parameters, inputs: Tensor, labels: Tensor, signed_lr: float, steps: int, chunk_size: int | None
-) -> Parameters:
+) -> list[Parameters]:
+    """Each image's own ``steps`` SGD steps, per-sample gradients vectorised with ``torch.func.vmap``."""
+
     def one_image_loss(params: Parameters, image: Tensor, label: Tensor) -> Tensor:
-        return _loss(model, params, image[None], label[None])
+        return F.cross_entropy(functional_call(model, params, (image[None],)), label[None])
 
     per_sample_grad = grad(one_image_loss)
-    current: Parameters = parameters
+    current = {name: p.expand(inputs.shape[0], *p.shape) for name, p in parameters.items()}
     for step in range(steps):
-        in_dims = (None if step == 0 else 0, 0, 0)
-        grads = vmap(per_sample_grad, in_dims=in_dims, chunk_size=chunk_size)(current, inputs, labels)
-        base = current if step else {name: p.expand(inputs.shape[0], *p.shape) for name, p in parameters.items()}
-        current = {name: base[name] + signed_lr * grads[name] for name in parameters}
-    return current
+        grads = vmap(per_sample_grad, in_dims=(None if step == 0 else 0, 0, 0), chunk_size=chunk_size)(
+            parameters if step == 0 else current, inputs, labels
+        )
+        current = {name: torch.add(current[name], grads[name], alpha=signed_lr) for name in parameters}
+    return [{name: value[i] for name, value in current.items()} for i in range(inputs.shape[0])]
 
 
-def _target_of(target: Target, index: int) -> Target:
-    if isinstance(target, Tensor) and target.dim() == 1:
-        return target[index : index + 1]
-    if isinstance(target, Sequence) and not isinstance(target, str):
-        return [target[index]]
-    if isinstance(target, TrainingLoss) and target.labels is not None and not isinstance(target.labels, int):
-        labels = target.labels
-        return TrainingLoss(labels[index : index + 1] if isinstance(labels, Tensor) else [labels[index]])
-    return target
+def _sample_of(spec: Any, index: int) -> Any:
+    """The part of a per-sample target or labels spec that belongs to sample ``index``."""
+    if isinstance(spec, Tensor) and spec.dim() == 1:
+        return spec[index : index + 1]
+    if isinstance(spec, Sequence) and not isinstance(spec, str):
+        return [spec[index]]
+    if isinstance(spec, TrainingLoss) and spec.labels is not None and not isinstance(spec.labels, int):
+        return TrainingLoss(_sample_of(spec.labels, index))
+    return spec
 
 
 def _concatenate(results: list[Any]) -> Any:

@@ -1,0 +1,188 @@
+"""Meta-saliency against a literal implementation: deep copy, torch.optim.SGD step(s), then the method."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import normgrad as ng
+from conftest import SmallNet, randomize_batchnorm
+from test_engine import assert_untouched, snapshot
+
+LAYERS = ["input", "features.3", "features.7"]
+
+
+def literal_meta(model, x, labels, *, lr, steps=1, adversarial=False, method=ng.normgrad, target=None, **kwargs):
+    """The definition: copy the model, step it with torch.optim.SGD in eval mode, run the method."""
+    stepped = copy.deepcopy(model).eval()
+    optimizer = torch.optim.SGD([p for p in stepped.parameters() if p.requires_grad], lr=lr, maximize=adversarial)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(stepped(x), labels).backward()
+        optimizer.step()
+    return method(stepped, x, labels if target is None else target, **kwargs)
+
+
+@pytest.fixture
+def model():
+    net = randomize_batchnorm(SmallNet(inplace=True))
+    net.train()  # meta-saliency must use eval mode whatever the mode
+    return net
+
+
+def assert_maps_close(a, b, rtol=2e-4):
+    assert list(a) == list(b)
+    for key in a:
+        scale = b[key].abs().max().item()
+        torch.testing.assert_close(a[key], b[key], rtol=rtol, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("adversarial", [False, True])
+@pytest.mark.parametrize("steps", [1, 3])
+def test_per_sample_equals_one_literal_step_per_image(model, adversarial, steps):
+    x = torch.randn(3, 3, 20, 18)
+    labels = torch.tensor([1, 4, 6])
+    got = ng.meta_saliency(model, x, labels, lr=0.05, steps=steps, adversarial=adversarial, layers=LAYERS)
+    for i in range(3):
+        expected = literal_meta(model, x[i : i + 1], labels[i : i + 1], lr=0.05, steps=steps, adversarial=adversarial, layers=LAYERS)
+        assert_maps_close({k: v[i : i + 1] for k, v in got.items()}, expected)
+
+
+@pytest.mark.parametrize("adversarial", [False, True])
+def test_shared_step_equals_a_literal_minibatch_step(model, adversarial):
+    x = torch.randn(4, 3, 20, 18)
+    labels = torch.tensor([0, 2, 2, 5])
+    got = ng.meta_saliency(model, x, labels, lr=0.05, steps=2, adversarial=adversarial, per_sample=False, layers=LAYERS)
+    assert_maps_close(got, literal_meta(model, x, labels, lr=0.05, steps=2, adversarial=adversarial, layers=LAYERS))
+
+
+def test_meta_maps_differ_from_plain_and_lr_zero_is_exactly_plain(model):
+    x = torch.randn(2, 3, 20, 18)
+    plain = ng.normgrad(model, x, layers=LAYERS)
+    meta = ng.meta_saliency(model, x, lr=0.05, layers=LAYERS)
+    assert not torch.allclose(meta["features.3"], plain["features.3"])
+    zero = ng.meta_saliency(model, x, lr=0.0, layers=LAYERS)
+    for key in plain:
+        assert torch.equal(zero[key], plain[key])
+
+
+def test_default_target_and_labels_are_the_predicted_class(model):
+    x = torch.randn(2, 3, 20, 18)
+    predicted = model.eval()(x).argmax(1)
+    model.train()
+    assert_maps_close(ng.meta_saliency(model, x, lr=0.05, layers=LAYERS), ng.meta_saliency(model, x, predicted, lr=0.05, layers=LAYERS))
+
+
+def test_wraps_any_method_and_kwargs(model):
+    x = torch.randn(2, 3, 20, 18)
+    labels = torch.tensor([3, 3])
+    for method, kwargs in [
+        (ng.normgrad_selective, {"layers": LAYERS}),
+        (ng.saliency, {"layers": ["features.0", "features.8"], "extract": "layer", "aggregate": "max"}),
+        (ng.saliency, {"layers": "features.5", "extract": "depthwise3x3", "aggregate": "sum"}),
+    ]:
+        got = ng.meta_saliency(model, x, labels, method=method, lr=0.05, **kwargs)
+        for i in range(2):
+            expected = literal_meta(model, x[i : i + 1], labels[i : i + 1], lr=0.05, method=method, **kwargs)
+            assert_maps_close({k: v[i : i + 1] for k, v in got.items()}, expected)
+
+
+def test_training_loss_target_and_custom_method(model):
+    x = torch.randn(2, 3, 20, 18)
+    labels = torch.tensor([1, 5])
+    got = ng.meta_saliency(model, x, ng.TrainingLoss(labels), lr=0.05, layers=["features.3"])
+    for i in range(2):
+        expected = literal_meta(
+            model, x[i : i + 1], labels[i : i + 1], lr=0.05, target=ng.TrainingLoss(labels[i : i + 1]), layers=["features.3"]
+        )
+        assert_maps_close({k: v[i : i + 1] for k, v in got.items()}, expected)
+
+    def logits_of(model, inputs, target):  # any callable with the (model, inputs, target) signature
+        return model(inputs).gather(1, torch.as_tensor(target).view(-1, 1))
+
+    out = ng.meta_saliency(model, x, labels, method=logits_of, lr=0.05)
+    assert out.shape == (2, 1)
+
+
+def test_params_choice_steps_only_those(model):
+    x = torch.randn(1, 3, 20, 18)
+    labels = torch.tensor([2])
+    only_classifier = ng.meta_saliency(model, x, labels, lr=0.5, params=["classifier.weight", "classifier.bias"], layers=["features.3"])
+    stepped = copy.deepcopy(model).eval()
+    optimizer = torch.optim.SGD(stepped.classifier.parameters(), lr=0.5)
+    F.cross_entropy(stepped(x), labels).backward()
+    optimizer.step()
+    assert_maps_close(only_classifier, ng.normgrad(stepped, x, labels, layers=["features.3"]))
+    with pytest.raises(ng.NormGradError, match="unknown parameter names"):
+        ng.meta_saliency(model, x, labels, params=["nope"], layers="features.3")
+
+
+def test_model_bitwise_unchanged_after_success_and_error(model):
+    model.classifier.weight.grad = torch.ones_like(model.classifier.weight)
+    model.features[0].bias.requires_grad_(False)
+    before = snapshot(model)
+    x = torch.randn(2, 3, 20, 18)
+    ng.meta_saliency(model, x, lr=0.1, steps=2, layers=LAYERS)
+    ng.meta_saliency(model, x, lr=0.1, per_sample=False, adversarial=True, layers=LAYERS)
+    assert_untouched(model, before)
+    with pytest.raises(ng.NormGradError, match="unknown layer"):
+        ng.meta_saliency(model, x, lr=0.1, layers=["features.3", "nope"])
+
+    def failing(model, inputs, target):
+        model(inputs)
+        raise RuntimeError("halfway")
+
+    with pytest.raises(RuntimeError, match="halfway"):
+        ng.meta_saliency(model, x, lr=0.1, method=failing)
+    with pytest.raises(ng.NormGradError, match="out of range"):
+        ng.meta_saliency(model, x, 99, lr=0.1, layers="features.3")
+    assert_untouched(model, before)
+
+
+def test_frozen_parameters_do_not_step(model):
+    x = torch.randn(1, 3, 20, 18)
+    labels = torch.tensor([4])
+    model.features.requires_grad_(False)
+    got = ng.meta_saliency(model, x, labels, lr=0.3, layers=["features.3", "features.7"])
+    assert_maps_close(got, literal_meta(model, x, labels, lr=0.3, layers=["features.3", "features.7"]))
+
+
+def test_resnet_batch_equals_single_calls():
+    model = randomize_batchnorm(torchvision.models.resnet18(weights=None, num_classes=10))
+    x = torch.randn(3, 3, 48, 48)
+    batch = ng.meta_saliency(model, x, [1, 2, 3], lr=0.01, layers=["layer1", "layer3"], chunk_size=2)
+    for i in range(3):
+        alone = ng.meta_saliency(model, x[i : i + 1], i + 1, lr=0.01, layers=["layer1", "layer3"])
+        assert_maps_close({k: v[i : i + 1] for k, v in batch.items()}, alone)
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(lr=-1.0), "lr must be non-negative"), (dict(steps=1.5), "steps must be")])
+def test_bad_arguments(model, kwargs, message):
+    with pytest.raises(ng.NormGradError, match=message):
+        ng.meta_saliency(model, torch.randn(1, 3, 20, 18), layers="features.3", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "make_model", [lambda: randomize_batchnorm(SmallNet()), lambda: torchvision.models.mobilenet_v3_small(num_classes=5)]
+)
+def test_vectorised_per_sample_steps_equal_the_loop(make_model):
+    """torch.func.vmap really runs on these models (no silent fallback) and equals one step per image."""
+    from normgrad.meta import _shared_steps, _trainable, _vmapped_steps
+
+    model = make_model().eval()
+    x, labels = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2])
+    params = _trainable(model, None)
+    per_image = _vmapped_steps(model, params, x, labels, -0.1, 2, chunk_size=2)
+    for i in range(3):
+        alone, _ = _shared_steps(model, params, x[i : i + 1], None, labels[i : i + 1], -0.1, 2)
+        for name in params:
+            torch.testing.assert_close(per_image[i][name], alone[name], rtol=1e-4, atol=1e-6)
+
+
+def test_vectorised_and_looped_meta_agree(model):
+    x = torch.randn(3, 3, 20, 18)
+    looped = ng.meta_saliency(model, x, lr=0.05, steps=2, vectorize=False, layers=LAYERS)
+    vectorised = ng.meta_saliency(model, x, lr=0.05, steps=2, vectorize=True, chunk_size=2, layers=LAYERS)
+    assert_maps_close(vectorised, looped)
