@@ -1,0 +1,1 @@
+"""Evaluations: metrics, real photos, and the studies run on them."""
