@@ -17,8 +17,8 @@ test: $(STAMP)  ## lint, then run the test suite
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/python -m pytest -q
 
-demo: $(STAMP)  ## the main job on the embedded default model and a real photo
-	$(BIN)/python examples/demo.py
+demo: $(STAMP)  ## the main job: compare and explain real photos with the embedded pretrained model
+	$(BIN)/normgrad demo
 
 bench: $(STAMP)  ## speed and memory benchmarks (ratios, one process per table)
 	$(BIN)/python benchmarks/bench_engine.py

@@ -16,6 +16,18 @@ from normgrad.targets import TrainingLoss, Unit
 
 __version__ = "0.1.0"
 
+_SUBMODULES = {"baselines", "captum", "cli", "engine", "evaluation", "images", "models", "registry", "viz"}
+
+
+def __getattr__(name: str):
+    """Submodules with optional dependencies load on first use: ``ng.captum``, ``ng.models``, ``ng.viz``, ..."""
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"normgrad.{name}")
+    raise AttributeError(f"module 'normgrad' has no attribute {name!r}")
+
+
 __all__ = [
     "AGGREGATES",
     "COMBINE_MODES",

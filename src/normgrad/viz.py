@@ -90,6 +90,8 @@ def grid(
                 shown = ax.imshow(overlay(image, panels[row][column], cmap=cmap, alpha=alpha))
                 if colorbar:
                     fig.colorbar(shown, ax=ax, fraction=0.046)
+            else:  # e.g. an input-level method has no per-layer maps
+                ax.set_frame_on(False)
             if r == 0:
                 ax.set_title(column, fontsize=9)
     for ax in axes.flat:

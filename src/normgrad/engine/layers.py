@@ -94,7 +94,7 @@ def unknown_layer_message(name: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(name, valid, n=6, cutoff=0.5)
     close += [v for v in valid if name and name in v and v not in close][: 6 - len(close)]
     hint = f"closest names: {', '.join(close)}" if close else f"valid names include: {', '.join(valid[:8])}, ..."
-    return f"unknown layer {name!r}; {hint} (ng.layer_names(model) lists all {len(valid)})"
+    return f"unknown layer {name!r}; {hint} (ng.layer_names(model) or `normgrad layers MODEL` list all {len(valid)})"
 
 
 def _name_of(module: nn.Module, modules: dict[str, nn.Module]) -> str:

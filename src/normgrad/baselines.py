@@ -1,0 +1,130 @@
+"""Comparison methods from Captum, with normgrad's target conventions; and trivial baselines.
+
+Every function has the registry signature ``(model, inputs, target=None, *,
+layers=None, **options) -> {name: (N, 1, h, w) map}``; input-level methods
+return ``{"input": map}``.  They run in eval mode and leave the model as it
+was.  Targets: ``None`` (predicted class), class indices, a callable
+``output -> (N,)`` and :class:`~normgrad.targets.TrainingLoss`.
+
+========================  =====================================  ==========================
+name                      Captum                                 map
+========================  =====================================  ==========================
+``gradient``              ``Saliency``                           ``max_c |∂J/∂x_c|``
+``input_x_gradient``      ``InputXGradient``                     ``Σ_c x_c ∂J/∂x_c``
+``guided_backprop``       ``GuidedBackprop``                     ``max_c |guided grad|``
+``integrated_gradients``  ``IntegratedGradients`` (baseline 0)   ``Σ_c attribution_c``
+``gradcam``               ``LayerGradCam`` (per layer, ReLU)     Grad-CAM at each layer
+``center``                —                                      ``−‖u − centre‖`` (peak at (W/2, H/2))
+``random``                —                                      uniform noise (seeded)
+========================  =====================================  ==========================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from normgrad.engine.layers import Layers, select_layers
+from normgrad.engine.model_state import eval_mode
+from normgrad.engine.single_pass import check_inputs
+from normgrad.errors import NormGradError
+from normgrad.targets import Target, TrainingLoss, Unit, class_indices
+
+
+def _captum():
+    try:
+        import captum.attr
+    except ImportError as error:
+        raise NormGradError("this method needs Captum: pip install 'normgrad[captum]'") from error
+    return captum.attr
+
+
+def captum_target(model: Callable, inputs: Tensor, target: Target) -> tuple[Callable, Any]:
+    """A Captum ``(forward_func, target)`` pair for a normgrad target spec."""
+    if isinstance(target, Unit):
+        raise NormGradError("Unit targets work with the NormGrad engine methods only (normgrad, selective, extract+aggregate, meta)")
+    if isinstance(target, TrainingLoss):
+        with torch.no_grad():
+            labels = class_indices(target.labels, model(inputs), "TrainingLoss labels")
+        return (lambda x: -F.cross_entropy(model(x), labels, reduction="none")), None
+    if callable(target) and not isinstance(target, Tensor):
+        return (lambda x: target(model(x))), None
+    with torch.no_grad():
+        return model, class_indices(target, model(inputs))  # type: ignore[arg-type]
+
+
+def _input_method(
+    build: Callable[[Any, Any], Any], reduce: Callable[[Tensor], Tensor], needs_module: bool = False, **attribute_options: Any
+):
+    """A registry method from a Captum input attribution: ``build(captum.attr, forward)``, reduced over channels."""
+
+    def method(
+        model: nn.Module, inputs: Tensor, target: Target = None, *, layers: Layers | None = None, **options: Any
+    ) -> dict[str, Tensor]:
+        check_inputs(inputs)
+        attr = _captum()
+        with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
+            forward, captum_target_ = captum_target(model, inputs, target)
+            explainer = build(attr, model if needs_module else forward)
+            attribution = explainer.attribute(
+                inputs.detach().clone().requires_grad_(True), target=captum_target_, **{**attribute_options, **options}
+            )
+        return {"input": reduce(attribution.detach()).float()}
+
+    return method
+
+
+def _abs_max(attribution: Tensor) -> Tensor:
+    return attribution.abs().amax(1, keepdim=True)
+
+
+def _channel_sum(attribution: Tensor) -> Tensor:
+    return attribution.sum(1, keepdim=True)
+
+
+gradient = _input_method(lambda attr, f: attr.Saliency(f), _abs_max, abs=True)
+input_x_gradient = _input_method(lambda attr, f: attr.InputXGradient(f), _channel_sum)
+guided_backprop = _input_method(lambda attr, m: attr.GuidedBackprop(m), _abs_max, needs_module=True)  # hooks the model's ReLUs
+integrated_gradients = _input_method(lambda attr, f: attr.IntegratedGradients(f), _channel_sum, n_steps=32)
+
+
+def gradcam(model: nn.Module, inputs: Tensor, target: Target = None, *, layers: Layers, **options: Any) -> dict[str, Tensor]:
+    """Captum's ``LayerGradCam`` (ReLU on the result) at each layer: one pass per layer."""
+    check_inputs(inputs)
+    attr = _captum()
+    maps = {}
+    with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
+        forward, captum_target_ = captum_target(model, inputs, target)
+        for name, module in select_layers(model, layers):
+            if module is None:
+                raise NormGradError("Grad-CAM needs a layer inside the network, not the input")
+            explainer = attr.LayerGradCam(forward, module)
+            result = explainer.attribute(inputs.detach().clone(), target=captum_target_, relu_attributions=True, **options)
+            if result.dim() != 4:
+                raise NormGradError(f"Grad-CAM at {name!r} gave shape {tuple(result.shape)}; pick a layer with (N, C, H, W) outputs")
+            maps[name] = result.detach().float()
+    return maps
+
+
+def center(model: nn.Module, inputs: Tensor, target: Target = None, *, layers: Layers | None = None, **options: Any) -> dict[str, Tensor]:
+    """The centre baseline: a map that peaks at the image centre (W/2, H/2)."""
+    check_inputs(inputs)
+    n, _, height, width = inputs.shape
+    rows = torch.arange(height, dtype=torch.float32, device=inputs.device) + 0.5 - height / 2
+    cols = torch.arange(width, dtype=torch.float32, device=inputs.device) + 0.5 - width / 2
+    distance = (rows[:, None] ** 2 + cols[None, :] ** 2).sqrt()
+    return {"input": (-distance).expand(n, 1, height, width).clone()}
+
+
+def random(
+    model: nn.Module, inputs: Tensor, target: Target = None, *, layers: Layers | None = None, seed: int = 0, **options: Any
+) -> dict[str, Tensor]:
+    """Uniform random maps (seeded, reproducible): the floor any method must beat."""
+    check_inputs(inputs)
+    generator = torch.Generator().manual_seed(seed)
+    n, _, height, width = inputs.shape
+    return {"input": torch.rand(n, 1, height, width, generator=generator).to(inputs.device)}

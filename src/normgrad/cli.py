@@ -1,0 +1,385 @@
+"""The ``normgrad`` command: explain images, compare methods, list layers, run the demo.
+
+Errors are one line on stderr and a non-zero exit; existing outputs are
+never replaced without ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import normgrad as ng
+from normgrad.errors import NormGradError
+
+EXAMPLES = {
+    "explain": """examples:
+  normgrad explain cat.jpg                                  # NormGrad, stage layers, product, embedded model
+  normgrad explain photos/*.jpg --method selective --out maps/
+  normgrad explain cat.jpg --method meta --lr 0.0025 --target "tiger cat"
+  normgrad explain cat.jpg --method conv3x3+max --layers blocks.2,blocks.4 --combine none
+  normgrad explain cat.jpg --model torchvision:resnet50 --weights resnet50.pth --method gradcam""",
+    "compare": """examples:
+  normgrad compare cat.jpg                                  # NormGrad, selective, meta, adversarial, Grad-CAM, gradient
+  normgrad compare cat.jpg --methods normgrad,gradcam --layers blocks.2,bn2 --out cat_compare.png""",
+    "layers": """examples:
+  normgrad layers efficientnet_lite0
+  normgrad layers torchvision:resnet50 --size 224""",
+    "demo": """examples:
+  normgrad demo                  # writes normgrad-demo/""",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="normgrad", description="Training-centric saliency: NormGrad at every layer, meta-saliency, baselines.")
+    parser.add_argument("--version", action="version", version=f"normgrad {ng.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=help_text, description=help_text, epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+
+    explain = command("explain", "Saliency maps for images: <stem>.png overlays, <stem>.npy maps and summary.json.")
+    explain.add_argument("images", nargs="+", type=Path, help="image files (JPEG, PNG, WebP, TIFF, ...)")
+    _model_options(explain)
+    explain.add_argument(
+        "--method",
+        default="normgrad",
+        help="normgrad, selective, EXTRACT+AGGREGATE, meta[:BASE], adversarial[:BASE], gradient, input_x_gradient, "
+        "guided_backprop, integrated_gradients, gradcam, center, random (default: normgrad)",
+    )
+    explain.add_argument("--layers", default="auto", help="comma-separated layer names, or 'auto' for the stage outputs (default)")
+    explain.add_argument(
+        "--combine", default="product", choices=[*ng.COMBINE_MODES, "none"], help="how layer maps become one map (default: product)"
+    )
+    explain.add_argument("--target", default="auto", help="'auto' (the predicted class), a class index, or a class name")
+    explain.add_argument("--top-k", type=int, default=5, help="predictions listed per image (default: 5)")
+    explain.add_argument("--out", type=Path, default=Path("normgrad-out"), help="output folder (default: normgrad-out)")
+    explain.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    _meta_options(explain)
+    explain.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+    compare = command("compare", "One figure: rows = layers and their combination, columns = methods.")
+    compare.add_argument("image", type=Path)
+    _model_options(compare)
+    compare.add_argument(
+        "--methods", default="normgrad,selective,meta,adversarial,gradcam,gradient", help="comma-separated methods (default: %(default)s)"
+    )
+    compare.add_argument("--layers", default="auto", help="comma-separated layer names, or 'auto' (default)")
+    compare.add_argument("--target", default="auto", help="'auto', a class index or a class name")
+    compare.add_argument("--out", type=Path, default=None, help="output PNG (default: <stem>_compare.png)")
+    _meta_options(compare)
+    compare.add_argument("--overwrite", action="store_true", help="replace an existing figure")
+
+    layers = command("layers", "List a model's layers: name, type, output shape; * marks the default layers.")
+    layers.add_argument("model", nargs="?", default="efficientnet_lite0", help="model name (default: efficientnet_lite0)")
+    layers.add_argument("--weights", default="default", help="a local state dict, 'none' for random weights")
+    layers.add_argument("--size", type=int, default=None, help="input side in pixels (default: the model's)")
+
+    demo = command("demo", "Run compare and explain on a real photo with the embedded model, offline.")
+    demo.add_argument("--out", type=Path, default=Path("normgrad-demo"), help="output folder (default: normgrad-demo)")
+    return parser
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default="efficientnet_lite0", help="efficientnet_lite0 (embedded, default), torchvision:ARCH or timm:NAME"
+    )
+    parser.add_argument("--weights", default="default", help="a local state dict for the model, or 'none' for random weights")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+
+
+def _meta_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lr", type=float, default=2.5e-3, help="meta/adversarial: inner SGD learning rate (default: 0.0025)")
+    parser.add_argument("--steps", type=int, default=1, help="meta/adversarial: inner SGD steps (default: 1)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"explain": explain, "compare": compare, "layers": layers, "demo": demo}[args.command](args)
+    except NormGradError as error:
+        print(f"normgrad: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("normgrad: interrupted", file=sys.stderr)
+        return 130
+
+
+# ----------------------------------------------------------------------------- shared steps
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise NormGradError("--device cuda: no CUDA device is available here; use --device cpu")
+    weights = None if str(args.weights).lower() == "none" else args.weights
+    return ng.models.load(args.model, weights=weights, device=args.device)
+
+
+def _layers(loaded: Any, option: str, example: torch.Tensor) -> list[str]:
+    if option.strip() == "auto":
+        return loaded.default_layers(example)
+    names = [name.strip() for name in option.split(",") if name.strip()]
+    ng.select_layers(loaded.model, names)  # validates, naming the closest layers on error
+    return names
+
+
+def _targets(loaded: Any, option: str, probabilities: torch.Tensor) -> torch.Tensor:
+    option = option.strip()
+    if option == "auto":
+        return probabilities.argmax(1)
+    if option.lstrip("-").isdigit():
+        index = int(option)
+        if not 0 <= index < probabilities.shape[1]:
+            raise NormGradError(
+                f"--target {index} is out of range: the model has {probabilities.shape[1]} classes (0..{probabilities.shape[1] - 1})"
+            )
+    else:
+        index = loaded.class_index(option)
+    return torch.full((probabilities.shape[0],), index, dtype=torch.long)
+
+
+def _one_map(maps: dict[str, torch.Tensor], height: int, width: int, mode: str) -> torch.Tensor:
+    """All layers' maps of one image as one (1, 1, H, W) map at the original size."""
+    if mode == "none":
+        (only,) = maps.values()
+        return ng.images.to_original_size(only, width, height)
+    return ng.combine(maps, size=(height, width), mode=mode)
+
+
+@dataclass
+class _Image:
+    path: Path
+    stem: str
+    photo: Any
+    tensor: torch.Tensor
+
+
+def _stems(paths: list[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        count = seen.get(path.stem, 0)
+        seen[path.stem] = count + 1
+        stems.append(path.stem if count == 0 else f"{path.stem}-{count}")
+    return stems
+
+
+def _progress(items: list, description: str) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=description, unit="batch", disable=len(items) < 2 or not sys.stderr.isatty(), file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- explain
+
+
+def explain(args: argparse.Namespace) -> int:
+    if args.batch_size < 1 or args.top_k < 0:
+        raise NormGradError("--batch-size must be at least 1 and --top-k at least 0")
+    method = ng.registry.get_method(args.method, lr=args.lr, steps=args.steps)
+    loaded = _load_model(args)
+    stems = _stems(args.images)
+    _refuse_overwrite(args, stems)
+
+    images, failed = [], []
+    for path, stem in zip(args.images, stems):
+        try:
+            photo = ng.images.load_image(path)
+        except NormGradError as error:
+            print(f"normgrad: skipping {path}: {error}", file=sys.stderr)
+            failed.append({"path": str(path), "error": str(error)})
+            continue
+        images.append(_Image(path, stem, photo, loaded.preprocess(photo)))
+    if not images:
+        raise NormGradError("no image could be read")
+
+    groups: dict[tuple, list[_Image]] = {}
+    for image in images:  # same preprocessed size → same batch
+        groups.setdefault(tuple(image.tensor.shape), []).append(image)
+    batches = [group[i : i + args.batch_size] for group in groups.values() for i in range(0, len(group), args.batch_size)]
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    records = []
+    layers: list[str] | None = None
+    for batch in _progress(batches, "explaining"):
+        x = torch.stack([image.tensor for image in batch]).to(args.device)
+        layers = _layers(loaded, args.layers, x) if method.uses_layers else ["input"]
+        per_layer = args.combine == "none" and method.uses_layers and len(layers) > 1
+        with torch.no_grad():
+            probabilities = loaded.model(x).softmax(1).cpu()
+        targets = _targets(loaded, args.target, probabilities)
+        maps = method(loaded.model, x, targets.to(args.device), layers=layers if method.uses_layers else None)
+        for index, image in enumerate(batch):
+            width, height = image.photo.size
+            own = {name: m[index : index + 1].cpu() for name, m in maps.items()}
+            outputs = own.items() if per_layer else [("", _one_map(own, height, width, args.combine))]
+            files = []
+            for layer, saliency_map in outputs:
+                suffix = f"_{layer}" if layer else ""
+                full = ng.images.to_original_size(saliency_map, width, height)[0, 0].numpy().astype(np.float32)
+                np.save(args.out / f"{image.stem}{suffix}.npy", full)
+                ng.viz.overlay(image.photo, full).save(args.out / f"{image.stem}{suffix}.png")
+                files.append({"layer": layer or "combined", "png": f"{image.stem}{suffix}.png", "npy": f"{image.stem}{suffix}.npy"})
+            top = probabilities[index].topk(min(args.top_k, probabilities.shape[1]))
+            target = int(targets[index])
+            records.append(
+                {
+                    "image": str(image.path),
+                    "size": [width, height],
+                    "outputs": files,
+                    "predictions": [
+                        {"class": int(c), "name": loaded.class_name(int(c)), "probability": round(float(p), 6)}
+                        for p, c in zip(top.values, top.indices)
+                    ],
+                    "target": {
+                        "class": target,
+                        "name": loaded.class_name(target),
+                        "probability": round(float(probabilities[index, target]), 6),
+                    },
+                }
+            )
+    summary = {
+        "model": loaded.name,
+        "method": method.name,
+        "layers": layers,
+        "combine": args.combine,
+        "lr": args.lr if "meta" in method.name or "adversarial" in method.name else None,
+        "steps": args.steps if "meta" in method.name or "adversarial" in method.name else None,
+        "images": records,
+        "failed": failed,
+    }
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _print_table(records, args.out)
+    return 1 if failed else 0
+
+
+def _refuse_overwrite(args: argparse.Namespace, stems: list[str]) -> None:
+    if args.overwrite:
+        return
+    existing = [p for stem in stems for p in args.out.glob(f"{stem}*.npy") if p.stem == stem or p.stem.startswith(stem + "_")]
+    if (args.out / "summary.json").exists():
+        existing.append(args.out / "summary.json")
+    if existing:
+        raise NormGradError(
+            f"{len(existing)} output(s) already exist in {args.out} (e.g. {existing[0].name}); "
+            "pass --overwrite to replace them or choose another --out"
+        )
+
+
+def _print_table(records: list[dict], out: Path) -> None:
+    width = max([len(Path(r["image"]).name) for r in records] + [5])
+    print(f"{'image':{width}s}  {'prediction':28s} {'p':>6s}  {'explained':24s}  output")
+    for r in records:
+        best = r["predictions"][0] if r["predictions"] else r["target"]
+        print(
+            f"{Path(r['image']).name:{width}s}  {best['name'][:28]:28s} {best['probability']:6.1%}  "
+            f"{r['target']['name'][:24]:24s}  {out / r['outputs'][0]['png']}"
+        )
+    print(f"wrote {len(records)} image(s) to {out}/ (PNG overlays, float32 .npy maps, summary.json)")
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def compare(args: argparse.Namespace) -> int:
+    out = args.out or Path(f"{args.image.stem}_compare.png")
+    if out.exists() and not args.overwrite:
+        raise NormGradError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    methods = [ng.registry.get_method(name, lr=args.lr, steps=args.steps) for name in args.methods.split(",") if name.strip()]
+    if not methods:
+        raise NormGradError("--methods is empty")
+    loaded = _load_model(args)
+    photo = ng.images.load_image(args.image)
+    figure_path = compare_figure(loaded, photo, methods, args.layers, args.target, out, args.device)
+    print(f"wrote {figure_path}")
+    return 0
+
+
+def compare_figure(loaded: Any, photo: Any, methods: list, layer_option: str, target_option: str, out: Path, device: str = "cpu") -> Path:
+    """The paper-style figure: rows = layers + combined (product), columns = methods."""
+    x = loaded.preprocess(photo)[None].to(device)
+    layers = _layers(loaded, layer_option, x)
+    with torch.no_grad():
+        probabilities = loaded.model(x).softmax(1).cpu()
+    target = _targets(loaded, target_option, probabilities)
+    width, height = photo.size
+    panels: dict[str, dict[str, torch.Tensor]] = {layer: {} for layer in layers}
+    panels["combined"] = {}
+    for method in methods:
+        maps = method(loaded.model, x, target.to(device), layers=layers if method.uses_layers else None)
+        maps = {name: m.cpu() for name, m in maps.items()}
+        if method.uses_layers:
+            for layer, saliency_map in maps.items():
+                panels[layer][method.title] = ng.images.to_original_size(saliency_map, width, height)
+        panels["combined"][method.title] = ng.combine(maps, size=(height, width))
+    index = int(target[0])
+    title = f"{loaded.name}: {loaded.class_name(index)} ({float(probabilities[0, index]):.1%})"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ng.viz.grid(photo, panels, title=title, path=out)
+    return out
+
+
+# ----------------------------------------------------------------------------- layers, demo
+
+
+def layers(args: argparse.Namespace) -> int:
+    weights = None if str(args.weights).lower() == "none" else args.weights
+    loaded = ng.models.load(args.model, weights=weights)
+    size = args.size or loaded.preprocess.size
+    example = torch.zeros(1, 3, size, size)
+    defaults = set(loaded.default_layers(example))
+    infos = ng.engine.layers.describe_layers(loaded.model, example)
+    width = max(len(info.name) for info in infos)
+    print(f"  {'name':{width}s}  {'type':24s}  output shape          calls")
+    for info in infos:
+        mark = "*" if info.name in defaults else " "
+        shape = "x".join(map(str, info.output_shape)) if info.output_shape else "-"
+        print(f"{mark} {info.name:{width}s}  {info.type:24s}  {shape:20s}  {info.calls}")
+    in_order = [info.name for info in infos if info.name in defaults]
+    print(f"{len(infos)} layers of {loaded.name} at {size}x{size}; * = default layers ({', '.join(in_order)})")
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    import skimage.data
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    photos = {"chelsea": skimage.data.chelsea(), "coffee": skimage.data.coffee()}
+    paths = []
+    for name, array in photos.items():
+        path = out / f"{name}.jpg"
+        ng.images.from_array(array).save(path, quality=95)
+        paths.append(path)
+    print("normgrad demo: the embedded EfficientNet-Lite0 (ImageNet weights, offline) on two scikit-image photos")
+    loaded = ng.models.load()
+    methods = [ng.registry.get_method(name) for name in ["normgrad", "selective", "meta", "adversarial", "gradcam", "gradient"]]
+    figure = compare_figure(loaded, ng.images.load_image(paths[0]), methods, "auto", "auto", out / "chelsea_compare.png")
+    print(f"wrote {figure} (rows: layers and their product; columns: methods)")
+    explain_args = build_parser().parse_args(["explain", *map(str, paths), "--out", str(out / "explain"), "--overwrite"])
+    status = explain(explain_args)
+    print(f"demo outputs are in {out.resolve()}/")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

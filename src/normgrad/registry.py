@@ -1,0 +1,95 @@
+"""One registry of saliency methods, shared by the CLI, meta-saliency and the evaluations.
+
+Every method is called as ``method(model, inputs, target, layers=..., **options)``
+and returns ``{layer name: (N, 1, h, w) map}``.  Names:
+
+* ``normgrad``, ``selective``, and any ``<extract>+<aggregate>`` pair
+  (``conv3x3+max``, ``layer+norm``, ...) — the engine, all layers in one pass;
+* ``meta`` / ``adversarial`` — meta-saliency around NormGrad; ``meta:<base>``
+  and ``adversarial:<base>`` around any other method (``meta:selective``);
+* ``gradient``, ``input_x_gradient``, ``guided_backprop``,
+  ``integrated_gradients``, ``gradcam`` — Captum baselines;
+* ``center``, ``random`` — trivial baselines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from normgrad import baselines
+from normgrad.errors import NormGradError
+from normgrad.formulas.aggregate import AGGREGATES
+from normgrad.formulas.extract import EXTRACTS
+from normgrad.meta import meta_saliency
+from normgrad.methods import normgrad, normgrad_selective, saliency
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: its name, the function, whether ``layers`` matter, and a title for figures."""
+
+    name: str
+    function: Callable[..., dict]
+    uses_layers: bool
+    title: str
+
+    def __call__(self, model: Any, inputs: Any, target: Any = None, *, layers: Any = None, **options: Any) -> dict:
+        if self.uses_layers and layers is None:
+            raise NormGradError(f"method {self.name!r} needs layers=[...]")
+        return self.function(model, inputs, target, layers=layers, **options)
+
+
+_FIXED: dict[str, Method] = {
+    "normgrad": Method("normgrad", normgrad, True, "NormGrad"),
+    "selective": Method("selective", normgrad_selective, True, "NormGrad selective"),
+    "gradient": Method("gradient", baselines.gradient, False, "gradient"),
+    "input_x_gradient": Method("input_x_gradient", baselines.input_x_gradient, False, "input × gradient"),
+    "guided_backprop": Method("guided_backprop", baselines.guided_backprop, False, "guided backprop"),
+    "integrated_gradients": Method("integrated_gradients", baselines.integrated_gradients, False, "integrated gradients"),
+    "gradcam": Method("gradcam", baselines.gradcam, True, "Grad-CAM"),
+    "center": Method("center", baselines.center, False, "center"),
+    "random": Method("random", baselines.random, False, "random"),
+}
+CAPTUM_BASELINES = ("gradient", "input_x_gradient", "guided_backprop", "integrated_gradients", "gradcam")
+
+
+def method_names() -> list[str]:
+    """The names :func:`get_method` accepts (pairs and meta variants summarised)."""
+    return [*_FIXED, "meta", "adversarial", "meta:<method>", "adversarial:<method>", "<extract>+<aggregate>"]
+
+
+def get_method(name: str, *, lr: float = 2.5e-3, steps: int = 1) -> Method:
+    """The method called ``name``; meta variants take ``lr`` and ``steps``."""
+    name = name.strip()
+    if name in _FIXED:
+        return _FIXED[name]
+    for prefix, adversarial in (("meta", False), ("adversarial", True)):
+        if name == prefix or name.startswith(prefix + ":"):
+            base = get_method(name.partition(":")[2] or "normgrad")
+            function = partial(_meta, base=base, lr=lr, steps=steps, adversarial=adversarial)
+            title = f"{'adversarial' if adversarial else 'meta'} {base.title}"
+            return Method(name, function, base.uses_layers, title)
+    if "+" in name:
+        extract, _, aggregate = name.partition("+")
+        if extract in EXTRACTS and aggregate in AGGREGATES:
+            return Method(name, partial(saliency, extract=extract, aggregate=aggregate), True, f"{extract} + {aggregate}")
+        raise NormGradError(f"unknown extract+aggregate {name!r}; extracts: {', '.join(EXTRACTS)}; aggregates: {', '.join(AGGREGATES)}")
+    raise NormGradError(f"unknown method {name!r}; valid: {', '.join(method_names())}")
+
+
+def _meta(
+    model: Any,
+    inputs: Any,
+    target: Any = None,
+    *,
+    base: Method,
+    lr: float,
+    steps: int,
+    adversarial: bool,
+    layers: Any = None,
+    **options: Any,
+):
+    return meta_saliency(model, inputs, target, method=base.function, lr=lr, steps=steps, adversarial=adversarial, layers=layers, **options)
