@@ -14,7 +14,7 @@ name                      Captum                                 map
 ``guided_backprop``       ``GuidedBackprop``                     ``max_c |guided grad|``
 ``integrated_gradients``  ``IntegratedGradients`` (baseline 0)   ``Σ_c attribution_c``
 ``gradcam``               ``LayerGradCam`` (per layer, ReLU)     Grad-CAM at each layer
-``center``                —                                      ``−‖u − centre‖`` (peak at (W/2, H/2))
+``center``                —                                      ``−‖u − (H//2, W//2)‖``
 ``random``                —                                      uniform noise (seeded)
 ========================  =====================================  ==========================
 """
@@ -111,11 +111,11 @@ def gradcam(model: nn.Module, inputs: Tensor, target: Target = None, *, layers: 
 
 
 def center(model: nn.Module, inputs: Tensor, target: Target = None, *, layers: Layers | None = None, **options: Any) -> dict[str, Tensor]:
-    """The centre baseline: a map that peaks at the image centre (W/2, H/2)."""
+    """The centre baseline: a map whose unique maximum is the pixel (H // 2, W // 2), i.e. the point (W/2, H/2)."""
     check_inputs(inputs)
     n, _, height, width = inputs.shape
-    rows = torch.arange(height, dtype=torch.float32, device=inputs.device) + 0.5 - height / 2
-    cols = torch.arange(width, dtype=torch.float32, device=inputs.device) + 0.5 - width / 2
+    rows = torch.arange(height, dtype=torch.float32, device=inputs.device) - height // 2
+    cols = torch.arange(width, dtype=torch.float32, device=inputs.device) - width // 2
     distance = (rows[:, None] ** 2 + cols[None, :] ** 2).sqrt()
     return {"input": (-distance).expand(n, 1, height, width).clone()}
 

@@ -35,6 +35,12 @@ EXAMPLES = {
   normgrad layers torchvision:resnet50 --size 224""",
     "demo": """examples:
   normgrad demo                  # writes normgrad-demo/""",
+    "pointing": """examples:
+  normgrad eval pointing --dataset voc07 --root ~/data/VOCdevkit --method center --out center.json
+  normgrad eval pointing --dataset voc07 --root ~/data/VOCdevkit --model torchvision:resnet50 \\
+      --weights voc_resnet50.pth --method selective --layers layer4 --subset difficult --out sel.json
+  normgrad eval pointing --dataset coco14 --root ~/data/coco --model timm:resnet50 --weights coco.pth \\
+      --num-classes 80 --method gradcam --layers layer4 --limit 500 --out gradcam.json""",
 }
 
 
@@ -94,6 +100,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = command("demo", "Run compare and explain on a real photo with the embedded model, offline.")
     demo.add_argument("--out", type=Path, default=Path("normgrad-demo"), help="output folder (default: normgrad-demo)")
+
+    evaluation = commands.add_parser("eval", help="Evaluations: the pointing game, and the report on real photos.")
+    evaluations = evaluation.add_subparsers(dest="evaluation", required=True, parser_class=_Parser)
+    pointing = evaluations.add_parser(
+        "pointing",
+        help="The pointing game on PASCAL VOC 2007 test or COCO 2014 val, from local folders.",
+        description="The pointing game (Zhang et al. 2016) exactly as TorchRay runs it; accuracy = mean over classes.",
+        epilog=EXAMPLES["pointing"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pointing.add_argument("--dataset", required=True, choices=["voc07", "coco14"])
+    pointing.add_argument("--root", required=True, type=Path, help="folder holding VOCdevkit/VOC2007, or COCO's annotations/ and val2014/")
+    pointing.add_argument("--subset", default="all", choices=["all", "difficult"])
+    pointing.add_argument(
+        "--difficult-flags", type=Path, default=None, help="TorchRay's per-image flags file (else computed from the annotations)"
+    )
+    _model_options(pointing)
+    pointing.add_argument("--num-classes", type=int, default=None, help="the checkpoint's classes (default: the dataset's, 20 or 80)")
+    pointing.add_argument("--method", default="normgrad", help="any method of 'normgrad explain', or center")
+    pointing.add_argument("--layers", default="auto", help="comma-separated layers, or 'auto' (default)")
+    pointing.add_argument("--combine", default="product", choices=list(ng.COMBINE_MODES), help="how several layers combine")
+    pointing.add_argument("--tolerance", type=float, default=15.0, help="hit distance in pixels, strict (default: 15)")
+    pointing.add_argument("--limit", type=int, default=None, help="only the first N images")
+    pointing.add_argument("--out", required=True, type=Path, help="result JSON")
+    _meta_options(pointing)
+    pointing.add_argument("--overwrite", action="store_true", help="replace an existing result (and start afresh)")
     return parser
 
 
@@ -113,6 +145,8 @@ def _meta_options(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "eval":
+            return {"pointing": eval_pointing}[args.evaluation](args)
         return {"explain": explain, "compare": compare, "layers": layers, "demo": demo}[args.command](args)
     except NormGradError as error:
         print(f"normgrad: error: {error}", file=sys.stderr)
@@ -125,11 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ----------------------------------------------------------------------------- shared steps
 
 
-def _load_model(args: argparse.Namespace) -> Any:
+def _load_model(args: argparse.Namespace, num_classes: int | None = None) -> Any:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise NormGradError("--device cuda: no CUDA device is available here; use --device cpu")
     weights = None if str(args.weights).lower() == "none" else args.weights
-    return ng.models.load(args.model, weights=weights, device=args.device)
+    return ng.models.load(args.model, weights=weights, num_classes=num_classes, device=args.device)
 
 
 def _layers(loaded: Any, option: str, example: torch.Tensor) -> list[str]:
@@ -181,12 +215,12 @@ def _stems(paths: list[Path]) -> list[str]:
     return stems
 
 
-def _progress(items: list, description: str) -> Any:
+def _progress(items: list, description: str, unit: str = "batch") -> Any:
     try:
         from tqdm import tqdm
     except ImportError:
         return items
-    return tqdm(items, desc=description, unit="batch", disable=len(items) < 2 or not sys.stderr.isatty(), file=sys.stderr)
+    return tqdm(items, desc=description, unit=unit, disable=len(items) < 2 or not sys.stderr.isatty(), file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- explain
@@ -379,6 +413,57 @@ def demo(args: argparse.Namespace) -> int:
     status = explain(explain_args)
     print(f"demo outputs are in {out.resolve()}/")
     return status
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def eval_pointing(args: argparse.Namespace) -> int:
+    from normgrad.evaluation.datasets import load_dataset, read_difficult_flags
+    from normgrad.evaluation.pointing import method_maps, run_pointing_game
+
+    resume_file = args.out.with_name(args.out.name + ".partial.jsonl")
+    if args.out.exists() and not args.overwrite:
+        raise NormGradError(f"{args.out} already exists; pass --overwrite to replace it")
+    if args.overwrite and resume_file.exists():
+        resume_file.unlink()
+    dataset = load_dataset(args.dataset, args.root)
+    num_classes = len(dataset.class_names)
+    flags = read_difficult_flags(args.difficult_flags, num_classes) if args.difficult_flags else None
+    method = ng.registry.get_method(args.method, lr=args.lr, steps=args.steps)
+    loaded, layers = None, None
+    if method.needs_model:
+        weights_given = str(args.weights).lower() != "default"
+        loaded = _load_model(args, args.num_classes or (num_classes if weights_given else None))
+        probe = loaded.preprocess.size
+        example = torch.zeros(1, 3, probe, probe, device=args.device)
+        with torch.no_grad():
+            outputs = loaded.model(example).shape[-1]
+        if outputs != num_classes:
+            raise NormGradError(
+                f"the model has {outputs} outputs but {args.dataset} has {num_classes} classes: pass a checkpoint trained on it, "
+                f"e.g. --model torchvision:resnet50 --weights {args.dataset}_resnet50.pth"
+            )
+        layers = _layers(loaded, args.layers, example) if method.uses_layers else None
+    if resume_file.exists():
+        print(f"resuming from {resume_file}", file=sys.stderr)
+    result = run_pointing_game(
+        dataset,
+        method_maps(loaded, method, layers, args.combine, args.device),
+        tolerance=args.tolerance,
+        subset=args.subset,
+        difficult_flags=flags,
+        limit=args.limit,
+        progress=lambda ids: _progress(list(ids), "pointing", "image"),
+        resume_file=resume_file,
+    )
+    config = {"dataset": args.dataset, "method": method.name, "model": loaded.name if loaded else None, "layers": layers}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({**config, **result}, indent=2))
+    resume_file.unlink()
+    summary = f"{result['accuracy']:.1%} over {result['pairs']} pairs"
+    print(f"pointing game, {args.dataset} {args.subset}, {method.name}: {summary}; wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -112,14 +112,26 @@ def imagenet_classes() -> list[str]:
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def load(name: str = EMBEDDED, *, weights: str | Path | None = DEFAULT, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a classifier by name; see the module docstring for the names."""
+def load(
+    name: str = EMBEDDED, *, weights: str | Path | None = DEFAULT, num_classes: int | None = None, device: str | torch.device = "cpu"
+) -> LoadedModel:
+    """Load a classifier by name; see the module docstring for the names.
+
+    ``num_classes`` builds the architecture with another head (e.g. 20 for a
+    VOC checkpoint); it needs ``weights=`` a file or ``None``.
+    """
+    if num_classes is not None and weights == DEFAULT and num_classes != 1000:
+        raise NormGradError(
+            f"num_classes={num_classes} needs weights= a local file (or None): the default weights have 1000 ImageNet classes"
+        )
     if name == EMBEDDED:
+        if num_classes not in (None, 1000):
+            raise NormGradError("the embedded EfficientNet-Lite0 has 1000 classes; use torchvision:<arch> or timm:<name> for other heads")
         loaded = _embedded(weights)
     elif name.startswith("torchvision:"):
-        loaded = _torchvision(name.split(":", 1)[1], weights)
+        loaded = _torchvision(name.split(":", 1)[1], weights, num_classes)
     elif name.startswith("timm:"):
-        loaded = _timm(name.split(":", 1)[1], weights)
+        loaded = _timm(name.split(":", 1)[1], weights, num_classes)
     else:
         raise NormGradError(
             f"unknown model {name!r}; valid: {EMBEDDED!r} (embedded, offline), 'torchvision:<arch>' (e.g. torchvision:resnet50), "
@@ -160,7 +172,7 @@ def _load_by_order(model: nn.Module, state: dict[str, Tensor]) -> None:
     model.load_state_dict(mapped)
 
 
-def _torchvision(arch: str, weights: str | Path | None) -> LoadedModel:
+def _torchvision(arch: str, weights: str | Path | None, num_classes: int | None = None) -> LoadedModel:
     torchvision = _require("torchvision", "vision")
     available = torchvision.models.list_models(module=torchvision.models)
     if arch not in available:
@@ -174,13 +186,13 @@ def _torchvision(arch: str, weights: str | Path | None) -> LoadedModel:
         except Exception as error:  # offline: URLError, OSError, RuntimeError from the hub
             raise _offline_error(f"torchvision:{arch}", error) from error
     else:
-        model = torchvision.models.get_model(arch, weights=None)
+        model = torchvision.models.get_model(arch, weights=None, **({"num_classes": num_classes} if num_classes else {}))
         if weights is not None:
             _load_file(model, weights)
-    return LoadedModel(f"torchvision:{arch}", model, Preprocess(), imagenet_classes())
+    return LoadedModel(f"torchvision:{arch}", model, Preprocess(), _class_names(num_classes))
 
 
-def _timm(model_name: str, weights: str | Path | None) -> LoadedModel:
+def _timm(model_name: str, weights: str | Path | None, num_classes: int | None = None) -> LoadedModel:
     timm = _require("timm", "vision")
     if weights == DEFAULT:
         try:
@@ -195,7 +207,7 @@ def _timm(model_name: str, weights: str | Path | None) -> LoadedModel:
             raise _offline_error(f"timm:{model_name}", error) from error
     else:
         try:
-            model = timm.create_model(model_name, pretrained=False)
+            model = timm.create_model(model_name, pretrained=False, **({"num_classes": num_classes} if num_classes else {}))
         except RuntimeError as error:
             raise NormGradError(f"unknown timm model {model_name!r}") from error
         if weights is not None:
@@ -203,8 +215,11 @@ def _timm(model_name: str, weights: str | Path | None) -> LoadedModel:
     config = timm.data.resolve_data_config({}, model=model)
     size = int(config["input_size"][-1])
     preprocess = Preprocess(size=size, mean=tuple(config["mean"]), std=tuple(config["std"]))
-    classes = imagenet_classes() if getattr(model, "num_classes", 1000) == 1000 else [f"class {i}" for i in range(model.num_classes)]
-    return LoadedModel(f"timm:{model_name}", model, preprocess, classes)
+    return LoadedModel(f"timm:{model_name}", model, preprocess, _class_names(getattr(model, "num_classes", 1000)))
+
+
+def _class_names(num_classes: int | None) -> list[str]:
+    return imagenet_classes() if num_classes in (None, 1000) else [f"class {i}" for i in range(num_classes)]
 
 
 def _load_file(model: nn.Module, path: str | Path) -> None:

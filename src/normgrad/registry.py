@@ -35,6 +35,7 @@ class Method:
     function: Callable[..., dict]
     uses_layers: bool
     title: str
+    needs_model: bool = True
 
     def __call__(self, model: Any, inputs: Any, target: Any = None, *, layers: Any = None, **options: Any) -> dict:
         if self.uses_layers and layers is None:
@@ -50,8 +51,8 @@ _FIXED: dict[str, Method] = {
     "guided_backprop": Method("guided_backprop", baselines.guided_backprop, False, "guided backprop"),
     "integrated_gradients": Method("integrated_gradients", baselines.integrated_gradients, False, "integrated gradients"),
     "gradcam": Method("gradcam", baselines.gradcam, True, "Grad-CAM"),
-    "center": Method("center", baselines.center, False, "center"),
-    "random": Method("random", baselines.random, False, "random"),
+    "center": Method("center", baselines.center, False, "center", needs_model=False),
+    "random": Method("random", baselines.random, False, "random", needs_model=False),
 }
 CAPTUM_BASELINES = ("gradient", "input_x_gradient", "guided_backprop", "integrated_gradients", "gradcam")
 
