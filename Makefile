@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench eval lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)  ## the main job: compare and explain real photos with the embedd
 
 bench: $(STAMP)  ## speed and memory benchmarks (ratios, one process per table)
 	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python benchmarks/bench_meta.py
+
+eval: $(STAMP)  ## the evaluation report on real photos (docs/results.md), about 8 minutes
+	$(BIN)/normgrad eval report --out docs
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples

@@ -89,7 +89,9 @@ def _channel_sum(attribution: Tensor) -> Tensor:
 gradient = _input_method(lambda attr, f: attr.Saliency(f), _abs_max, abs=True)
 input_x_gradient = _input_method(lambda attr, f: attr.InputXGradient(f), _channel_sum)
 guided_backprop = _input_method(lambda attr, m: attr.GuidedBackprop(m), _abs_max, needs_module=True)  # hooks the model's ReLUs
-integrated_gradients = _input_method(lambda attr, f: attr.IntegratedGradients(f), _channel_sum, n_steps=32)
+integrated_gradients = _input_method(
+    lambda attr, f: attr.IntegratedGradients(f), _channel_sum, n_steps=32, internal_batch_size=16
+)  # bounded memory
 
 
 def gradcam(model: nn.Module, inputs: Tensor, target: Target = None, *, layers: Layers, **options: Any) -> dict[str, Tensor]:

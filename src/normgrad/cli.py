@@ -126,6 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
     pointing.add_argument("--out", required=True, type=Path, help="result JSON")
     _meta_options(pointing)
     pointing.add_argument("--overwrite", action="store_true", help="replace an existing result (and start afresh)")
+
+    report = evaluations.add_parser(
+        "report",
+        help="Grid pointing game, sanity check, class sensitivity and training impact on real photos; writes results.md.",
+        description="Runs the four studies on the embedded model and scikit-image's photos (or --images) in about 8 minutes.",
+    )
+    report.add_argument("--out", type=Path, default=Path("docs"), help="folder for results.md, results.json and plots (default: docs)")
+    report.add_argument("--images", nargs="*", type=Path, default=None, help="your own photos instead of scikit-image's")
+    report.add_argument("--grids", type=int, default=5, help="grids in the grid pointing game (default: 5)")
+
+    grid = evaluations.add_parser("grid", help="The grid pointing game on your photos (at least 4 confidently classified classes).")
+    grid.add_argument("images", nargs="+", type=Path)
+    _model_options(grid)
+    grid.add_argument("--methods", default="normgrad,selective,meta,adversarial,gradcam,gradient", help="comma-separated methods")
+    grid.add_argument("--grids", type=int, default=10, help="at most this many grids (default: 10)")
+    grid.add_argument("--threshold", type=float, default=0.2, help="minimum top-1 probability of a photo (default: 0.2)")
+    grid.add_argument("--out", type=Path, default=None, help="also write the records as JSON")
     return parser
 
 
@@ -146,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "eval":
-            return {"pointing": eval_pointing}[args.evaluation](args)
+            return {"pointing": eval_pointing, "report": eval_report, "grid": eval_grid}[args.evaluation](args)
         return {"explain": explain, "compare": compare, "layers": layers, "demo": demo}[args.command](args)
     except NormGradError as error:
         print(f"normgrad: error: {error}", file=sys.stderr)
@@ -463,6 +480,37 @@ def eval_pointing(args: argparse.Namespace) -> int:
     resume_file.unlink()
     summary = f"{result['accuracy']:.1%} over {result['pairs']} pairs"
     print(f"pointing game, {args.dataset} {args.subset}, {method.name}: {summary}; wrote {args.out}")
+    return 0
+
+
+def eval_report(args: argparse.Namespace) -> int:
+    from normgrad.evaluation.photos import load_folder
+    from normgrad.evaluation.report import run_report
+
+    photos = load_folder(args.images) if args.images else None
+    headline = run_report(args.out, photos=photos, grids=args.grids, log=lambda message: print(message, file=sys.stderr))
+    for check in headline["checks"]:
+        print(f"- {check}")
+    return 0
+
+
+def eval_grid(args: argparse.Namespace) -> int:
+    from normgrad.evaluation.grid import grid_pointing
+    from normgrad.evaluation.photos import load_folder
+
+    loaded = _load_model(args)
+    methods = [ng.registry.get_method(name) for name in args.methods.split(",") if name.strip()]
+    records = grid_pointing(loaded, load_folder(args.images), methods, threshold=args.threshold, max_grids=args.grids)
+    if args.out:
+        args.out.write_text(json.dumps(records, indent=1))
+    table: dict[tuple, list] = {}
+    for r in records:
+        table.setdefault((r["method"], r["layer"]), []).append(r)
+    print(f"{'method':16s} {'layer':12s} {'share in cell':>13s} {'argmax in cell':>14s}   ({len({r['grid'] for r in records})} grids)")
+    for (method, layer), rows in table.items():
+        share = sum(r["share"] for r in rows) / len(rows)
+        hits = sum(r["hit"] for r in rows) / len(rows)
+        print(f"{method:16s} {layer:12s} {share:13.3f} {hits:14.2f}")
     return 0
 
 
