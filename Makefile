@@ -23,6 +23,7 @@ demo: $(STAMP)  ## the main job: compare and explain real photos with the embedd
 bench: $(STAMP)  ## speed and memory benchmarks (ratios, one process per table)
 	$(BIN)/python benchmarks/bench_engine.py
 	$(BIN)/python benchmarks/bench_meta.py
+	$(BIN)/python benchmarks/bench_suite.py
 
 eval: $(STAMP)  ## the evaluation report on real photos (docs/results.md), about 8 minutes
 	$(BIN)/normgrad eval report --out docs

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+PREFIX_TOKENS = 0  # class/register tokens before the grid tokens (set by token tests)
+
 
 def aggregate_explicit(contribution: Tensor, aggregate: str) -> Tensor:
     """Aggregate an explicit (N, h, w, ...) contribution tensor to an (N, 1, h, w) map."""
@@ -124,17 +126,17 @@ def to_nchw(t: Tensor) -> Tensor:
     if t.dim() == 4:
         return t
     if t.dim() == 3:
-        side = math.isqrt(t.shape[1])
-        grid = (side, side) if side * side == t.shape[1] else (1, t.shape[1])
-        return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], *grid)
+        prefix = PREFIX_TOKENS
+        side = math.isqrt(t.shape[1] - prefix)
+        return t[:, prefix:].transpose(1, 2).reshape(t.shape[0], t.shape[2], side, side)
     return t[:, :, None, None]
 
 
 def from_nchw(t: Tensor, like: Tensor) -> Tensor:
     if like.dim() == 4:
         return t
-    if like.dim() == 3:
-        return t.flatten(2).transpose(1, 2)
+    if like.dim() == 3:  # the prefix tokens pass through the virtual layer unchanged
+        return torch.cat([like[:, :PREFIX_TOKENS], t.flatten(2).transpose(1, 2)], dim=1)
     return t[:, :, 0, 0]
 
 

@@ -102,3 +102,27 @@ def test_inplace_relu_gives_the_same_maps_as_out_of_place():
     vgg_like(x)
     expected = brute_force_map(vgg_like.double(), x.double(), "0", "conv1x1", "sum")
     torch.testing.assert_close(ng.saliency(vgg_like, x.double(), layers="0", aggregate="sum")["0"], expected.float())
+
+
+class TinyViT(TinyTransformer):
+    """As TinyTransformer, with a class token first (T = 1 + 4²), pooled from the class token as ViTs do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.randn(1, 1, 8))
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
+        tokens = tokens + self.mlp(self.norm(tokens))
+        return self.head(tokens[:, 0] + tokens[:, 1:].mean(1))
+
+
+def test_class_token_is_left_out_of_the_grid(monkeypatch):
+    import brute_force
+
+    monkeypatch.setattr(brute_force, "PREFIX_TOKENS", 1)
+    model = TinyViT()
+    x = torch.randn(2, 3, 16, 16)
+    assert ng.normgrad(model, x, layers=["norm"])["norm"].shape == (2, 1, 4, 4)
+    check_all(model, x, ["norm", "mlp.1"], ["mlp.0", "mlp.2"], target=3)

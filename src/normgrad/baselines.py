@@ -14,13 +14,14 @@ name                      Captum                                 map
 ``guided_backprop``       ``GuidedBackprop``                     ``max_c |guided grad|``
 ``integrated_gradients``  ``IntegratedGradients`` (baseline 0)   ``Σ_c attribution_c``
 ``gradcam``               ``LayerGradCam`` (per layer, ReLU)     Grad-CAM at each layer
-``center``                —                                      ``−‖u − (H//2, W//2)‖``
+``center``                —                                      ``max‖·‖ − ‖u − (H//2, W//2)‖``
 ``random``                —                                      uniform noise (seeded)
 ========================  =====================================  ==========================
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -88,7 +89,21 @@ def _channel_sum(attribution: Tensor) -> Tensor:
 
 gradient = _input_method(lambda attr, f: attr.Saliency(f), _abs_max, abs=True)
 input_x_gradient = _input_method(lambda attr, f: attr.InputXGradient(f), _channel_sum)
-guided_backprop = _input_method(lambda attr, m: attr.GuidedBackprop(m), _abs_max, needs_module=True)  # hooks the model's ReLUs
+_guided_backprop = _input_method(lambda attr, m: attr.GuidedBackprop(m), _abs_max, needs_module=True)  # hooks the model's ReLUs
+
+
+def guided_backprop(
+    model: nn.Module, inputs: Tensor, target: Target = None, *, layers: Layers | None = None, **options: Any
+) -> dict[str, Tensor]:
+    """Captum's GuidedBackprop; it changes ``nn.ReLU`` modules only, so warn when the model has none (ReLU6, SiLU, GELU...)."""
+    if not any(isinstance(m, nn.ReLU) for m in model.modules()):
+        warnings.warn(
+            "guided backprop (Captum) only modifies nn.ReLU modules and this model has none: the result equals the plain gradient",
+            stacklevel=2,
+        )
+    return _guided_backprop(model, inputs, target, layers=layers, **options)
+
+
 integrated_gradients = _input_method(
     lambda attr, f: attr.IntegratedGradients(f), _channel_sum, n_steps=32, internal_batch_size=16
 )  # bounded memory
@@ -119,7 +134,7 @@ def center(model: nn.Module, inputs: Tensor, target: Target = None, *, layers: L
     rows = torch.arange(height, dtype=torch.float32, device=inputs.device) - height // 2
     cols = torch.arange(width, dtype=torch.float32, device=inputs.device) - width // 2
     distance = (rows[:, None] ** 2 + cols[None, :] ** 2).sqrt()
-    return {"input": (-distance).expand(n, 1, height, width).clone()}
+    return {"input": (distance.max() - distance).expand(n, 1, height, width).clone()}  # non-negative, peak at the centre
 
 
 def random(

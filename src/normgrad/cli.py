@@ -10,7 +10,6 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,9 @@ from normgrad.errors import NormGradError
 EXAMPLES = {
     "explain": """examples:
   normgrad explain cat.jpg                                  # NormGrad, stage layers, product, embedded model
-  normgrad explain photos/*.jpg --method selective --out maps/
+  normgrad explain photos/ --method selective --out maps/ --batch-size 16 --workers 4
+  normgrad explain "photos/**/*.jpg" --out maps/ --resume             # continue after an interruption
+  torchrun --nproc-per-node 2 -m normgrad explain photos/ --out maps/   # shard across processes
   normgrad explain cat.jpg --method meta --lr 0.0025 --target "tiger cat"
   normgrad explain cat.jpg --method conv3x3+max --layers blocks.2,blocks.4 --combine none
   normgrad explain cat.jpg --model torchvision:resnet50 --weights resnet50.pth --method gradcam""",
@@ -62,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     explain = command("explain", "Saliency maps for images: <stem>.png overlays, <stem>.npy maps and summary.json.")
-    explain.add_argument("images", nargs="+", type=Path, help="image files (JPEG, PNG, WebP, TIFF, ...)")
+    explain.add_argument(
+        "images", nargs="+", help="image files (JPEG, PNG, WebP, TIFF, ...), folders (searched recursively) or quoted globs"
+    )
     _model_options(explain)
     explain.add_argument(
         "--method",
@@ -79,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", type=Path, default=Path("normgrad-out"), help="output folder (default: normgrad-out)")
     explain.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     _meta_options(explain)
+    explain.add_argument("--workers", type=int, default=2, help="background processes reading images (default: 2; 0: none)")
+    explain.add_argument("--resume", action="store_true", help="skip images already explained in --out (after an interruption)")
     explain.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
     compare = command("compare", "One figure: rows = layers and their combination, columns = methods.")
@@ -214,24 +219,6 @@ def _one_map(maps: dict[str, torch.Tensor], height: int, width: int, mode: str) 
     return ng.combine(maps, size=(height, width), mode=mode)
 
 
-@dataclass
-class _Image:
-    path: Path
-    stem: str
-    photo: Any
-    tensor: torch.Tensor
-
-
-def _stems(paths: list[Path]) -> list[str]:
-    seen: dict[str, int] = {}
-    stems = []
-    for path in paths:
-        count = seen.get(path.stem, 0)
-        seen[path.stem] = count + 1
-        stems.append(path.stem if count == 0 else f"{path.stem}-{count}")
-    return stems
-
-
 def _progress(items: list, description: str, unit: str = "batch") -> Any:
     try:
         from tqdm import tqdm
@@ -244,95 +231,145 @@ def _progress(items: list, description: str, unit: str = "batch") -> Any:
 
 
 def explain(args: argparse.Namespace) -> int:
-    if args.batch_size < 1 or args.top_k < 0:
-        raise NormGradError("--batch-size must be at least 1 and --top-k at least 0")
+    from normgrad import streaming
+
+    if args.batch_size < 1 or args.top_k < 0 or args.workers < 0:
+        raise NormGradError("--batch-size must be at least 1, --top-k and --workers at least 0")
     method = ng.registry.get_method(args.method, lr=args.lr, steps=args.steps)
-    loaded = _load_model(args)
-    stems = _stems(args.images)
-    _refuse_overwrite(args, stems)
+    paths = streaming.expand_inputs(args.images)
+    if not paths:
+        raise NormGradError("no image given (folders are searched for .jpg, .png, .webp, .tif, .bmp, .gif files)")
+    stems = streaming.unique_stems(paths)
+    shard = streaming.join_shard(args.device)
+    try:
+        if shard.distributed and args.device.startswith("cuda"):
+            args.device = f"cuda:{shard.local_rank}"
+        args.out.mkdir(parents=True, exist_ok=True)
+        done = {r["stem"] for r in streaming.read_records(args.out)} if args.resume else set()
+        if not args.resume:
+            _refuse_overwrite(args, stems)
+            for stale in args.out.glob(f"records.rank{shard.rank}.jsonl"):
+                stale.unlink()
+        loaded = _load_model(args)
+        mine = [(i, p, s) for i, (p, s) in enumerate(zip(paths, stems)) if i % shard.world == shard.rank and s not in done]
+        records_file = (args.out / f"records.rank{shard.rank}.jsonl").open("a")
+        failed = 0
+        progress = _image_progress(len(mine), disable=shard.rank != 0)
 
-    images, failed = [], []
-    for path, stem in zip(args.images, stems):
+        def on_error(item: Any) -> None:
+            nonlocal failed
+            failed += 1
+            print(f"normgrad: skipping {item.path}: {item.error}", file=sys.stderr)
+            records_file.write(json.dumps({"index": item.index, "stem": item.stem, "image": str(item.path), "error": item.error}) + "\n")
+            progress.update(1)
+
         try:
-            photo = ng.images.load_image(path)
-        except NormGradError as error:
-            print(f"normgrad: skipping {path}: {error}", file=sys.stderr)
-            failed.append({"path": str(path), "error": str(error)})
-            continue
-        images.append(_Image(path, stem, photo, loaded.preprocess(photo)))
-    if not images:
-        raise NormGradError("no image could be read")
+            items = streaming.loader(mine, loaded.preprocess, args.workers)
+            for batch in streaming.batches(items, args.batch_size, on_error):
+                for record in _explain_batch(args, loaded, method, batch):
+                    records_file.write(json.dumps(record) + "\n")
+                records_file.flush()
+                progress.update(len(batch))
+        finally:
+            records_file.close()
+            progress.close()
+        streaming.finish_shard(shard)
+        if shard.rank == 0:
+            records = sorted(streaming.read_records(args.out), key=lambda r: r["index"])
+            _write_summary(args, loaded, method, records)
+            _print_table([r for r in records if "error" not in r], args.out)
+        return 1 if failed else 0
+    finally:
+        streaming.leave_shard(shard)
 
-    groups: dict[tuple, list[_Image]] = {}
-    for image in images:  # same preprocessed size → same batch
-        groups.setdefault(tuple(image.tensor.shape), []).append(image)
-    batches = [group[i : i + args.batch_size] for group in groups.values() for i in range(0, len(group), args.batch_size)]
 
-    args.out.mkdir(parents=True, exist_ok=True)
+def _image_progress(total: int, disable: bool) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        disable = True
+    if disable or total < 2 or not sys.stderr.isatty():
+
+        class _Silent:
+            def update(self, n: int) -> None: ...
+
+            def close(self) -> None: ...
+
+        return _Silent()
+    return tqdm(total=total, desc="explaining", unit="img", file=sys.stderr)  # shows images/s
+
+
+def _explain_batch(args: argparse.Namespace, loaded: Any, method: Any, batch: list) -> list[dict]:
+    """Maps for one batch of same-size images; writes each image's PNG and NPY; returns their records."""
+    x = torch.stack([item.tensor for item in batch]).to(args.device)
+    layers = _layers(loaded, args.layers, x) if method.uses_layers else None
+    per_layer = args.combine == "none" and method.uses_layers and len(layers) > 1
+    with torch.no_grad():
+        probabilities = loaded.model(x).softmax(1).cpu()
+    targets = _targets(loaded, args.target, probabilities)
+    maps = method(loaded.model, x, targets.to(args.device), layers=layers)
     records = []
-    layers: list[str] | None = None
-    for batch in _progress(batches, "explaining"):
-        x = torch.stack([image.tensor for image in batch]).to(args.device)
-        layers = _layers(loaded, args.layers, x) if method.uses_layers else ["input"]
-        per_layer = args.combine == "none" and method.uses_layers and len(layers) > 1
-        with torch.no_grad():
-            probabilities = loaded.model(x).softmax(1).cpu()
-        targets = _targets(loaded, args.target, probabilities)
-        maps = method(loaded.model, x, targets.to(args.device), layers=layers if method.uses_layers else None)
-        for index, image in enumerate(batch):
-            width, height = image.photo.size
-            own = {name: m[index : index + 1].cpu() for name, m in maps.items()}
-            outputs = own.items() if per_layer else [("", _one_map(own, height, width, args.combine))]
-            files = []
-            for layer, saliency_map in outputs:
-                suffix = f"_{layer}" if layer else ""
-                full = ng.images.to_original_size(saliency_map, width, height)[0, 0].numpy().astype(np.float32)
-                np.save(args.out / f"{image.stem}{suffix}.npy", full)
-                ng.viz.overlay(image.photo, full).save(args.out / f"{image.stem}{suffix}.png")
-                files.append({"layer": layer or "combined", "png": f"{image.stem}{suffix}.png", "npy": f"{image.stem}{suffix}.npy"})
-            top = probabilities[index].topk(min(args.top_k, probabilities.shape[1]))
-            target = int(targets[index])
-            records.append(
-                {
-                    "image": str(image.path),
-                    "size": [width, height],
-                    "outputs": files,
-                    "predictions": [
-                        {"class": int(c), "name": loaded.class_name(int(c)), "probability": round(float(p), 6)}
-                        for p, c in zip(top.values, top.indices)
-                    ],
-                    "target": {
-                        "class": target,
-                        "name": loaded.class_name(target),
-                        "probability": round(float(probabilities[index, target]), 6),
-                    },
-                }
-            )
+    for index, item in enumerate(batch):
+        width, height = item.photo.size
+        own = {name: m[index : index + 1].detach().cpu() for name, m in maps.items()}
+        outputs = own.items() if per_layer else [("", _one_map(own, height, width, args.combine))]
+        files = []
+        for layer, saliency_map in outputs:
+            suffix = f"_{layer}" if layer else ""
+            full = ng.images.to_original_size(saliency_map, width, height)[0, 0].numpy().astype(np.float32)
+            np.save(args.out / f"{item.stem}{suffix}.npy", full)
+            ng.viz.overlay(item.photo, full).save(args.out / f"{item.stem}{suffix}.png")
+            files.append({"layer": layer or "combined", "png": f"{item.stem}{suffix}.png", "npy": f"{item.stem}{suffix}.npy"})
+        top = probabilities[index].topk(min(args.top_k, probabilities.shape[1]))
+        target = int(targets[index])
+        records.append(
+            {
+                "index": item.index,
+                "stem": item.stem,
+                "image": str(item.path),
+                "size": [width, height],
+                "layers": layers or ["input"],
+                "outputs": files,
+                "predictions": [
+                    {"class": int(c), "name": loaded.class_name(int(c)), "probability": round(float(p), 6)}
+                    for p, c in zip(top.values, top.indices)
+                ],
+                "target": {
+                    "class": target,
+                    "name": loaded.class_name(target),
+                    "probability": round(float(probabilities[index, target]), 6),
+                },
+            }
+        )
+    return records
+
+
+def _write_summary(args: argparse.Namespace, loaded: Any, method: Any, records: list[dict]) -> None:
+    meta = "meta" in method.name or "adversarial" in method.name
     summary = {
         "model": loaded.name,
         "method": method.name,
-        "layers": layers,
+        "layers": next((r["layers"] for r in records if "layers" in r), None),
         "combine": args.combine,
-        "lr": args.lr if "meta" in method.name or "adversarial" in method.name else None,
-        "steps": args.steps if "meta" in method.name or "adversarial" in method.name else None,
-        "images": records,
-        "failed": failed,
+        "lr": args.lr if meta else None,
+        "steps": args.steps if meta else None,
+        "images": [r for r in records if "error" not in r],
+        "failed": [{"path": r["image"], "error": r["error"]} for r in records if "error" in r],
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    _print_table(records, args.out)
-    return 1 if failed else 0
 
 
 def _refuse_overwrite(args: argparse.Namespace, stems: list[str]) -> None:
     if args.overwrite:
         return
-    existing = [p for stem in stems for p in args.out.glob(f"{stem}*.npy") if p.stem == stem or p.stem.startswith(stem + "_")]
+    wanted = set(stems)
+    existing = [p for p in args.out.glob("*.npy") if p.stem in wanted or p.stem.split("_", 1)[0] in wanted]
     if (args.out / "summary.json").exists():
         existing.append(args.out / "summary.json")
     if existing:
         raise NormGradError(
             f"{len(existing)} output(s) already exist in {args.out} (e.g. {existing[0].name}); "
-            "pass --overwrite to replace them or choose another --out"
+            "pass --resume to skip finished images, --overwrite to replace them, or choose another --out"
         )
 
 

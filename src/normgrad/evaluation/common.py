@@ -36,14 +36,14 @@ def maps_at(method: Method, loaded: Any, x: Tensor, target: Any, layers: list[st
 
     Layer maps are upsampled as they are; ``combined`` is the product of the
     normalised layer maps (:func:`normgrad.combine`), or the input-level map
-    (normalised) for methods without layers.
+    as it is (signed maps keep their sign) for methods without layers.
     """
     if not method.needs_model:
         return {"combined": method(None, torch.zeros(x.shape[0], 3, *size))["input"]}
     raw = method(loaded.model, x, target, layers=layers if method.uses_layers else None)
     raw = {name: m.detach().cpu() for name, m in raw.items()}
-    if not method.uses_layers:
-        return {"combined": ng.normalize(ng.upsample(raw["input"], size))}
+    if not method.uses_layers:  # kept raw: normalising would erase the sign of signed maps
+        return {"combined": ng.upsample(raw["input"], size)}
     out = {name: ng.upsample(m, size) for name, m in raw.items()}
     out["combined"] = ng.combine(raw, size=size)
     return out

@@ -64,7 +64,7 @@ def grid_pointing(
             maps = maps_at(method, loaded, x, torch.tensor(classes), layers, (2 * cell, 2 * cell))
             for layer, batch in maps.items():
                 for k in range(4):
-                    positive = batch[k, 0].clamp_min(0)
+                    positive = batch[k, 0].double().clamp_min(0)  # float64 sums: a share of exactly 1 stays 1
                     top, left = (k // 2) * cell, (k % 2) * cell
                     inside = positive[top : top + cell, left : left + cell].sum()
                     total = positive.sum()

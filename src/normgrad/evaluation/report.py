@@ -137,6 +137,7 @@ def _markdown(loaded: LoadedModel, chosen: dict, records: dict, out: Path) -> tu
         "",
     ]
     checks: list[str] = []
+    findings_at = len(lines)  # the computed findings go right after the introduction
 
     # grid pointing
     share = _group(grid, ("method", "layer"), "share")
@@ -277,7 +278,12 @@ def _markdown(loaded: LoadedModel, chosen: dict, records: dict, out: Path) -> tu
         + f" Random {at10['random']:.3f}."
     )
 
-    lines[7:7] = ["## What the numbers say (computed)", "", *[f"- {c}" for c in checks], ""]
+    if ("guided_backprop", "combined") in sens and sens[("guided_backprop", "combined")] == sens.get(("gradient", "combined")):
+        checks.append(
+            "Guided backprop equals the plain gradient here: Captum's GuidedBackprop only changes nn.ReLU modules, and this model "
+            "uses ReLU6 (normgrad warns about it)."
+        )
+    lines[findings_at:findings_at] = ["## What the numbers say (computed)", "", *[f"- {c}" for c in checks], ""]
     headline = {
         "grid_share_combined": {m: share[(m, "combined")] for m in names if (m, "combined") in share},
         "class_sensitivity_combined": {m: sens[(m, "combined")] for m in sens_names if (m, "combined") in sens},

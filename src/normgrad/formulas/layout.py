@@ -4,7 +4,9 @@ Activations (module outputs, the input image):
 
 * (N, C, H, W) — convolutional feature maps;
 * (N, T, C)    — tokens, channels last (transformers), laid on their grid
-  (N, C, s, s) when ``T = s²``, else on a strip (N, C, 1, T);
+  (N, C, s, s) when ``T = s²``; with ``T = k + s²`` for ``1 ≤ k ≤ 8`` the
+  first ``k`` tokens (class and register tokens, first as in timm's ViTs)
+  have no position and are left out of the map; otherwise a strip (N, C, 1, T);
 * (N, C)       — vectors; the map is (N, 1, 1, 1).
 
 Inputs and outputs of ``nn.Linear`` are channels last: (N, C), (N, T, C) or
@@ -47,8 +49,10 @@ def channels_last_to_nchw(tensor: Tensor, where: str) -> Tensor:
 
 
 def tokens_to_nchw(tokens: Tensor) -> Tensor:
-    """(N, T, C) → (N, C, s, s) when T = s², else (N, C, 1, T)."""
+    """(N, T, C) → (N, C, s, s) for T = s² or T = k + s² (the k ≤ 8 prefix tokens dropped), else (N, C, 1, T)."""
     n, count, channels = tokens.shape
-    side = math.isqrt(count)
-    grid = (side, side) if side * side == count else (1, count)
-    return tokens.transpose(1, 2).reshape(n, channels, *grid)
+    for prefix in range(0, 9):
+        side = math.isqrt(count - prefix) if count > prefix else 0
+        if side > 1 and side * side == count - prefix:
+            return tokens[:, prefix:].transpose(1, 2).reshape(n, channels, side, side)
+    return tokens.transpose(1, 2).reshape(n, channels, 1, count)
