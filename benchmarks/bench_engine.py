@@ -13,7 +13,6 @@ Ratios are measured in one process, interleaved, on ResNet-50 at 224²
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 import normgrad as ng  # noqa: E402
-from measure import machine, median_seconds, peak_bytes  # noqa: E402
+from measure import interleaved, machine, median_seconds, peak_bytes  # noqa: E402
 
 FLOOR = "floor (forward + autograd.grad)"
 
@@ -58,13 +57,7 @@ def bench_batch(model: nn.Module, x: torch.Tensor, repeats: int, loop: bool) -> 
         "NormGrad selective, 53 Conv2d": lambda: ng.normgrad_selective(model, x, layers=nn.Conv2d),
         "NormGrad, 4 stage outputs": lambda: ng.normgrad(model, x, layers=stages),
     }
-    for fn in methods.values():
-        fn()  # warm up
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(repeats):  # interleaved: drifts in machine speed hit every method alike
-        for name, fn in methods.items():
-            times[name].append(median_seconds(fn, 1))
-    seconds = {name: statistics.median(t) for name, t in times.items()}
+    seconds = interleaved(methods, repeats)
     peaks = {name: peak_bytes(fn) for name, fn in methods.items()}
     if loop:
         name = "per-layer loop (TorchRay way), 53 passes"

@@ -11,7 +11,6 @@ Usage: ``python benchmarks/bench_meta.py [--repeats 5]``.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -20,19 +19,9 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).parent))
 import normgrad as ng  # noqa: E402
-from measure import machine, median_seconds, peak_bytes  # noqa: E402
+from measure import interleaved, machine, peak_bytes  # noqa: E402
 
 LAYERS = ["layer1", "layer2", "layer3", "layer4"]
-
-
-def interleaved(methods: dict, repeats: int) -> dict[str, float]:
-    for fn in methods.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(repeats):
-        for name, fn in methods.items():
-            times[name].append(median_seconds(fn, 1))
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:

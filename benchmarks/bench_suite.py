@@ -20,9 +20,7 @@ short smoke run.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,19 +30,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 import normgrad as ng  # noqa: E402
 from bench_engine import floor  # noqa: E402
-from measure import machine, median_seconds, peak_bytes  # noqa: E402
+from measure import interleaved, machine, peak_bytes  # noqa: E402
 
 STAGES = ["layer1", "layer2", "layer3", "layer4"]
-
-
-def interleaved(methods: dict[str, Callable], repeats: int) -> dict[str, float]:
-    for fn in methods.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(repeats):
-        for name, fn in methods.items():
-            times[name].append(median_seconds(fn, 1))
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def materialised_outer_products(model: nn.Module, x: torch.Tensor, layers: list[str], extract: str) -> dict[str, torch.Tensor]:
@@ -77,7 +65,7 @@ def layercam(model: nn.Module, x: torch.Tensor, layers: list[str]):
 
     modules = dict(model.named_modules())
     with LayerCAM(model=model, target_layers=[modules[name] for name in layers]) as cam:
-        return cam(input_tensor=x)
+        return cam(input_tensor=x, targets=None)  # None: the highest-scoring class, as NormGrad here
 
 
 def comparisons(model: nn.Module, repeats: int) -> list[tuple]:

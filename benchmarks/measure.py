@@ -27,6 +27,17 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def interleaved(methods: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each method, after a warm-up, runs interleaved so that drifts in machine speed hit all alike."""
+    for fn in methods.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, fn in methods.items():
+            times[name].append(median_seconds(fn, 1))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def peak_bytes(fn: Callable[[], object]) -> int:
     """The largest amount of memory the call held at once (its result included)."""
     gc.collect()

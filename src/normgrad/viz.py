@@ -14,10 +14,11 @@ import numpy as np
 from torch import Tensor
 
 
-def _as_array(saliency_map: Any) -> np.ndarray:
+def as_plane(saliency_map: Any, dtype: Any = np.float32) -> np.ndarray:
+    """One map (tensor or array, leading singleton dimensions allowed) as an (h, w) numpy array."""
     if isinstance(saliency_map, Tensor):
         saliency_map = saliency_map.detach().float().cpu().numpy()
-    array = np.asarray(saliency_map, dtype=np.float32)
+    array = np.asarray(saliency_map, dtype=dtype)
     while array.ndim > 2:
         array = array[0]
     return array
@@ -40,7 +41,7 @@ def colorize(saliency_map: Any, cmap: str = "jet") -> np.ndarray:
     """(H, W) map → (H, W, 3) uint8 colours, normalised to [0, 1] first."""
     from matplotlib import colormaps
 
-    rgba = colormaps[cmap](_normalised(_as_array(saliency_map)))
+    rgba = colormaps[cmap](_normalised(as_plane(saliency_map)))
     return (rgba[..., :3] * 255).astype(np.uint8)
 
 
@@ -50,7 +51,7 @@ def overlay(image: Any, saliency_map: Any, *, cmap: str = "jet", alpha: float = 
 
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
     height, width = base.shape[:2]
-    colours = colorize(_resized(_as_array(saliency_map), width, height), cmap).astype(np.float32)
+    colours = colorize(_resized(as_plane(saliency_map), width, height), cmap).astype(np.float32)
     blended = (1 - alpha) * base + alpha * colours
     return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
 

@@ -73,7 +73,24 @@ class AnnotatedImage:
         return bool(others) and self.mask(cls).mean() < 0.25
 
 
-class VOC2007:
+class PointingDataset:
+    """Images with per-class ground truth: ``ids``, ``class_names`` and ``load(image_id)``."""
+
+    ids: list[str]
+    class_names: tuple[str, ...]
+
+    def load(self, image_id: str) -> AnnotatedImage:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[AnnotatedImage]:
+        for image_id in self.ids:
+            yield self.load(image_id)
+
+
+class VOC2007(PointingDataset):
     """PASCAL VOC 2007 in its standard on-disk layout."""
 
     name = "voc07"
@@ -89,13 +106,6 @@ class VOC2007:
         if not split_file.is_file():
             raise NormGradError(f"missing {split_file}: the list of {split} images")
         self.ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __iter__(self) -> Iterator[AnnotatedImage]:
-        for image_id in self.ids:
-            yield self.load(image_id)
 
     def load(self, image_id: str) -> AnnotatedImage:
         path = self.root / "Annotations" / f"{image_id}.xml"
@@ -121,7 +131,7 @@ class VOC2007:
         return image
 
 
-class COCO2014:
+class COCO2014(PointingDataset):
     """COCO 2014 ``val`` with its instances JSON."""
 
     name = "coco14"
@@ -141,13 +151,6 @@ class COCO2014:
             self.annotations.setdefault(ann["image_id"], []).append({**ann, "class": index[ann["category_id"]]})
         self.image_folder = root / split
         self.ids = [str(i) for i in self.images if i in self.annotations]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __iter__(self) -> Iterator[AnnotatedImage]:
-        for image_id in self.ids:
-            yield self.load(image_id)
 
     def load(self, image_id: str) -> AnnotatedImage:
         info = self.images[int(image_id)]

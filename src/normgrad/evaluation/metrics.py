@@ -5,15 +5,12 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
+from normgrad.viz import as_plane
+
 
 def plane(saliency_map: Tensor | np.ndarray) -> np.ndarray:
-    """One map as a float64 (h, w) array; leading singleton dimensions dropped."""
-    if isinstance(saliency_map, Tensor):
-        saliency_map = saliency_map.detach().float().cpu().numpy()
-    array = np.asarray(saliency_map, dtype=np.float64)
-    while array.ndim > 2:
-        array = array[0]
-    return array
+    """One map as a float64 (h, w) array."""
+    return as_plane(saliency_map, np.float64)
 
 
 def spearman(a: Tensor | np.ndarray, b: Tensor | np.ndarray, absolute: bool = False) -> float:
