@@ -97,7 +97,7 @@ def comparisons(model: nn.Module, repeats: int) -> list[tuple]:
             model, x, ["layer1.0.conv1"], "conv3x3"
         ),
     }
-    seconds = interleaved(methods, max(1, repeats // 2))
+    seconds = interleaved(methods, repeats)
     peaks = {name: peak_bytes(fn) for name, fn in methods.items()}
     for name in list(methods)[1:4]:
         rows.append((name, "NormGrad, 4 stages", seconds[name] / seconds["NormGrad"], peaks[name] / peaks["NormGrad"], seconds[name]))
@@ -198,7 +198,7 @@ def plot(curves: dict[str, list[tuple]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("docs"))
     args = parser.parse_args()

@@ -133,5 +133,7 @@ def test_overlay_and_grid(tmp_path):
     assert blended.size == photo.size
     viz.grid(photo, {"a": {"m1": heat, "m2": heat}, "b": {"m1": heat}}, title="t", path=tmp_path / "g.png")
     assert (tmp_path / "g.png").stat().st_size > 1000
+    figure = viz.overlay_figure(photo, heat, colorbar=True, title="coffee", path=tmp_path / "o.png")
+    assert len(figure.axes) == 2 and (tmp_path / "o.png").stat().st_size > 1000  # image + colorbar
     original = images.to_original_size(heat, *photo.size)
     assert original.shape == (1, 1, photo.size[1], photo.size[0])

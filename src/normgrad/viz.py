@@ -56,6 +56,38 @@ def overlay(image: Any, saliency_map: Any, *, cmap: str = "jet", alpha: float = 
     return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
 
 
+def overlay_figure(
+    image: Any,
+    saliency_map: Any,
+    *,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    colorbar: bool = True,
+    title: str = "",
+    path: str | Path | None = None,
+) -> Any:
+    """The overlay as a matplotlib figure, with an optional colorbar (map values, min-max normalised) and title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    width, height = image.size
+    fig, ax = plt.subplots(figsize=(5 * width / max(width, height) + (1 if colorbar else 0), 5 * height / max(width, height)))
+    ax.imshow(overlay(image, saliency_map, cmap=cmap, alpha=alpha))
+    ax.set_axis_off()
+    if colorbar:
+        fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=cmap), ax=ax, fraction=0.046, label="saliency (normalised)")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
+
+
 def grid(
     image: Any,
     panels: dict[str, dict[str, Any]],
