@@ -121,15 +121,11 @@ def scaling(model: nn.Module, repeats: int, quick: bool) -> dict[str, list[tuple
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     for batch in (1, 4) if quick else (1, 2, 4, 8, 16, 32):
         x = torch.randn(batch, 3, 224, 224)
-        s = interleaved(
-            {"floor": lambda x=x: floor(model, x, convs), "ng": lambda x=x: ng.normgrad(model, x, layers=nn.Conv2d)}, max(1, repeats // 2)
-        )
+        s = interleaved({"floor": lambda x=x: floor(model, x, convs), "ng": lambda x=x: ng.normgrad(model, x, layers=nn.Conv2d)}, repeats)
         curves["batch"].append((batch, s["ng"], s["ng"] / s["floor"]))
     for side in (224, 448) if quick else (224, 448, 672, 896):
         x = torch.randn(1, 3, side, side)
-        s = interleaved(
-            {"floor": lambda x=x: floor(model, x, convs), "ng": lambda x=x: ng.normgrad(model, x, layers=nn.Conv2d)}, max(1, repeats // 2)
-        )
+        s = interleaved({"floor": lambda x=x: floor(model, x, convs), "ng": lambda x=x: ng.normgrad(model, x, layers=nn.Conv2d)}, repeats)
         curves["side"].append((side, s["ng"], s["ng"] / s["floor"]))
     x = torch.randn(1, 3, 224, 224)
     for count in (1, 4, 16, 53):
