@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
-from normgrad.engine.layers import INPUT, Layers, select_layers
+from normgrad.engine.layers import Layers, select_layers
 from normgrad.engine.model_state import Hooks, eval_mode
 from normgrad.errors import NormGradError
 from normgrad.formulas.aggregate import check_aggregate
@@ -159,4 +159,4 @@ def _unit_hook(objective: Objective, unit_values: list[Tensor]):
     return hook
 
 
-__all__ = ["INPUT", "Probe", "check_inputs", "run_saliency"]
+__all__ = ["Probe", "check_inputs", "run_saliency"]
