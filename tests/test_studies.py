@@ -89,6 +89,7 @@ def test_keep_top_and_the_full_image_limit(setup):
     for r in records:
         if r["fraction"] == 1.0:  # every pixel kept: the full image's gradient
             assert r["cosine"] == pytest.approx(1.0, abs=1e-5) and r["kept"] == pytest.approx(1.0, abs=1e-4)
+            assert r["kept_first_order"] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_report_runs_end_to_end(setup, tmp_path):
@@ -98,4 +99,6 @@ def test_report_runs_end_to_end(setup, tmp_path):
     for section in ("## Grid pointing game", "## Sanity check", "## Class sensitivity", "## Training impact", "## What the numbers say"):
         assert section in text
     assert (tmp_path / "sanity.png").stat().st_size > 1000 and (tmp_path / "training_impact.png").exists()
-    assert len(headline["checks"]) == 5  # grid, sanity, 2 × class sensitivity, training (ColourNet has nn.ReLU: no guided-backprop note)
+    assert (
+        len(headline["checks"]) == 6
+    )  # grid, sanity, 2 × class sensitivity, 2 × training (ColourNet has nn.ReLU: no guided-backprop note)

@@ -8,7 +8,9 @@ image's ``G = ∇_θ CE(f(x), y)``:
 * ``cosine`` — cos(G_k, G);
 * ``kept`` — the share of the full step's loss reduction that the masked
   step keeps, ``[L(θ) − L(θ − lr G_k)] / [L(θ) − L(θ − lr G)]`` with the loss
-  measured on the full image.
+  measured on the full image;
+* ``kept_first_order`` — the same share to first order in ``lr``,
+  ``G·G_k / ‖G‖²`` (free of the step's non-linearity, hence less noisy).
 
 A map that finds the pixels that matter for training keeps both high with
 few pixels; the adversarial map should do worst.  ``y`` is the predicted class.
@@ -61,7 +63,7 @@ def _loss(model: Any, params: dict[str, Tensor], x: Tensor, label: Tensor) -> fl
 def training_impact(
     loaded: Any, photos: dict[str, Any], methods: list, *, fractions: tuple[float, ...] = FRACTIONS, lr: float = 2.5e-3
 ) -> list[dict]:
-    """Records (photo, method, layer, fraction, cosine, kept)."""
+    """Records (photo, method, layer, fraction, cosine, kept, kept_first_order)."""
     model = loaded.model
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
     records = []
@@ -89,6 +91,7 @@ def training_impact(
                         grads = _gradient(model, params, masked, label)
                         flat = torch.cat([g.flatten() for g in grads])
                         cosine = float(F.cosine_similarity(flat, full_flat, dim=0))
+                        first_order = float(flat @ full_flat / (full_flat @ full_flat))
                         reduction = loss_before - _loss(model, stepped(grads), x, label)
                         records.append(
                             {
@@ -98,6 +101,7 @@ def training_impact(
                                 "fraction": fraction,
                                 "cosine": cosine,
                                 "kept": reduction / full_reduction if full_reduction else float("nan"),
+                                "kept_first_order": first_order,
                             }
                         )
     return records
