@@ -130,3 +130,8 @@ def test_help_has_examples(capsys):
         with pytest.raises(SystemExit) as info:
             main([command, "--help"])
         assert info.value.code == 0 and "examples:" in capsys.readouterr().out
+
+
+def test_eval_grid_needs_four_confident_classes(photos, capsys):
+    code, _, err = run(capsys, "eval", "grid", photos / "cat.jpg", photos / "cup.png")
+    assert code == 2 and "needs 4 photos of different classes" in err and err.count("\n") == 1
