@@ -67,7 +67,9 @@ def from_array(array: np.ndarray) -> Any:
 
 
 def to_original_size(saliency_map: Tensor, width: int, height: int) -> Tensor:
-    """Bilinear resize of an (N, 1, h, w) map to the original ``height × width``."""
+    """Bilinear resize of an (N, 1, h, w) map to the original ``height × width`` (as is when already that size)."""
+    if tuple(saliency_map.shape[-2:]) == (height, width):
+        return saliency_map.float()
     return F.interpolate(saliency_map.float(), size=(height, width), mode="bilinear", align_corners=False)
 
 
