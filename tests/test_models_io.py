@@ -132,6 +132,8 @@ def test_overlay_and_grid(tmp_path):
     blended = viz.overlay(photo, heat)
     assert blended.size == photo.size
     viz.grid(photo, {"a": {"m1": heat, "m2": heat}, "b": {"m1": heat}}, title="t", path=tmp_path / "g.png")
+    with_bars = viz.grid(photo, {"a": {"m1": heat}}, colorbar=True)
+    assert with_bars.axes[-1].get_ylabel() == "saliency (normalised)"  # the map's colormap, not the RGB overlay's
     assert (tmp_path / "g.png").stat().st_size > 1000
     figure = viz.overlay_figure(photo, heat, colorbar=True, title="coffee", path=tmp_path / "o.png")
     assert len(figure.axes) == 2 and (tmp_path / "o.png").stat().st_size > 1000  # image + colorbar

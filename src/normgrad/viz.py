@@ -56,6 +56,30 @@ def overlay(image: Any, saliency_map: Any, *, cmap: str = "jet", alpha: float = 
     return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
 
 
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colorbar(fig: Any, ax: Any, cmap: str) -> None:
+    """A colorbar for the normalised map's colormap (an RGB overlay carries no colormap of its own)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=cmap), ax=ax, fraction=0.046, label="saliency (normalised)")
+
+
+def _finish(fig: Any, path: str | Path | None) -> Any:
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
+
+
 def overlay_figure(
     image: Any,
     saliency_map: Any,
@@ -67,25 +91,15 @@ def overlay_figure(
     path: str | Path | None = None,
 ) -> Any:
     """The overlay as a matplotlib figure, with an optional colorbar (map values, min-max normalised) and title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
     width, height = image.size
-    fig, ax = plt.subplots(figsize=(5 * width / max(width, height) + (1 if colorbar else 0), 5 * height / max(width, height)))
+    fig, ax = _pyplot().subplots(figsize=(5 * width / max(width, height) + (1 if colorbar else 0), 5 * height / max(width, height)))
     ax.imshow(overlay(image, saliency_map, cmap=cmap, alpha=alpha))
     ax.set_axis_off()
     if colorbar:
-        fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=cmap), ax=ax, fraction=0.046, label="saliency (normalised)")
+        _colorbar(fig, ax, cmap)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=110)
-    return fig
+    return _finish(fig, path)
 
 
 def grid(
@@ -103,26 +117,23 @@ def grid(
     ``panels[row][column]`` is a map; the first column shows the image.
     Returns the matplotlib figure (saved to ``path`` if given).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = list(panels)
     columns: list[str] = []
     for row in rows:
         columns += [c for c in panels[row] if c not in columns]
     aspect = image.size[1] / image.size[0]
-    fig, axes = plt.subplots(len(rows), len(columns) + 1, figsize=(2.2 * (len(columns) + 1), 2.2 * aspect * len(rows) + 0.6), squeeze=False)
+    fig, axes = _pyplot().subplots(
+        len(rows), len(columns) + 1, figsize=(2.2 * (len(columns) + 1), 2.2 * aspect * len(rows) + 0.6), squeeze=False
+    )
     for r, row in enumerate(rows):
         axes[r, 0].imshow(image)
         axes[r, 0].set_ylabel(row, fontsize=9)
         for c, column in enumerate(columns, start=1):
             ax = axes[r, c]
             if column in panels[row]:
-                shown = ax.imshow(overlay(image, panels[row][column], cmap=cmap, alpha=alpha))
+                ax.imshow(overlay(image, panels[row][column], cmap=cmap, alpha=alpha))
                 if colorbar:
-                    fig.colorbar(shown, ax=ax, fraction=0.046)
+                    _colorbar(fig, ax, cmap)
             else:  # e.g. an input-level method has no per-layer maps
                 ax.set_frame_on(False)
             if r == 0:
@@ -133,10 +144,7 @@ def grid(
     axes[0, 0].set_title("image", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=110)
-    return fig
+    return _finish(fig, path)
 
 
 def save_overlays(image: Any, maps: Sequence[tuple[str, Any]], directory: str | Path, stem: str) -> list[Path]:
