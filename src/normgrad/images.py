@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -71,11 +70,3 @@ def to_original_size(saliency_map: Tensor, width: int, height: int) -> Tensor:
     if tuple(saliency_map.shape[-2:]) == (height, width):
         return saliency_map.float()
     return F.interpolate(saliency_map.float(), size=(height, width), mode="bilinear", align_corners=False)
-
-
-def stack(tensors: list[Tensor]) -> Tensor:
-    """Batch preprocessed images of equal size; different sizes are an error naming them."""
-    shapes = {tuple(t.shape) for t in tensors}
-    if len(shapes) != 1:
-        raise NormGradError(f"images of different preprocessed sizes {sorted(shapes)} cannot share a batch")
-    return torch.stack(tensors)

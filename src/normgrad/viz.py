@@ -6,7 +6,6 @@ min-max normalised for display and resized to the image if needed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,15 +144,3 @@ def grid(
     if title:
         fig.suptitle(title, fontsize=11)
     return _finish(fig, path)
-
-
-def save_overlays(image: Any, maps: Sequence[tuple[str, Any]], directory: str | Path, stem: str) -> list[Path]:
-    """One ``<stem>_<name>.png`` overlay per map; returns the paths."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, saliency_map in maps:
-        path = directory / f"{stem}_{name}.png"
-        overlay(image, saliency_map).save(path)
-        paths.append(path)
-    return paths
