@@ -13,8 +13,7 @@ import numpy as np
 import skimage.data
 import torch
 
-import normgrad as ng
-from normgrad import images, models, viz
+from normgrad import images, models, pipeline, registry, viz
 
 OUT = Path("normgrad-demo")
 
@@ -23,31 +22,29 @@ def main() -> None:
     torch.manual_seed(0)
     loaded = models.load("efficientnet_lite0")
     photo = images.from_array(skimage.data.chelsea())
-    x = loaded.preprocess(photo)[None]
-    probabilities = loaded.model(x).softmax(1)[0].detach()
-    top = probabilities.topk(5)
+    x = pipeline.prepare(photo, loaded.preprocess)[None]
+    prediction = pipeline.predict(loaded.model, x)
     print("EfficientNet-Lite0 on skimage.data.chelsea():")
-    for p, i in zip(top.values.tolist(), top.indices.tolist()):
-        print(f"  {i:4d}  {loaded.class_name(i):20s} {p:6.1%}")
-    target = int(top.indices[0])
+    for entry in prediction.top(0, 5, loaded.class_name):
+        print(f"  {entry['class']:4d}  {entry['name']:20s} {entry['probability']:6.1%}")
+    target = int(prediction.classes[0])
     layers = loaded.default_layers(x)
     print(f"explaining class {target} ({loaded.class_name(target)}) at layers {layers}")
 
-    methods = {"NormGrad": ng.normgrad, "selective": ng.normgrad_selective}
     width, height = photo.size
     panels: dict[str, dict[str, torch.Tensor]] = {}
     OUT.mkdir(exist_ok=True)
-    for method_name, method in methods.items():
-        maps = method(loaded.model, x, target, layers=layers)
+    for method_name in ("normgrad", "selective"):
+        method = registry.get_method(method_name)
+        maps = pipeline.method_maps(method, loaded, x, target, layers, (height, width), "product", per_layer=True)
+        combined = maps.pop(pipeline.COMBINED)
         for layer, saliency_map in maps.items():
-            panels.setdefault(layer, {})[method_name] = images.to_original_size(saliency_map, width, height)
-        combined = ng.combine(maps, size=(height, width), mode="product")
-        panels.setdefault("combined (product)", {})[method_name] = combined
-        stem = method_name.lower()
-        np.save(OUT / f"chelsea_{stem}.npy", combined[0, 0].numpy().astype(np.float32))
-        viz.overlay(photo, combined).save(OUT / f"chelsea_{stem}.png")
+            panels.setdefault(layer, {})[method.title] = saliency_map
+        panels.setdefault("combined (product)", {})[method.title] = combined
+        np.save(OUT / f"chelsea_{method_name}.npy", combined[0, 0].numpy().astype(np.float32))
+        viz.overlay(photo, combined).save(OUT / f"chelsea_{method_name}.png")
         peak = np.unravel_index(int(combined.flatten().argmax()), (height, width))
-        print(f"  {method_name:10s} combined map {tuple(combined.shape)}, peak at (row, col) = {tuple(int(v) for v in peak)}")
+        print(f"  {method.title:18s} combined map {tuple(combined.shape)}, peak at (row, col) = {tuple(int(v) for v in peak)}")
     viz.grid(photo, panels, title=f"{loaded.class_name(target)} — EfficientNet-Lite0", path=OUT / "chelsea_layers.png")
     print(f"wrote {OUT}/chelsea_normgrad.png, chelsea_selective.png, .npy maps and chelsea_layers.png")
 

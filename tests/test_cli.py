@@ -46,8 +46,10 @@ def test_bad_images_are_skipped_with_one_line_each(photos, tmp_path, capsys):
     code, out, err = run(capsys, "explain", photos / "broken.jpg", photos / "cup.png", tmp_path / "missing.png", "--out", tmp_path)
     assert code == 1
     assert err.count("\n") == 2 and "broken.jpg" in err and "missing.png" in err and "Traceback" not in err
-    assert (tmp_path / "cup.npy").exists()
-    assert len(json.loads((tmp_path / "summary.json").read_text())["failed"]) == 2
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert len(summary["failed"]) == 2 and [r["image"] for r in summary["images"]] == [str(photos / "cup.png")]
+    assert summary["images"][0]["outputs"][0]["npy"] == f"{photos.name}/cup.npy"  # below the inputs' common folder
+    assert (tmp_path / photos.name / "cup.npy").exists()
 
 
 def test_outputs_are_not_overwritten_silently(photos, tmp_path, capsys):

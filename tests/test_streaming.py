@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from normgrad.cli import main
-from normgrad.streaming import Item, batches, expand_inputs, unique_stems
+from normgrad.streaming import Item, batches, expand_inputs
 
 
 def make_folder(root: Path, count: int, start: int = 0) -> Path:
@@ -24,17 +24,26 @@ def make_folder(root: Path, count: int, start: int = 0) -> Path:
     return root
 
 
-def test_expand_inputs_and_unique_stems(tmp_path):
+def test_expand_inputs_roots_and_order(tmp_path):
     folder = make_folder(tmp_path / "photos", 4)
     (folder / "notes.txt").write_text("not an image")
+    (folder / ".hidden.png").write_bytes((folder / "a" / "img01.png").read_bytes())  # hidden: skipped
     (folder / "b" / "img01.png").write_bytes((folder / "a" / "img01.png").read_bytes())  # same name, other folder
     found = expand_inputs([folder])
-    assert [p.name for p in found] == ["img01.png", "img03.png", "img00.png", "img01.png", "img02.png"]
-    assert expand_inputs([str(folder / "a" / "*.png"), folder / "a" / "img01.png"]) == [
-        folder / "a" / "img01.png",
-        folder / "a" / "img03.png",
+    assert [i.path.relative_to(folder).as_posix() for i in found] == [
+        "a/img01.png",
+        "a/img03.png",
+        "b/img00.png",
+        "b/img01.png",
+        "b/img02.png",
     ]
-    assert unique_stems(found) == ["img01", "img03", "img00", "img01-1", "img02"]
+    assert {i.root for i in found} == {folder}
+    globbed = expand_inputs([str(folder / "a" / "*.png"), folder / "a" / "img01.png"])  # the file again: once
+    assert [(i.path.name, i.root) for i in globbed] == [("img01.png", folder / "a"), ("img03.png", folder / "a")]
+    deep = expand_inputs([str(folder / "**" / "img0[12].png")])
+    assert [i.path.relative_to(folder).as_posix() for i in deep] == ["a/img01.png", "b/img01.png", "b/img02.png"]
+    files = expand_inputs([folder / "a" / "img01.png", folder / "b" / "img00.png"])
+    assert {i.root for i in files} == {folder}  # files given by name share their common folder
 
 
 def test_batches_group_by_size_and_bound_what_waits():
@@ -65,19 +74,21 @@ def small_model_args(folder: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_folder_with_workers_and_resume(tmp_path, capsys):
-    folder = make_folder(tmp_path / "photos", 4)
+    folder = make_folder(tmp_path / "photos", 2)
     out = tmp_path / "maps"
-    assert main(small_model_args(folder / "a", out, "--workers", "2")) == 0  # an interrupted run: half the images
-    first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.npy")}
-    assert set(first) == {"img01.npy", "img03.npy"}
-    assert main(small_model_args(folder, out, "--workers", "2")) == 2  # outputs exist: refuse without --resume
+    assert main(small_model_args(folder, out, "--workers", "2")) == 0
+    first = {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.rglob("*.npy")}
+    assert set(first) == {"a/img01.npy", "b/img00.npy"}  # names mirror the paths below the folder
+    make_folder(folder, 2, start=2)  # new images arrive
+    assert main(small_model_args(folder, out, "--workers", "2")) == 2  # results exist: refuse without --resume
     assert "--resume" in capsys.readouterr().err
     assert main(small_model_args(folder, out, "--workers", "2", "--resume")) == 0
-    assert {p.name for p in out.glob("*.npy")} == {"img00.npy", "img01.npy", "img02.npy", "img03.npy"}
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*.npy")} == {"a/img01.npy", "a/img03.npy", "b/img00.npy", "b/img02.npy"}
     assert all(out.joinpath(name).stat().st_mtime_ns == mtime for name, mtime in first.items())  # not redone
     summary = json.loads((out / "summary.json").read_text())
-    assert sorted(r["stem"] for r in summary["images"]) == ["img00", "img01", "img02", "img03"]
-    assert np.load(out / "img00.npy").shape == (48, 40)
+    assert [r["name"] for r in summary["images"]] == ["a/img01", "a/img03", "b/img00", "b/img02"]
+    assert np.load(out / "b" / "img00.npy").shape == (48, 40)
+    assert "2 of them done earlier" in capsys.readouterr().out
 
 
 def torchrun(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -87,20 +98,30 @@ def torchrun(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_torchrun_two_processes_each_image_exactly_once_then_resume(tmp_path):
+    """Also: one unreadable image is one line and exit 0 (no ChildFailedError); outputs deleted or truncated after the run
+    are redone by --resume; a later single-process --overwrite run never merges the torchrun's records."""
     folder = make_folder(tmp_path / "photos", 5)
+    (folder / "b" / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "maps"
     run = torchrun(*small_model_args(folder, out, "--workers", "0"), cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
-    rank0 = [json.loads(line) for line in (out / "records.rank0.jsonl").read_text().splitlines()]
-    rank1 = [json.loads(line) for line in (out / "records.rank1.jsonl").read_text().splitlines()]
-    assert sorted(r["index"] for r in rank0) == [0, 2, 4] and sorted(r["index"] for r in rank1) == [1, 3]  # i mod 2
-    assert {p.stem for p in out.glob("*.npy")} == {f"img{i:02d}" for i in range(5)}
+    assert "ChildFailedError" not in run.stderr and run.stderr.count("normgrad: skipping") == 1 and "broken.png" in run.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert [r["index"] for r in summary["images"]] == [0, 1, 2, 3, 4]
-    make_folder(folder, 2, start=5)  # new images arrive; resume does only those
-    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.npy")}
+    by_rank = {rank: sorted(r["index"] for r in summary["images"] + summary["failed"] if r["rank"] == rank) for rank in (0, 1)}
+    assert by_rank == {0: [0, 2, 4], 1: [1, 3, 5]}  # image i goes to rank i mod 2
+    assert [r["name"] for r in summary["images"]] == ["a/img01", "a/img03", "b/img00", "b/img02", "b/img04"]
+    assert [r["name"] for r in summary["failed"]] == ["b/broken"] and not list((out / ".normgrad" / "journal").iterdir())
+    make_folder(folder, 2, start=5)  # new images arrive; resume does only those, and what was damaged
+    (out / "a" / "img01.npy").unlink()
+    (out / "b" / "img02.png").write_bytes((out / "b" / "img02.png").read_bytes()[:100])
+    before = {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.rglob("*.npy")}
     run = torchrun(*small_model_args(folder, out, "--workers", "0", "--resume"), cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert all(out.joinpath(name).stat().st_mtime_ns == mtime for name, mtime in before.items())
-    stems = [r["stem"] for r in json.loads((out / "summary.json").read_text())["images"]]
-    assert sorted(stems) == [f"img{i:02d}" for i in range(7)] and len(stems) == len(set(stems))
+    assert all(out.joinpath(name).stat().st_mtime_ns == mtime for name, mtime in before.items() if name != "b/img02.npy")
+    assert np.load(out / "a" / "img01.npy").shape == (40, 48) and Image.open(out / "b" / "img02.png").size == (48, 40)
+    names = [r["name"] for r in json.loads((out / "summary.json").read_text())["images"]]
+    assert names == sorted(f"{'a' if i % 2 else 'b'}/img{i:02d}" for i in range(7))
+    assert main(small_model_args(folder / "a", out, "--workers", "0", "--overwrite")) == 0  # a later single-process run
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["name"] for r in summary["images"]] == ["img01", "img03", "img05"] and summary["failed"] == []
+    assert summary["runs"][summary["run"]]["world"] == 1

@@ -26,14 +26,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normgrad.engine.layers import Layers, select_layers
 from normgrad.engine.model_state import eval_mode
 from normgrad.engine.single_pass import check_inputs
 from normgrad.errors import NormGradError
-from normgrad.targets import Target, TrainingLoss, Unit, class_indices
+from normgrad.targets import Objective, Target, TrainingLoss, Unit, class_indices
 
 
 def _captum():
@@ -45,17 +44,23 @@ def _captum():
 
 
 def captum_target(model: Callable, inputs: Tensor, target: Target) -> tuple[Callable, Any]:
-    """A Captum ``(forward_func, target)`` pair for a normgrad target spec."""
+    """A Captum ``(forward_func, target)`` pair for a normgrad target spec; the rules are :mod:`normgrad.targets`' own.
+
+    Class targets (``None``, indices) become Captum's class index, checked
+    on the clean ``inputs``; every other objective becomes a forward
+    function returning ``J`` per sample, with ``TrainingLoss`` labels fixed
+    on the clean inputs (Captum also calls it on perturbed ones).
+    """
     if isinstance(target, Unit):
         raise NormGradError("Unit targets work with the NormGrad engine methods only (normgrad, selective, extract+aggregate, meta)")
-    if isinstance(target, TrainingLoss):
-        with torch.no_grad():
-            labels = class_indices(target.labels, model(inputs), "TrainingLoss labels")
-        return (lambda x: -F.cross_entropy(model(x), labels, reduction="none")), None
-    if callable(target) and not isinstance(target, Tensor):
-        return (lambda x: target(model(x))), None
     with torch.no_grad():
-        return model, class_indices(target, model(inputs))  # type: ignore[arg-type]
+        output = model(inputs)
+    if isinstance(target, TrainingLoss):
+        target = TrainingLoss(class_indices(target.labels, output, "TrainingLoss labels"))
+    elif not callable(target) or isinstance(target, Tensor):
+        return model, class_indices(target, output)  # type: ignore[arg-type]
+    objective = Objective(target)
+    return (lambda x: objective.scores(model(x), None, x.shape[0])), None
 
 
 def _input_method(

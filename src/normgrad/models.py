@@ -16,6 +16,8 @@ state-dict file (loaded with ``weights_only=True``).
 
 from __future__ import annotations
 
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,17 +92,10 @@ class LoadedModel:
         return self.class_names[index] if 0 <= index < len(self.class_names) else f"class {index}"
 
     def class_index(self, name: str) -> int:
-        """The index of a class given by name (case-insensitive; a unique prefix or substring will do)."""
-        lowered = name.strip().lower()
-        exact = [i for i, n in enumerate(self.class_names) if n.lower() == lowered]
-        partial = [i for i, n in enumerate(self.class_names) if lowered in n.lower()]
-        found = exact or partial
-        if len(found) == 1 or exact:
-            return found[0]
-        if not found:
-            raise NormGradError(f"unknown class name {name!r} for {self.name}; try an index 0..{len(self.class_names) - 1}")
-        options = ", ".join(f"{i}: {self.class_names[i]}" for i in found[:6])
-        raise NormGradError(f"class name {name!r} is ambiguous for {self.name}: {options}")
+        """The index of a class given by name (case-insensitive; a unique substring will do; typos list the closest names)."""
+        from normgrad.pipeline import class_index
+
+        return class_index(name, self.class_names)
 
 
 def imagenet_classes() -> list[str]:
@@ -228,8 +223,15 @@ def _load_file(model: nn.Module, path: str | Path) -> None:
         raise NormGradError(f"weights file {str(path)!r} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        what = f"a Python object ({found.group(1)})" if found else "data that is not a plain state dict"
+        raise NormGradError(
+            f"weights file {str(path)!r} holds {what}; normgrad reads plain state dicts only (safely, without running code): "
+            "save one with torch.save(model.state_dict(), 'file.pth')"
+        ) from None
     except Exception as error:
-        raise NormGradError(f"cannot read weights file {str(path)!r}: {error}") from error
+        raise NormGradError(f"cannot read weights file {str(path)!r}: {str(error).strip().splitlines()[0]}") from error
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

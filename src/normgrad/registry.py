@@ -14,6 +14,8 @@ and returns ``{layer name: (N, 1, h, w) map}``.  Names:
 
 from __future__ import annotations
 
+import difflib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -36,6 +38,7 @@ class Method:
     uses_layers: bool
     title: str
     needs_model: bool = True
+    inner_step: bool = False  # meta / adversarial: takes lr and steps
 
     def __call__(self, model: Any, inputs: Any, target: Any = None, *, layers: Any = None, **options: Any) -> dict:
         if self.uses_layers and layers is None:
@@ -63,22 +66,51 @@ def method_names() -> list[str]:
 
 
 def get_method(name: str, *, lr: float = 2.5e-3, steps: int = 1) -> Method:
-    """The method called ``name``; meta variants take ``lr`` and ``steps``."""
+    """The method called ``name``; meta variants take ``lr`` (finite, ≥ 0) and ``steps`` (≥ 0).
+
+    Unknown names list the closest valid ones.
+    """
     name = name.strip()
     if name in _FIXED:
         return _FIXED[name]
     for prefix, adversarial in (("meta", False), ("adversarial", True)):
         if name == prefix or name.startswith(prefix + ":"):
             base = get_method(name.partition(":")[2] or "normgrad")
+            if not base.needs_model:
+                raise NormGradError(f"{name!r}: {base.name} does not use the model, so an inner training step cannot change it")
+            check_step(lr, steps)
             function = partial(_meta, base=base, lr=lr, steps=steps, adversarial=adversarial)
             title = f"{'adversarial' if adversarial else 'meta'} {base.title}"
-            return Method(name, function, base.uses_layers, title)
+            return Method(name, function, base.uses_layers, title, inner_step=True)
     if "+" in name:
         extract, _, aggregate = name.partition("+")
         if extract in EXTRACTS and aggregate in AGGREGATES:
             return Method(name, partial(saliency, extract=extract, aggregate=aggregate), True, f"{extract} + {aggregate}")
-        raise NormGradError(f"unknown extract+aggregate {name!r}; extracts: {', '.join(EXTRACTS)}; aggregates: {', '.join(AGGREGATES)}")
-    raise NormGradError(f"unknown method {name!r}; valid: {', '.join(method_names())}")
+        hints = [f"{what} {part!r} is unknown{_closest(part, valid)}" for what, part, valid in
+                 (("extract", extract, EXTRACTS), ("aggregate", aggregate, AGGREGATES)) if part not in valid]  # fmt: skip
+        raise NormGradError(
+            f"unknown extract+aggregate {name!r}: {'; '.join(hints)}; extracts: {', '.join(EXTRACTS)}; aggregates: {', '.join(AGGREGATES)}"
+        )
+    spelled = [
+        *_FIXED,
+        "meta",
+        "adversarial",
+        *(f"{p}:{m}" for p in ("meta", "adversarial") for m in _FIXED if m not in ("center", "random")),
+    ]
+    raise NormGradError(f"unknown method {name!r}{_closest(name, spelled)}; valid: {', '.join(method_names())}")
+
+
+def check_step(lr: float, steps: int) -> None:
+    """The inner step's ``lr`` must be finite and ≥ 0 (adversarial methods step up the loss), ``steps`` an integer ≥ 0."""
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
+        raise NormGradError(f"lr must be a finite number ≥ 0 (the adversarial methods step up the loss); got {lr}")
+    if isinstance(steps, bool) or int(steps) != steps or steps < 0:
+        raise NormGradError(f"steps must be an integer ≥ 0; got {steps}")
+
+
+def _closest(name: str, valid: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=4, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def _meta(

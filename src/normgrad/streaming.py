@@ -1,25 +1,30 @@
-"""Explaining image collections of any size: streaming, batching, resuming, sharding.
+"""Explaining image collections of any size: finding the images, streaming them, sharding across processes.
 
-* inputs are files, folders (searched recursively) and glob patterns;
+* :func:`expand_inputs`: files as given; folders searched recursively and
+  globs (``**`` for any depth) matched by one walk that follows symlinked
+  folders but never enters one twice (symlink loops), skips hidden names
+  (``.*``) and never enters the output folder; an image reached by two
+  paths (symlinks, hard links) is explained once;
 * a ``DataLoader`` with workers reads and preprocesses images while the
-  model runs; images of equal preprocessed size are batched together, and at
-  most ``4 × batch_size`` images wait in memory;
-* every image's outputs are written as soon as its batch is done, with one
-  JSON line per image in ``records.rank<R>.jsonl``; ``resume`` skips images
-  already recorded there;
-* under ``torchrun --nproc-per-node N`` (``torch.distributed``: gloo on CPU,
-  NCCL on GPUs) image ``i`` goes to rank ``i mod N`` — each image exactly
-  once, each rank writing only its own files — and rank 0 merges the
-  records into ``summary.json``.
+  model runs (:class:`ImageFiles`), recording the identity (size, mtime,
+  ctime) of the very bytes it decoded; images too large, too elongated or
+  with NaN/inf pixels become error items (see :mod:`normgrad.images`);
+  workers die with the process that started them (Linux: ``PR_SET_PDEATHSIG``);
+* images of equal preprocessed size are batched, at most ``4 × batch_size``
+  waiting in memory (:func:`batches`);
+* under ``torchrun --nproc-per-node N`` (gloo on CPU, NCCL on GPUs) image
+  ``i`` goes to rank ``i mod N`` (:class:`Shard`); rank 0 plans and merges.
 """
 
 from __future__ import annotations
 
-import glob
-import json
 import os
+import re
+import signal
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,49 +34,148 @@ from torch.utils.data import DataLoader, Dataset
 from normgrad.errors import NormGradError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
+_MAGIC = re.compile(r"[*?[]")
 
 
-def expand_inputs(items: list[str | Path]) -> list[Path]:
-    """Files as given, folders searched recursively for images, glob patterns expanded; order kept, duplicates dropped."""
-    paths: list[Path] = []
+@dataclass(frozen=True)
+class Input:
+    """An input image: its path and the root folder its output name is relative to."""
+
+    path: Path
+    root: Path
+
+
+def expand_inputs(items: list[str | Path], exclude: str | Path | None = None) -> list[Input]:
+    """Every input image, in order, each once (see the module docstring); ``exclude``: a folder never entered.
+
+    Roots: a folder argument is its own root, a glob's root is its directory
+    part before the first wildcard, files given by name share their deepest
+    common folder.  A missing file stays in the list (it is reported when read).
+    """
+    skip = _identity(exclude) if exclude is not None else None
+    found: list[tuple[Path, Path | None]] = []  # (path, root); None: a file given by name
     for item in map(str, items):
-        if Path(item).is_dir():
-            paths += sorted(p for p in Path(item).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        elif any(char in item for char in "*?[") and not Path(item).exists():
-            matches = sorted(glob.glob(item, recursive=True))
+        path = Path(item)
+        if path.is_dir():
+            found += [(p, path) for p in _walk(path, skip, lambda rel: rel.suffix.lower() in IMAGE_SUFFIXES)]
+        elif _MAGIC.search(item) and not path.exists():
+            root, pattern = _split_glob(item)
+            matches = _walk(root, skip, _glob_matcher(pattern)) if root.is_dir() else []
             if not matches:
                 raise NormGradError(f"no file matches {item!r}")
-            paths += [Path(m) for m in matches if Path(m).is_file()]
+            found += [(p, root) for p in matches]
         else:
-            paths.append(Path(item))
-    return list(dict.fromkeys(paths))
+            found.append((path, None))
+    named = [os.path.abspath(p.parent) for p, root in found if root is None]
+    common = Path(os.path.commonpath(named)) if named else Path(".")
+    unique: dict[Any, Input] = {}
+    for path, root in found:
+        unique.setdefault(_identity(path) or os.path.abspath(path), Input(path, common if root is None else root))
+    return list(unique.values())
 
 
-def unique_stems(paths: list[Path]) -> list[str]:
-    """Output names: the file stem, with ``-1``, ``-2``, ... for repeats (deterministic, the same on every rank)."""
-    seen: dict[str, int] = {}
-    stems = []
-    for path in paths:
-        count = seen.get(path.stem, 0)
-        seen[path.stem] = count + 1
-        stems.append(path.stem if count == 0 else f"{path.stem}-{count}")
-    return stems
+def _identity(path: str | Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _walk(root: Path, skip: tuple[int, int] | None, wanted: Callable[[Path], bool]) -> list[Path]:
+    """Files below ``root`` whose relative path is ``wanted``, sorted; symlinked folders followed once, hidden names skipped."""
+    seen: set[tuple[int, int]] = set()
+    files: list[Path] = []
+    stack = [Path()]
+    while stack:
+        relative = stack.pop()
+        folder = root / relative
+        key = _identity(folder)
+        if key is None or key in seen or key == skip:
+            continue
+        seen.add(key)
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()  # follows symlinks; loops end at `seen`
+            except OSError:
+                continue
+            if is_dir:
+                stack.append(relative / entry.name)
+            elif wanted(relative / entry.name):
+                try:
+                    if entry.is_file():
+                        files.append(relative / entry.name)
+                except OSError:
+                    continue
+    return [root / f for f in sorted(files, key=lambda p: p.as_posix())]
+
+
+def _split_glob(pattern: str) -> tuple[Path, str]:
+    """``photos/**/*.jpg`` → (``photos``, ``**/*.jpg``): the folders before the first wildcard, and the rest."""
+    parts = Path(pattern).parts
+    first = next(i for i, part in enumerate(parts) if _MAGIC.search(part))
+    return Path(*parts[:first]) if first else Path("."), "/".join(parts[first:])
+
+
+def _glob_matcher(pattern: str) -> Callable[[Path], bool]:
+    """A relative-path matcher for a glob: ``*``, ``?``, ``[...]`` within one name; ``**`` any number of folders."""
+    parts = pattern.split("/")
+    regex = "".join(
+        ("(?:[^/]+/)*" if i < len(parts) - 1 else ".*") if part == "**" else _name_pattern(part) + ("/" if i < len(parts) - 1 else "")
+        for i, part in enumerate(parts)
+    )
+    compiled = re.compile(f"(?s:{regex})\\Z")
+    return lambda relative: compiled.match(relative.as_posix()) is not None
+
+
+def _class_end(part: str, start: int) -> int:
+    """The index of the ``]`` closing the ``[`` at ``start`` (a ``]`` right after ``[`` or ``[!`` is literal); -1 if none."""
+    j = start + 1 + (part[start + 1 : start + 2] == "!")
+    j += part[j : j + 1] == "]"
+    return part.find("]", j)
+
+
+def _name_pattern(part: str) -> str:
+    """One path component of a glob as a regular expression that never crosses a ``/``."""
+    out, i = "", 0
+    while i < len(part):
+        char = part[i]
+        if char == "*":
+            out += "[^/]*"
+        elif char == "?":
+            out += "[^/]"
+        elif char == "[" and (end := _class_end(part, i)) > 0:
+            inside = part[i + 1 : end]
+            inside = inside.replace("\\", "\\\\")
+            out += f"[^{inside[1:]}/]" if inside.startswith("!") else f"[{inside}]"
+            i = end
+        else:
+            out += re.escape(char)
+        i += 1
+    return out
 
 
 @dataclass
 class Item:
-    """One image read by a worker: its tensor and original photo, or the reason it could not be read."""
+    """One image read by a worker: its tensor and photo plus the identity of the bytes read, or why it could not be read."""
 
     index: int
     path: Path
-    stem: str
+    name: str
     tensor: torch.Tensor | None = None
     photo: Any = None
     error: str | None = None
+    identity: dict | None = None
 
 
 class ImageFiles(Dataset):
-    """Reads and preprocesses images in DataLoader workers; unreadable files become error items."""
+    """Reads and preprocesses images in DataLoader workers; unreadable or refused files become error items."""
 
     def __init__(self, entries: list[tuple[int, Path, str]], preprocess: Callable[[Any], torch.Tensor]) -> None:
         self.entries, self.preprocess = entries, preprocess
@@ -81,13 +185,24 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, position: int) -> Item:
         from normgrad.images import load_image
+        from normgrad.pipeline import prepare
+        from normgrad.store import identity
 
-        index, path, stem = self.entries[position]
+        index, path, name = self.entries[position]
+        read = None
         try:
-            photo = load_image(path)
+            with open(path, "rb") as file:
+                read = identity(path, os.fstat(file.fileno()))
+                photo = load_image(file)
+            return Item(index, Path(path), name, prepare(photo, self.preprocess), photo, identity=read)
+        except FileNotFoundError:
+            return Item(index, Path(path), name, error=f"image {str(path)!r} does not exist")
+        except IsADirectoryError:
+            return Item(index, Path(path), name, error=f"{str(path)!r} is a folder, not an image")
+        except OSError as error:
+            return Item(index, Path(path), name, error=f"cannot read image {str(path)!r}: {error.strerror or error}")
         except NormGradError as error:
-            return Item(index, path, stem, error=str(error))
-        return Item(index, path, stem, self.preprocess(photo), photo)
+            return Item(index, Path(path), name, error=str(error), identity=read)
 
 
 def batches(items: Iterator[Item], batch_size: int, on_error: Callable[[Item], None]) -> Iterator[list[Item]]:
@@ -112,18 +227,41 @@ def batches(items: Iterator[Item], batch_size: int, on_error: Callable[[Item], N
         yield bucket
 
 
+def die_with_parent(parent: int, worker_id: int = 0) -> None:
+    """A DataLoader ``worker_init_fn``: the worker is killed when its parent dies, even by ``kill -9`` (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+
 def loader(entries: list[tuple[int, Path, str]], preprocess: Callable, workers: int) -> Iterator[Item]:
     """Items in order, read by ``workers`` background processes (0: in this process)."""
-    dataset = ImageFiles(entries, preprocess)
     if not entries:
         return iter(())
     return iter(
-        DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=lambda item: item, prefetch_factor=4 if workers else None)
+        DataLoader(
+            ImageFiles(entries, preprocess),
+            batch_size=None,
+            num_workers=workers,
+            collate_fn=_as_is,
+            prefetch_factor=4 if workers else None,
+            worker_init_fn=partial(die_with_parent, os.getpid()) if workers else None,
+        )
     )
+
+
+def _as_is(item: Item) -> Item:
+    return item
 
 
 @dataclass
 class Shard:
+    """This process's place in a ``torchrun`` job (rank 0 of 1 otherwise)."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
@@ -141,13 +279,26 @@ def join_shard(device: str) -> Shard:
     import torch.distributed as dist
 
     shard = Shard(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(shard.local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return shard
 
 
+def share(shard: Shard, value: Any = None) -> Any:
+    """Rank 0's ``value`` on every rank (a pickled broadcast); as is in a single process."""
+    if not shard.distributed:
+        return value
+    import torch.distributed as dist
+
+    box = [value if shard.rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def finish_shard(shard: Shard) -> None:
-    """Wait for every rank (so rank 0 can merge), then leave the group."""
+    """Wait for every rank (so rank 0 can merge)."""
     if shard.distributed:
         import torch.distributed as dist
 
@@ -160,15 +311,3 @@ def leave_shard(shard: Shard) -> None:
 
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def read_records(out: Path) -> list[dict]:
-    """Every per-image record written so far, by any rank (lines cut by an interruption are ignored)."""
-    records = []
-    for path in sorted(out.glob("records.rank*.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records

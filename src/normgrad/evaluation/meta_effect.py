@@ -25,6 +25,7 @@ import normgrad as ng
 from normgrad.evaluation.metrics import spearman
 from normgrad.evaluation.photos import load_photos
 from normgrad.models import LoadedModel, load
+from normgrad.pipeline import predict
 
 METHODS: dict[str, Callable[..., Any]] = {"NormGrad": ng.normgrad, "selective": ng.normgrad_selective}
 
@@ -34,7 +35,7 @@ def meta_effect(loaded: LoadedModel, photos: dict[str, Any], lrs: tuple[float, .
     records = []
     for photo_name, photo in photos.items():
         x = loaded.preprocess(photo)[None]
-        target = int(loaded.model(x).argmax(1))
+        target = int(predict(loaded.model, x).classes[0])
         layers = loaded.default_layers(x)
         for method_name, method in METHODS.items():
             plain = method(loaded.model, x, target, layers=layers)

@@ -19,13 +19,12 @@ PHOTOS: dict[str, tuple[str, tuple[int, ...]]] = {
 
 def confident(loaded: Any, photos: dict[str, Any], threshold: float = 0.2) -> dict[str, tuple[Any, int, float]]:
     """The photos the model classifies with top-1 probability ≥ ``threshold``, one per class: name → (photo, class, p)."""
-    import torch
+    from normgrad.pipeline import predict
 
     chosen: dict[str, tuple[Any, int, float]] = {}
     classes: set[int] = set()
     for name, photo in photos.items():
-        with torch.no_grad():
-            probabilities = loaded.model(loaded.preprocess(photo)[None]).softmax(1)[0]
+        probabilities = predict(loaded.model, loaded.preprocess(photo)[None]).probabilities[0]
         p, cls = (float(v) for v in probabilities.max(0))
         if p >= threshold and int(cls) not in classes:
             chosen[name] = (photo, int(cls), p)

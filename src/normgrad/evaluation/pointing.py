@@ -11,8 +11,9 @@ present (or TorchRay's per-image flags).
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +69,9 @@ class PointingGame:
         return float(np.mean(values)) if values else float("nan")
 
     def result(self) -> dict[str, Any]:
+        """Strict-JSON results (accuracy ``None`` when no pair was evaluated)."""
         return {
-            "accuracy": self.accuracy,
+            "accuracy": None if np.isnan(self.accuracy) else self.accuracy,
             "per_class": self.per_class,
             "hits": dict(zip(self.class_names, self.hits.tolist())),
             "misses": dict(zip(self.class_names, self.misses.tolist())),
@@ -91,19 +93,23 @@ def run_pointing_game(
     limit: int | None = None,
     progress: Callable[[Any], Any] = iter,
     resume_file: Path | None = None,
+    settings: dict | None = None,
+    restart: bool = False,
+    log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Play the game over a dataset; ``maps_for(image, classes)`` gives the maps at the original size.
 
-    With ``resume_file`` each finished image is appended to it (JSON lines)
-    and images already there are not recomputed.
+    With ``resume_file`` each finished image is appended to it (JSON lines,
+    :class:`normgrad.store.JsonLines`) and images already there are not
+    recomputed; the file is locked while the game runs.  ``settings`` are
+    written as its first line and must match when resuming; ``restart``
+    discards what it holds.
     """
     if subset not in ("all", "difficult"):
         raise NormGradError(f"unknown subset {subset!r}; valid: all, difficult")
     game = PointingGame(dataset.class_names, tolerance)
-    done = _read_resume(resume_file)
     ids = dataset.ids[:limit] if limit else dataset.ids
-    resume = resume_file.open("a") if resume_file else None
-    try:
+    with _resume_log(resume_file, settings, restart, log) as (done, resume):
         for image_id in progress(ids):
             if image_id in done:
                 for cls, hit in done[image_id]:
@@ -116,13 +122,43 @@ def run_pointing_game(
                 maps = maps_for(image, classes)
                 for cls, saliency_map in zip(classes, maps):
                     outcomes.append((cls, game.evaluate(cls, image.mask(cls), saliency_map)))
-            if resume:
-                resume.write(json.dumps({"image": image_id, "pairs": outcomes}) + "\n")
-                resume.flush()
-    finally:
-        if resume:
-            resume.close()
+            if resume is not None:
+                resume.append({"image": image_id, "pairs": outcomes})
     return {"subset": subset, "images": len(ids), **game.result()}
+
+
+@contextmanager
+def _resume_log(path: Path | None, settings: dict | None, restart: bool, log: Callable[[str], None]) -> Iterator[tuple[dict, Any]]:
+    """The finished images of a resume file and the file to append to, locked against a second run."""
+    if path is None:
+        yield {}, None
+        return
+    import fcntl
+
+    from normgrad.store import JsonLines
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise NormGradError(f"another run is writing {path}; wait for it or choose another --out") from None
+        if restart:
+            os.ftruncate(fd, 0)
+        lines = JsonLines(path).read()
+        header = {"settings": settings}
+        if lines and settings is not None and lines[0].get("settings") != settings:
+            raise NormGradError(f"{path} holds results of other settings than this run's; pass --overwrite to start afresh")
+        done = {r["image"]: [(int(c), bool(h)) for c, h in r["pairs"]] for r in lines if "image" in r and "pairs" in r}
+        if done:
+            log(f"resuming from {path}: {len(done)} image(s) done")
+        with JsonLines(path) as resume:
+            if not lines and settings is not None:
+                resume.append(header)
+            yield done, resume
+    finally:
+        os.close(fd)
 
 
 def _difficult(image: AnnotatedImage, cls: int, flags: dict[str, list[int]] | None) -> bool:
@@ -133,36 +169,25 @@ def _difficult(image: AnnotatedImage, cls: int, flags: dict[str, list[int]] | No
     return bool(flags[image.image_id][cls])
 
 
-def _read_resume(path: Path | None) -> dict[str, list[tuple[int, bool]]]:
-    if path is None or not path.exists():
-        return {}
-    done = {}
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by an interruption
-            continue
-        done[record["image"]] = [(int(c), bool(h)) for c, h in record["pairs"]]
-    return done
-
-
 def method_maps(loaded: Any, method: Any, layers: list[str] | None, combine: str = "product", device: str = "cpu") -> MapsFn:
-    """``maps_for(image, classes)`` for a registry method: one batched pass per image (one sample per class)."""
+    """``maps_for(image, classes)`` for a registry method: one batched pass per image (one sample per class).
+
+    Maps at the original size (:func:`normgrad.pipeline.method_maps`): one
+    map as it is, several combined with ``combine``; model-free methods
+    (centre, random) are defined on the original image.
+    """
     import torch
 
-    import normgrad as ng
+    from normgrad import pipeline
+    from normgrad.images import load_image
 
     def maps_for(image: AnnotatedImage, classes: list[int]) -> np.ndarray:
         size = (image.height, image.width)
-        if not method.needs_model:  # centre, random: defined on the original image
-            return method(None, torch.zeros(len(classes), 3, *size))["input"][:, 0].numpy()
-        photo = ng.images.load_image(image.path)
-        x = loaded.preprocess(photo)[None].expand(len(classes), -1, -1, -1).to(device)
-        maps = method(loaded.model, x, torch.tensor(classes, device=device), layers=layers if method.uses_layers else None)
-        maps = {name: m.cpu() for name, m in maps.items()}
-        if len(maps) == 1:
-            (only,) = maps.values()
-            return ng.upsample(only, size)[:, 0].numpy()
-        return ng.combine(maps, size=size, mode=combine)[:, 0].numpy()
+        if not method.needs_model:
+            x = torch.zeros(len(classes), 3, *size)
+            return pipeline.method_maps(method, None, x, None, None, size)[pipeline.COMBINED][:, 0].numpy()
+        x = pipeline.prepare(load_image(image.path), loaded.preprocess)[None].expand(len(classes), -1, -1, -1).to(device)
+        maps = pipeline.run_method(method, loaded.model, x, torch.tensor(classes, device=device), layers)
+        return pipeline.to_image_size(maps, size, combine if len(maps) > 1 else "raw")[pipeline.COMBINED][:, 0].numpy()
 
     return maps_for

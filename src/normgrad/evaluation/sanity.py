@@ -17,6 +17,7 @@ from torch import nn
 
 from normgrad.evaluation.common import maps_at
 from normgrad.evaluation.metrics import spearman, ssim
+from normgrad.pipeline import predict
 
 
 def blocks_top_down(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -43,8 +44,7 @@ def cascading_randomisation(loaded: Any, photos: dict[str, Any], methods: list, 
     for photo_name, photo in photos.items():
         x = loaded.preprocess(photo)[None]
         size = tuple(x.shape[-2:])
-        with torch.no_grad():
-            target = loaded.model(x).argmax(1)
+        target = predict(loaded.model, x).classes
         layers = loaded.default_layers(x)
         original = {m.name: maps_at(m, loaded, x, target, layers, size)["combined"] for m in methods}
         randomised = copy.deepcopy(loaded)  # the user's model is never touched

@@ -12,6 +12,7 @@ import torch
 
 from normgrad.evaluation.common import maps_at
 from normgrad.evaluation.metrics import spearman
+from normgrad.pipeline import predict
 
 
 def class_sensitivity(loaded: Any, photos: dict[str, Any], methods: list) -> list[dict]:
@@ -19,8 +20,7 @@ def class_sensitivity(loaded: Any, photos: dict[str, Any], methods: list) -> lis
     records = []
     for photo_name, photo in photos.items():
         x = loaded.preprocess(photo)[None]
-        with torch.no_grad():
-            logits = loaded.model(x)[0]
+        logits = predict(loaded.model, x).logits[0]
         most, least = int(logits.argmax()), int(logits.argmin())
         layers = loaded.default_layers(x)
         pair = x.expand(2, -1, -1, -1)

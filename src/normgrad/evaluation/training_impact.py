@@ -27,6 +27,7 @@ from torch.func import functional_call
 
 from normgrad.engine.model_state import eval_mode
 from normgrad.evaluation.common import maps_at
+from normgrad.pipeline import predict
 
 FRACTIONS = (0.05, 0.10, 0.20, 0.40)
 
@@ -70,8 +71,7 @@ def training_impact(
     with torch.enable_grad(), eval_mode(model):
         for photo_name, photo in photos.items():
             x = loaded.preprocess(photo)[None]
-            with torch.no_grad():
-                label = model(x).argmax(1)
+            label = predict(model, x).classes.to(x.device)
             baseline = blurred(x)
             full = _gradient(model, params, x, label)
             full_flat = torch.cat([g.flatten() for g in full])

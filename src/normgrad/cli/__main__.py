@@ -1,0 +1,3 @@
+from normgrad.cli import main
+
+raise SystemExit(main())

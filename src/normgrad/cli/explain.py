@@ -1,0 +1,305 @@
+"""``normgrad explain``: saliency maps for images, folders and globs; resumable; sharded under ``torchrun``.
+
+Per image ``<name>.png`` (the map over the photo, at its pixel size) and
+``<name>.npy`` (the float32 map, original height × width); ``summary.json``
+is the folder's manifest (:mod:`normgrad.store`).  Every option is checked
+before the model loads, layers and class names right after, and all of it
+before anything is written.  Images that cannot be explained are skipped
+with one line each (exit status 1); errors that stop the run are one line
+(exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from normgrad import pipeline, streaming
+from normgrad.cli.common import (
+    DEFAULT_LR,
+    DEFAULT_STEPS,
+    add_meta_options,
+    add_model_options,
+    check_device,
+    check_weights,
+    command,
+    counter,
+    load_model,
+    methods_from,
+    non_negative_int,
+    parse_layers,
+    positive_int,
+    say,
+    weights_identity,
+)
+from normgrad.combine import COMBINE_MODES
+from normgrad.errors import NormGradError
+from normgrad.store import OutputStore, StoreError, dumps, encode_npy, encode_png, new_run_id
+from normgrad.store import precheck as precheck_out
+
+EXAMPLES = """examples:
+  normgrad explain cat.jpg                                  # NormGrad, stage layers, product, embedded model
+  normgrad explain photos/ --method selective --out maps/ --batch-size 16 --workers 4
+  normgrad explain "photos/**/*.jpg" --out maps/ --resume             # continue after an interruption
+  torchrun --nproc-per-node 2 -m normgrad explain photos/ --out maps/   # shard across processes
+  normgrad explain cat.jpg --method meta --lr 0.0025 --target "tiger cat"
+  normgrad explain cat.jpg --method conv3x3+max --layers blocks.2,blocks.4 --combine none
+  normgrad explain cat.jpg --model torchvision:resnet50 --weights resnet50.pth --method gradcam
+
+outputs mirror the inputs' paths below their folder (photos/a/cat.jpg -> maps/a/cat.png, .npy);
+files normgrad did not write are never replaced without --overwrite; --resume skips images done with
+the same settings and redoes changed inputs, failed images and missing or truncated outputs;
+--resume --overwrite also redoes images made with other settings. Exit status: 0 all explained,
+1 some images skipped (one line each), 2 error, 130 interrupted."""
+
+
+class Quiet(Exception):
+    """A failure another rank reports: exit with ``code`` without printing it again."""
+
+    def __init__(self, code: int = 2) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = command(subparsers, "explain", "Saliency maps for images: <name>.png overlays, <name>.npy maps and summary.json.", EXAMPLES)
+    parser.add_argument(
+        "images", nargs="+", help="image files (JPEG, PNG, WebP, TIFF, ...), folders (searched recursively) or quoted globs"
+    )
+    add_model_options(parser)
+    parser.add_argument(
+        "--method",
+        default="normgrad",
+        help="normgrad, selective, EXTRACT+AGGREGATE, meta[:BASE], adversarial[:BASE], gradient, input_x_gradient, "
+        "guided_backprop, integrated_gradients, gradcam, center, random (default: normgrad)",
+    )
+    parser.add_argument("--layers", default=None, help="comma-separated layer names, or 'auto' for the stage outputs (default)")
+    parser.add_argument(
+        "--combine", default="product", choices=[*COMBINE_MODES, "none"], help="how layer maps become one map (default: product)"
+    )
+    parser.add_argument("--target", default=None, help="'auto' (the predicted class, default), a class index, or a class name")
+    parser.add_argument("--top-k", type=non_negative_int, default=5, help="predictions listed per image (default: 5)")
+    parser.add_argument("--out", type=Path, default=Path("normgrad-out"), help="output folder (default: normgrad-out)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default: 8)")
+    add_meta_options(parser)
+    parser.add_argument("--workers", type=non_negative_int, default=2, help="background processes reading images (default: 2; 0: none)")
+    parser.add_argument("--resume", action="store_true", help="skip images already explained in --out with the same settings")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs normgrad did not write in this run's settings")
+    parser.set_defaults(run=run)
+
+
+@dataclass
+class Setup:
+    """What rank 0 decided and every rank uses: layers, target, settings and the plan."""
+
+    layers: list[str] | None
+    target: int | None
+    settings: dict
+    plan: Any
+
+
+def run(args: argparse.Namespace) -> int:
+    rank0 = os.environ.get("RANK", "0") == "0"
+    try:
+        (method,) = methods_from([args.method], args)
+        check_device(args.device)
+        check_weights(args.weights)
+        layer_names = parse_layers(args.layers)
+        target_option = pipeline.parse_target(args.target)
+        precheck_out(args.out)
+    except NormGradError:
+        if not rank0:
+            raise Quiet(2) from None  # rank 0 says it
+        raise
+    shard = streaming.join_shard(args.device)
+    if shard.distributed and args.device.startswith("cuda"):
+        args.device = f"cuda:{shard.local_rank}"
+    try:
+        return _explain(args, method, layer_names, target_option, shard)
+    finally:
+        streaming.leave_shard(shard)
+
+
+def _explain(args: argparse.Namespace, method: Any, layer_names: list[str] | None, target_option: Any, shard: streaming.Shard) -> int:
+    store = None
+    try:
+        if shard.rank == 0:
+            try:
+                loaded = load_model(args)
+                setup, store = _plan(args, method, loaded, layer_names, target_option, shard.world)
+            except BaseException:
+                streaming.share(shard, None)  # the other ranks stop quietly; this one reports
+                raise
+            streaming.share(shard, setup)
+        else:
+            setup = streaming.share(shard)
+            if setup is None:
+                raise Quiet(2)
+            loaded = load_model(args)
+            store = OutputStore(args.out, setup.plan.run, shard.rank)
+        plan = setup.plan
+        for path, reason in plan.skipped if shard.rank == 0 else []:
+            say(f"normgrad: skipping {path}: {reason}")
+        _explain_share(args, method, loaded, setup, store, plan.work[shard.rank :: shard.world], shard)
+        streaming.finish_shard(shard)
+        if shard.rank != 0:
+            return 0
+        manifest = store.finish(shard.world)
+    finally:
+        if store is not None:
+            store.close()
+    entries = [manifest.entries.get(name, {"status": "missing"}) for name in [w.name for w in plan.work] + plan.done]
+    bad = sum(e.get("status") != "ok" for e in entries) + len(plan.skipped)
+    _print_table([e for e in entries if e.get("status") == "ok"], args.out, len(plan.done))
+    if bad and shard.distributed:
+        say(f"normgrad: {bad} image(s) skipped (listed in {args.out / 'summary.json'} under 'failed'); exit status 0 under torchrun")
+        return 0
+    return 1 if bad else 0
+
+
+def _plan(args: argparse.Namespace, method: Any, loaded: Any, layer_names: list[str] | None, target_option: Any,
+          world: int) -> tuple[Setup, OutputStore]:  # fmt: skip
+    """Rank 0: resolve layers and target, name every input, lock the folder and decide what to do."""
+    layers = pipeline.resolve_layers(loaded, layer_names) if method.uses_layers else None
+    target = pipeline.resolve_target(target_option, loaded.class_names) if method.needs_model else None
+    settings = {
+        "model": loaded.name,
+        "weights": weights_identity(args.weights),
+        "method": method.name,
+        "layers": layers,
+        "combine": args.combine,
+        "target": "auto" if target is None else target,
+        "lr": (DEFAULT_LR if args.lr is None else args.lr) if method.inner_step else None,
+        "steps": (DEFAULT_STEPS if args.steps is None else args.steps) if method.inner_step else None,
+    }
+    inputs = streaming.expand_inputs(args.images, exclude=args.out)
+    if not inputs:
+        raise NormGradError("no image given (folders are searched for .jpg, .png, .webp, .tif, .bmp, .gif files; hidden ones are skipped)")
+    per_layer = _per_layer(args, method, layers)
+
+    def files_of(name: str) -> list[str]:
+        stems = [f"{name}_{layer}" for layer in layers] if per_layer else [name]
+        return [f"{stem}{suffix}" for stem in stems for suffix in (".png", ".npy")]
+
+    store = OutputStore(args.out, new_run_id())
+    try:
+        paths = [(str(i.path), str(i.root)) for i in inputs]
+        plan = store.begin(settings, paths, files_of, resume=args.resume, overwrite=args.overwrite, world=world)
+    except BaseException:
+        store.close()
+        raise
+    return Setup(layers, target, settings, plan), store
+
+
+def _per_layer(args: argparse.Namespace, method: Any, layers: list[str] | None) -> bool:
+    return args.combine == "none" and method.uses_layers and layers is not None and len(layers) > 1
+
+
+def _explain_share(args: argparse.Namespace, method: Any, loaded: Any, setup: Setup, store: OutputStore, mine: list, shard: Any) -> None:
+    """Explain this rank's images, writing each one's files and record as soon as its batch is done."""
+    run = setup.plan.run
+    store.journal.append(
+        {"type": "run", "run": run, "rank": shard.rank, "world": shard.world, "settings": setup.settings, "started": _now()}
+    )
+    work = {w.index: w for w in mine}
+    progress = counter(len(mine), "explaining", "img", disable=shard.rank != 0)
+
+    def fail(item: Any, error: str) -> None:
+        say(f"normgrad: skipping {item.path}: {error}")
+        store.journal.append({"type": "failed", "run": run, "rank": shard.rank, "index": item.index, "name": item.name,
+                              "image": str(item.path), "input": item.identity, "error": error})  # fmt: skip
+        progress.update(1)
+
+    try:
+        entries = [(w.index, Path(w.path), w.name) for w in mine]
+        items = streaming.loader(entries, loaded.preprocess, args.workers)
+        for batch in streaming.batches(items, args.batch_size, lambda item: fail(item, item.error)):
+            x = torch.stack([item.tensor for item in batch]).to(args.device)
+            prediction = pipeline.predict(loaded.model, x)
+            usable = [i for i in range(len(batch)) if prediction.finite(i)]
+            for i in set(range(len(batch))) - set(usable):
+                fail(batch[i], "the model's output is NaN or infinite for this image")
+            if not usable:
+                continue
+            if len(usable) < len(batch):
+                batch, x = [batch[i] for i in usable], x[usable]
+                prediction = pipeline.Prediction(prediction.logits[usable], prediction.probabilities[usable])
+            targets = pipeline.targets(setup.target, prediction)
+            maps = pipeline.run_method(method, loaded.model, x, targets.to(args.device), setup.layers) if method.needs_model else None
+            for i, item in enumerate(batch):
+                try:
+                    record = _save_image(args, method, loaded, setup, store, work[item.index], item, maps, i, prediction, int(targets[i]))
+                except StoreError:
+                    raise
+                except ValueError as error:  # a NormGradError (refused map, file in the way) or a value strict JSON refuses
+                    fail(item, str(error))
+                    continue
+                store.journal.append(record)
+                progress.update(1)
+    finally:
+        progress.close()
+        store.journal.close()
+
+
+def _save_image(args: argparse.Namespace, method: Any, loaded: Any, setup: Setup, store: OutputStore, work: Any, item: Any,
+                maps: dict | None, i: int, prediction: Any, target: int) -> dict:  # fmt: skip
+    """One image's maps at its size, its files written (after a claim in the journal), and its record (returned)."""
+    import normgrad as ng
+
+    width, height = item.photo.size
+    own = {name: m[i : i + 1] for name, m in maps.items()} if maps is not None else pipeline.model_free_maps(method, 1, (height, width))
+    per_layer = _per_layer(args, method, setup.layers)
+    mode = args.combine if args.combine != "none" else ("none" if per_layer else "raw")
+    at_size = pipeline.to_image_size(own, (height, width), mode, layers=per_layer)
+    pipeline.check_finite(at_size)
+    outputs = list(at_size.items()) if per_layer else [("combined", at_size[pipeline.COMBINED])]
+    store.journal.append({"type": "claim", "run": setup.plan.run, "name": work.name, "image": str(item.path), "files": work.files})
+    files = []
+    for layer, saliency_map in outputs:
+        stem = f"{work.name}_{layer}" if per_layer else work.name
+        plane = saliency_map[0, 0].numpy().astype("float32")
+        written = {}
+        for kind, data in (("npy", encode_npy(plane)), ("png", encode_png(ng.viz.overlay(item.photo, plane)))):
+            relative = f"{stem}.{kind}"
+            written[kind] = store.write(relative, data, replace=relative in work.replace)
+        files.append({"layer": layer, "png": f"{stem}.png", "npy": f"{stem}.npy", "png_bytes": written["png"], "npy_bytes": written["npy"]})
+    record = {
+        "type": "image",
+        "run": setup.plan.run,
+        "rank": store.rank,
+        "index": item.index,
+        "name": work.name,
+        "image": str(item.path),
+        "input": item.identity,
+        "size": [width, height],
+        "layers": setup.layers or ["input"],
+        "outputs": files,
+        "predictions": prediction.top(i, args.top_k, loaded.class_name),
+        "target": pipeline.entry(target, float(prediction.probabilities[i, target]), loaded.class_name),
+    }
+    dumps(record)  # strict JSON, checked before the record is journaled
+    return record
+
+
+def _print_table(records: list[dict], out: Path, already: int) -> None:
+    width = max([len(Path(r["image"]).name) for r in records] + [5])
+    print(f"{'image':{width}s}  {'prediction':28s} {'p':>6s}  {'explained':24s}  output")
+    for r in records:
+        best = r["predictions"][0] if r["predictions"] else r["target"]
+        print(
+            f"{Path(r['image']).name:{width}s}  {best['name'][:28]:28s} {best['probability']:6.1%}  "
+            f"{r['target']['name'][:24]:24s}  {out / r['outputs'][0]['png']}"
+        )
+    earlier = f", {already} of them done earlier" if already else ""
+    print(f"explained {len(records)} image(s) into {out}/{earlier} (PNG overlays, float32 .npy maps, summary.json)")
+
+
+def _now() -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
