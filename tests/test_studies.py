@@ -102,3 +102,29 @@ def test_report_runs_end_to_end(setup, tmp_path):
     assert (
         len(headline["checks"]) == 6
     )  # grid, sanity, 2 × class sensitivity, 2 × training (ColourNet has nn.ReLU: no guided-backprop note)
+
+
+def test_report_sections_read_method_names_from_the_records(tmp_path):
+    from normgrad.evaluation.report import grid_section, impact_section, sensitivity_section
+
+    grid = [
+        {"grid": 0, "cell": k, "photo": "p", "method": m, "layer": "combined", "share": s, "hit": True}
+        for m, s in (("gradient", 0.4), ("selective", 0.6))
+        for k in range(4)
+    ]
+    (check,) = grid_section(grid).checks
+    assert check == "Grid pointing: the best combined map by share is selective (0.600)."  # no NormGrad or Grad-CAM to quote
+    sensitivity = [
+        {"photo": "p", "method": m, "layer": "combined", "rho": r}
+        for m, r in (("selective", 0.8), ("meta:selective", 0.5), ("gradient", 0.3))
+    ]
+    assert sensitivity_section(sensitivity).checks == [
+        "Class sensitivity: meta-saliency on selective lowers it, as the paper reports (ρ 0.800 → 0.500, combined maps)."
+    ]
+    impact = [
+        {"photo": "p", "method": m, "layer": "combined", "fraction": 0.1, "cosine": c, "kept": 0.5, "kept_first_order": c}
+        for m, c in (("gradient", 0.2), ("selective", 0.3))
+    ]
+    section = impact_section(impact, tmp_path)
+    assert section.checks[0].startswith("Training impact at 10 % of the pixels (cosine): best selective (0.300)")
+    assert "Meta" not in section.checks[0] and section.headline["training_cosine_at_10pct"] == {"gradient": 0.2, "selective": 0.3}

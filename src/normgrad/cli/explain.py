@@ -88,8 +88,13 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default: 8)")
     add_meta_options(parser)
     parser.add_argument("--workers", type=non_negative_int, default=2, help="background processes reading images (default: 2; 0: none)")
-    parser.add_argument("--resume", action="store_true", help="skip images already explained in --out with the same settings")
-    parser.add_argument("--overwrite", action="store_true", help="replace outputs normgrad did not write in this run's settings")
+    parser.add_argument("--resume", action="store_true", help="continue: skip images already explained in --out with the same settings")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start --out's record afresh, replacing files in the way (never an input); with --resume: redo only what was "
+        "made with other settings or is in the way",
+    )
     parser.set_defaults(run=run)
 
 

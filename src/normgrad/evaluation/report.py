@@ -14,7 +14,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -121,10 +121,17 @@ def run_report(
     return headline
 
 
+@dataclass
+class Section:
+    """One study in the report: its markdown lines, the computed checks, and its headline numbers."""
+
+    lines: list[str]
+    checks: list[str] = field(default_factory=list)
+    headline: dict[str, Any] = field(default_factory=dict)
+
+
 def _markdown(loaded: LoadedModel, chosen: dict, records: dict, out: Path) -> tuple[str, dict]:
-    grid, sanity, sensitivity, impact = records["grid"], records["sanity"], records["sensitivity"], records["impact"]
-    names = list(dict.fromkeys(r["method"] for r in grid))
-    lines = [
+    intro = [
         "# Evaluation results",
         "",
         "Model: the embedded EfficientNet-Lite0 (ImageNet). Photos (scikit-image), predicted class and probability: "
@@ -136,13 +143,44 @@ def _markdown(loaded: LoadedModel, chosen: dict, records: dict, out: Path) -> tu
         + f"the default layers {loaded.default_layers()}.",
         "",
     ]
-    checks: list[str] = []
-    findings_at = len(lines)  # the computed findings go right after the introduction
+    sections = [
+        grid_section(records["grid"]),
+        sanity_section(records["sanity"], out),
+        sensitivity_section(records["sensitivity"]),
+        impact_section(records["impact"], out),
+    ]
+    checks = [c for section in sections for c in section.checks] + _guided_backprop_note(records["sensitivity"])
+    lines = [*intro, "## What the numbers say (computed)", "", *[f"- {c}" for c in checks], ""]
+    for section in sections:
+        lines += section.lines
+    headline = {k: v for section in sections for k, v in section.headline.items()}
+    order = ["grid_share_combined", "class_sensitivity_combined", "training_cosine_at_10pct", "training_first_order_share_at_10pct"]
+    headline = {**{k: headline[k] for k in order if k in headline}, **headline, "checks": checks}
+    return "\n".join(lines) + "\n", headline
 
-    # grid pointing
+
+def _methods(records: list[dict]) -> list[str]:
+    """The methods of a study, in the order the records list them."""
+    return list(dict.fromkeys(r["method"] for r in records))
+
+
+def _meta_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """(plain, meta) pairs present in the records: ``meta`` wraps ``normgrad``, ``meta:<m>`` wraps ``<m>``."""
+    pairs = []
+    for name in names:
+        if name == "meta" or name.startswith("meta:"):
+            base = name.partition(":")[2] or "normgrad"
+            if base in names:
+                pairs.append((base, name))
+    return pairs
+
+
+def grid_section(grid: list[dict]) -> Section:
+    """Grid pointing game: share of positive saliency in the right cell, argmax in it."""
+    names = _methods(grid)
     share = _group(grid, ("method", "layer"), "share")
     hits = _group(grid, ("method", "layer"), "hit")
-    lines += [
+    lines = [
         "## Grid pointing game",
         "",
         f"{len({r['grid'] for r in grid})} 2×2 grids of the photos above (each cell 224², the class of the photo alone as target). "
@@ -153,30 +191,31 @@ def _markdown(loaded: LoadedModel, chosen: dict, records: dict, out: Path) -> tu
     ]
     for (method, layer), value in sorted(share.items(), key=lambda kv: (names.index(kv[0][0]), kv[0][1] != "combined", kv[0][1])):
         lines.append(f"| {method} | {layer} | {value:.3f} | {hits[(method, layer)]:.2f} |")
-    best = max((k for k in share if k[1] == "combined"), key=share.get)
-    checks.append(
-        f"Grid pointing: the best combined map by share is {best[0]} ({share[best]:.3f}); "
-        f"NormGrad combined {share[('normgrad', 'combined')]:.3f}, Grad-CAM combined {share[('gradcam', 'combined')]:.3f}."
-    )
+    combined = {m: share[(m, "combined")] for m in names if (m, "combined") in share}
+    best = max(combined, key=combined.get)
+    named = [f"{title} combined {combined[m]:.3f}" for m, title in (("normgrad", "NormGrad"), ("gradcam", "Grad-CAM")) if m in combined]
+    check = f"Grid pointing: the best combined map by share is {best} ({combined[best]:.3f})" + (f"; {', '.join(named)}." if named else ".")
+    return Section(lines, [check], {"grid_share_combined": combined})
 
-    # sanity
+
+def sanity_section(sanity: list[dict], out: Path) -> Section:
+    """Cascading randomisation: ρ between the combined map after each re-initialisation step and the original."""
     rho = _group(sanity, ("method", "step"), "rho")
     rho_abs = _group(sanity, ("method", "step"), "rho_abs")
     ssim = _group(sanity, ("method", "step"), "ssim")
     steps = sorted({r["step"] for r in sanity})
     blocks = {r["step"]: r["block"] for r in sanity}
-    sanity_names = list(dict.fromkeys(r["method"] for r in sanity))
-    series = {m: (steps, [rho[(m, s)] for s in steps]) for m in sanity_names}
+    names = _methods(sanity)
     _plot(
         out / "sanity.png",
-        series,
+        {m: (steps, [rho[(m, s)] for s in steps]) for m in names},
         "re-initialised down to block",
         "Spearman ρ with the original map",
         "Cascading randomisation (combined maps)",
         [blocks[s] for s in steps],
     )
-    last = steps[-1]
-    lines += [
+    last, half = steps[-1], steps[len(steps) // 2]
+    lines = [
         "",
         "## Sanity check: cascading randomisation",
         "",
@@ -186,59 +225,72 @@ def _markdown(loaded: LoadedModel, chosen: dict, records: dict, out: Path) -> tu
         "| method | ρ after the head | ρ half way | ρ, all blocks random | |ρ| (abs values) all random | SSIM all random |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    half = steps[len(steps) // 2]
-    for m in sanity_names:
+    for m in names:
         lines.append(
             f"| {m} | {rho[(m, 1)]:.3f} | {rho[(m, half)]:.3f} | {rho[(m, last)]:.3f} | {rho_abs[(m, last)]:.3f} | {ssim[(m, last)]:.3f} |"
         )
-    kept_structure = [m for m in sanity_names if rho[(m, last)] > 0.5]
-    checks.append(
-        "Sanity: with every block random, "
-        + (
-            f"{', '.join(kept_structure)} still correlate above 0.5 with the trained map "
-            "(a warning sign, as Adebayo et al. found for guided backprop)."
-            if kept_structure
-            else "every method decorrelates below ρ = 0.5."
-        )
-        + f" NormGrad ends at ρ = {rho[('normgrad', last)]:.2f}."
+    kept_structure = [m for m in names if rho[(m, last)] > 0.5]
+    check = "Sanity: with every block random, " + (
+        f"{', '.join(kept_structure)} still correlate above 0.5 with the trained map "
+        "(a warning sign, as Adebayo et al. found for guided backprop)."
+        if kept_structure
+        else "every method decorrelates below ρ = 0.5."
     )
+    if "normgrad" in names:
+        check += f" NormGrad ends at ρ = {rho[('normgrad', last)]:.2f}."
+    return Section(lines, [check], {"sanity_rho_all_random": {m: rho[(m, last)] for m in names}})
 
-    # class sensitivity
+
+def sensitivity_section(sensitivity: list[dict]) -> Section:
+    """Class sensitivity: ρ between the maps of the most and the least probable class; meta vs plain from the records."""
     sens = _group(sensitivity, ("method", "layer"), "rho")
-    sens_names = list(dict.fromkeys(r["method"] for r in sensitivity))
-    lines += [
+    names = _methods(sensitivity)
+    layer_names = sorted({r["layer"] for r in sensitivity if r["layer"] != "combined"})
+    lines = [
         "",
         "## Class sensitivity",
         "",
         "Spearman ρ between the maps for the most and the least probable class (mean over photos); lower is better.",
         "",
-        "| method | " + " | ".join(sorted({r["layer"] for r in sensitivity if r["layer"] != "combined"})) + " | combined |",
-        "|---|" + "---:|" * (len({r["layer"] for r in sensitivity if r["layer"] != "combined"}) + 1),
+        "| method | " + " | ".join(layer_names) + " | combined |",
+        "|---|" + "---:|" * (len(layer_names) + 1),
     ]
-    layer_names = sorted({r["layer"] for r in sensitivity if r["layer"] != "combined"})
-    for m in sens_names:
+    for m in names:
         cells = [f"{sens[(m, layer)]:.3f}" if (m, layer) in sens else "" for layer in [*layer_names, "combined"]]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    for plain, meta in (("normgrad", "meta"), ("selective", "meta:selective")):
+    checks = []
+    for plain, meta in _meta_pairs(names):
         before, after = sens[(plain, "combined")], sens[(meta, "combined")]
         verdict = "lowers it, as the paper reports" if after < before else "does NOT lower it here, contrary to the paper"
         checks.append(f"Class sensitivity: meta-saliency on {plain} {verdict} (ρ {before:.3f} → {after:.3f}, combined maps).")
+    return Section(lines, checks, {"class_sensitivity_combined": {m: sens[(m, "combined")] for m in names if (m, "combined") in sens}})
 
-    # training impact
+
+def _guided_backprop_note(sensitivity: list[dict]) -> list[str]:
+    sens = _group(sensitivity, ("method", "layer"), "rho")
+    if ("guided_backprop", "combined") in sens and sens[("guided_backprop", "combined")] == sens.get(("gradient", "combined")):
+        return [
+            "Guided backprop equals the plain gradient here: Captum's GuidedBackprop only changes nn.ReLU modules, and this model "
+            "uses ReLU6 (normgrad warns about it)."
+        ]
+    return []
+
+
+def impact_section(impact: list[dict], out: Path) -> Section:
+    """Training impact: cosine and first-order share of the training gradient from the top-k % pixels."""
     cos = _group(impact, ("method", "layer", "fraction"), "cosine")
     kept = _group(impact, ("method", "layer", "fraction"), "kept")
     first_order = _group(impact, ("method", "layer", "fraction"), "kept_first_order")
     fractions = sorted({r["fraction"] for r in impact})
-    impact_names = list(dict.fromkeys(r["method"] for r in impact))
-    series = {m: ([f * 100 for f in fractions], [cos[(m, "combined", f)] for f in fractions]) for m in impact_names}
+    names = _methods(impact)
     _plot(
         out / "training_impact.png",
-        series,
+        {m: ([f * 100 for f in fractions], [cos[(m, "combined", f)] for f in fractions]) for m in names},
         "pixels kept (%)",
         "cosine(G_k, G)",
         "Training gradient from the top-k % pixels (combined maps)",
     )
-    lines += [
+    lines = [
         "",
         "## Training impact",
         "",
@@ -256,9 +308,7 @@ def _markdown(loaded: LoadedModel, chosen: dict, records: dict, out: Path) -> tu
         + " |",
         "|---|---|" + "---:|" * (3 * len(fractions)),
     ]
-    for method, layer in sorted(
-        {(r["method"], r["layer"]) for r in impact}, key=lambda k: (impact_names.index(k[0]), k[1] != "combined", k[1])
-    ):
+    for method, layer in sorted({(r["method"], r["layer"]) for r in impact}, key=lambda k: (names.index(k[0]), k[1] != "combined", k[1])):
         lines.append(
             f"| {method} | {layer} | "
             + " | ".join(f"{cos[(method, layer, f)]:.3f}" for f in fractions)
@@ -268,41 +318,34 @@ def _markdown(loaded: LoadedModel, chosen: dict, records: dict, out: Path) -> tu
             + " | ".join(f"{kept[(method, layer, f)]:.2f}" for f in fractions)
             + " |"
         )
-    at10 = {m: cos[(m, "combined", 0.10)] for m in impact_names if (m, "combined", 0.10) in cos}
-    ranking = sorted(at10, key=at10.get, reverse=True)
-    worst = ranking[-1]
-    checks.append(
-        f"Training impact at 10 % of the pixels (cosine): best {ranking[0]} ({at10[ranking[0]]:.3f}), then {', '.join(ranking[1:4])}; "
-        f"worst {worst} ({at10[worst]:.3f}). Meta {at10['meta']:.3f} vs NormGrad {at10['normgrad']:.3f}: "
-        + (
-            "meta-saliency selects pixels that carry more of the training gradient."
-            if at10["meta"] > at10["normgrad"]
-            else "meta-saliency does NOT select pixels that carry more of the training gradient here."
-        )
-        + f" Adversarial {at10['adversarial']:.3f}: "
-        + ("below meta, as expected." if at10["adversarial"] < at10["meta"] else "NOT below meta, contrary to expectation.")
-        + f" Random {at10['random']:.3f}."
-    )
+    at10 = {m: cos[(m, "combined", 0.10)] for m in names if (m, "combined", 0.10) in cos}
     share10 = {m: first_order[(m, "combined", 0.10)] for m in at10}
-    best_share = max(share10, key=share10.get)
-    checks.append(
-        f"First-order share of the full step's loss reduction kept with 10 % of the pixels: best {best_share} "
-        f"({share10[best_share]:.3f}); NormGrad {share10['normgrad']:.3f}, meta {share10['meta']:.3f}, "
-        f"adversarial {share10['adversarial']:.3f}, random {share10['random']:.3f}."
-    )
-
-    if ("guided_backprop", "combined") in sens and sens[("guided_backprop", "combined")] == sens.get(("gradient", "combined")):
-        checks.append(
-            "Guided backprop equals the plain gradient here: Captum's GuidedBackprop only changes nn.ReLU modules, and this model "
-            "uses ReLU6 (normgrad warns about it)."
+    checks = []
+    if at10:
+        ranking = sorted(at10, key=at10.get, reverse=True)
+        worst = ranking[-1]
+        check = (
+            f"Training impact at 10 % of the pixels (cosine): best {ranking[0]} ({at10[ranking[0]]:.3f}), then {', '.join(ranking[1:4])}; "
+            f"worst {worst} ({at10[worst]:.3f})."
         )
-    lines[findings_at:findings_at] = ["## What the numbers say (computed)", "", *[f"- {c}" for c in checks], ""]
-    headline = {
-        "grid_share_combined": {m: share[(m, "combined")] for m in names if (m, "combined") in share},
-        "class_sensitivity_combined": {m: sens[(m, "combined")] for m in sens_names if (m, "combined") in sens},
-        "training_cosine_at_10pct": at10,
-        "training_first_order_share_at_10pct": share10,
-        "sanity_rho_all_random": {m: rho[(m, last)] for m in sanity_names},
-        "checks": checks,
-    }
-    return "\n".join(lines) + "\n", headline
+        if "meta" in at10 and "normgrad" in at10:
+            check += f" Meta {at10['meta']:.3f} vs NormGrad {at10['normgrad']:.3f}: " + (
+                "meta-saliency selects pixels that carry more of the training gradient."
+                if at10["meta"] > at10["normgrad"]
+                else "meta-saliency does NOT select pixels that carry more of the training gradient here."
+            )
+        if "adversarial" in at10 and "meta" in at10:
+            check += f" Adversarial {at10['adversarial']:.3f}: " + (
+                "below meta, as expected." if at10["adversarial"] < at10["meta"] else "NOT below meta, contrary to expectation."
+            )
+        if "random" in at10:
+            check += f" Random {at10['random']:.3f}."
+        best_share = max(share10, key=share10.get)
+        titles = {"normgrad": "NormGrad", "meta": "meta", "adversarial": "adversarial", "random": "random"}
+        named = ", ".join(f"{title} {share10[m]:.3f}" for m, title in titles.items() if m in share10)
+        checks = [
+            check,
+            f"First-order share of the full step's loss reduction kept with 10 % of the pixels: best {best_share} "
+            f"({share10[best_share]:.3f})" + (f"; {named}." if named else "."),
+        ]
+    return Section(lines, checks, {"training_cosine_at_10pct": at10, "training_first_order_share_at_10pct": share10})
