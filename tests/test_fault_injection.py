@@ -145,11 +145,11 @@ def random_kills(tmp_path: Path, seed: int, kills: int, capsys) -> None:
     slow = textwrap.dedent("""
         import sys, time
         import normgrad.cli.explain as explain
-        original = explain._save_image
+        original = explain._outputs
         def paced(*args, **kwargs):
             time.sleep(0.5)
             return original(*args, **kwargs)
-        explain._save_image = paced
+        explain._outputs = paced
         from normgrad.cli import main
         sys.exit(main(sys.argv[1:]))
     """)

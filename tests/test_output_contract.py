@@ -110,6 +110,7 @@ def slow_run(folder: Path, out: Path, *extra: str, pause: float = 4.0) -> subpro
     return subprocess.Popen([sys.executable, "-c", code, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_3_two_runs_started_together(tmp_path, capsys):
     folder = tmp_path / "photos"
     for i in range(6):
@@ -143,11 +144,11 @@ def test_4_workers_die_with_a_killed_process(tmp_path):
     code = textwrap.dedent("""
         import sys, time
         import normgrad.cli.explain as explain
-        original = explain._save_image
+        original = explain._outputs
         def slow(*args, **kwargs):
             time.sleep(30)
             return original(*args, **kwargs)
-        explain._save_image = slow
+        explain._outputs = slow
         from normgrad.cli import main
         sys.exit(main(sys.argv[1:]))
     """)

@@ -272,3 +272,20 @@ def test_foreign_or_damaged_manifests_are_refused(tmp_path):
         plan(store, [], overwrite=True)
     finally:
         store.close()
+
+
+def test_save_commits_claim_then_files_then_record(tmp_path):
+    store = OutputStore(tmp_path / "out", "run1")
+    try:
+        (work,) = plan(store, [tmp_path / "a.jpg"]).work
+        with pytest.raises(OutputConflict, match="not among the files planned"):
+            store.save(work, {"../evil.png": b"x"}, {"type": "image", "run": "run1", "name": "a"})
+        with pytest.raises(ValueError):
+            store.save(work, {"a.png": b"x"}, {"type": "image", "run": "run1", "name": "a", "p": float("nan")})
+        assert store.journal.read() == [] and not (tmp_path / "out" / "a.png").exists()  # refused before anything was written
+        store.save(work, {"a.png": b"png", "a.npy": b"npy"}, {"type": "image", "run": "run1", "name": "a"})
+        claim, record = store.journal.read()
+        assert claim == {"type": "claim", "run": "run1", "name": "a", "image": None, "files": ["a.png", "a.npy"]}
+        assert record["type"] == "image" and (tmp_path / "out" / "a.npy").read_bytes() == b"npy"
+    finally:
+        store.close()

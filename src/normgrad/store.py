@@ -371,6 +371,25 @@ class OutputStore:
         finally:
             os.close(directory)
 
+    def save(self, work: Work, files: dict[str, bytes], record: dict) -> None:
+        """Commit one image: a claim of its files in the journal, each file written atomically, then its record.
+
+        A record in a journal therefore always means complete files, and a
+        claim makes the files normgrad's even if the run dies halfway.  Only
+        ``work.files`` can be written and only ``work.replace`` replaced.
+        Thread-safe; raises :class:`OutputConflict` (skip this image) or
+        :class:`StoreError` (stop the run); ``ValueError`` for a record strict
+        JSON refuses (NaN), before anything is written.
+        """
+        dumps(record)
+        unplanned = sorted(set(files) - set(work.files))
+        if unplanned:
+            raise OutputConflict(f"{unplanned[0]} is not among the files planned for {work.name}")
+        self.journal.append({"type": "claim", "run": self.run, "name": work.name, "image": record.get("image"), "files": work.files})
+        for relative, data in files.items():
+            self.write(relative, data, replace=relative in work.replace)
+        self.journal.append(record)
+
     def read_manifest(self) -> dict | None:
         """The manifest, ``None`` if absent; a StoreError if it is not one of ours (or damaged)."""
         try:

@@ -39,7 +39,7 @@ from normgrad.cli.common import (
 )
 from normgrad.combine import COMBINE_MODES
 from normgrad.errors import NormGradError
-from normgrad.store import OutputStore, StoreError, dumps, encode_npy, encode_png, new_run_id
+from normgrad.store import OutputStore, StoreError, encode_npy, encode_png, new_run_id
 from normgrad.store import precheck as precheck_out
 
 EXAMPLES = """examples:
@@ -135,8 +135,13 @@ def _explain(args: argparse.Namespace, method: Any, layer_names: list[str] | Non
     try:
         if shard.rank == 0:
             try:
+                inputs = streaming.expand_inputs(args.images, exclude=args.out)
+                if not inputs:
+                    raise NormGradError(
+                        "no image given (folders are searched for .jpg, .png, .webp, .tif, .bmp, .gif files; hidden ones are skipped)"
+                    )
                 loaded = load_model(args)
-                setup, store = _plan(args, method, loaded, layer_names, target_option, shard.world)
+                setup, store = _plan(args, method, loaded, layer_names, target_option, inputs, shard.world)
             except BaseException:
                 streaming.share(shard, None)  # the other ranks stop quietly; this one reports
                 raise
@@ -168,8 +173,8 @@ def _explain(args: argparse.Namespace, method: Any, layer_names: list[str] | Non
 
 
 def _plan(args: argparse.Namespace, method: Any, loaded: Any, layer_names: list[str] | None, target_option: Any,
-          world: int) -> tuple[Setup, OutputStore]:  # fmt: skip
-    """Rank 0: resolve layers and target, name every input, lock the folder and decide what to do."""
+          inputs: list[streaming.Input], world: int) -> tuple[Setup, OutputStore]:  # fmt: skip
+    """Rank 0: resolve layers and target, lock the folder, name every input and decide what to do."""
     layers = pipeline.resolve_layers(loaded, layer_names) if method.uses_layers else None
     target = pipeline.resolve_target(target_option, loaded.class_names) if method.needs_model else None
     settings = {
@@ -182,9 +187,6 @@ def _plan(args: argparse.Namespace, method: Any, loaded: Any, layer_names: list[
         "lr": (DEFAULT_LR if args.lr is None else args.lr) if method.inner_step else None,
         "steps": (DEFAULT_STEPS if args.steps is None else args.steps) if method.inner_step else None,
     }
-    inputs = streaming.expand_inputs(args.images, exclude=args.out)
-    if not inputs:
-        raise NormGradError("no image given (folders are searched for .jpg, .png, .webp, .tif, .bmp, .gif files; hidden ones are skipped)")
     per_layer = _per_layer(args, method, layers)
 
     def files_of(name: str) -> list[str]:
@@ -238,22 +240,24 @@ def _explain_share(args: argparse.Namespace, method: Any, loaded: Any, setup: Se
             maps = pipeline.run_method(method, loaded.model, x, targets.to(args.device), setup.layers) if method.needs_model else None
             for i, item in enumerate(batch):
                 try:
-                    record = _save_image(args, method, loaded, setup, store, work[item.index], item, maps, i, prediction, int(targets[i]))
+                    files, record = _outputs(
+                        args, method, loaded, setup, work[item.index], item, maps, i, prediction, int(targets[i]), shard.rank
+                    )
+                    store.save(work[item.index], files, record)
                 except StoreError:
                     raise
                 except ValueError as error:  # a NormGradError (refused map, file in the way) or a value strict JSON refuses
                     fail(item, str(error))
                     continue
-                store.journal.append(record)
                 progress.update(1)
     finally:
         progress.close()
         store.journal.close()
 
 
-def _save_image(args: argparse.Namespace, method: Any, loaded: Any, setup: Setup, store: OutputStore, work: Any, item: Any,
-                maps: dict | None, i: int, prediction: Any, target: int) -> dict:  # fmt: skip
-    """One image's maps at its size, its files written (after a claim in the journal), and its record (returned)."""
+def _outputs(args: argparse.Namespace, method: Any, loaded: Any, setup: Setup, work: Any, item: Any, maps: dict | None, i: int,
+             prediction: Any, target: int, rank: int) -> tuple[dict[str, bytes], dict]:  # fmt: skip
+    """One image's files (``.npy`` map and ``.png`` overlay per output, at the photo's size) and its record."""
     import normgrad as ng
 
     width, height = item.photo.size
@@ -263,32 +267,29 @@ def _save_image(args: argparse.Namespace, method: Any, loaded: Any, setup: Setup
     at_size = pipeline.to_image_size(own, (height, width), mode, layers=per_layer)
     pipeline.check_finite(at_size)
     outputs = list(at_size.items()) if per_layer else [("combined", at_size[pipeline.COMBINED])]
-    store.journal.append({"type": "claim", "run": setup.plan.run, "name": work.name, "image": str(item.path), "files": work.files})
-    files = []
+    files, listed = {}, []
     for layer, saliency_map in outputs:
         stem = f"{work.name}_{layer}" if per_layer else work.name
         plane = saliency_map[0, 0].numpy().astype("float32")
-        written = {}
-        for kind, data in (("npy", encode_npy(plane)), ("png", encode_png(ng.viz.overlay(item.photo, plane)))):
-            relative = f"{stem}.{kind}"
-            written[kind] = store.write(relative, data, replace=relative in work.replace)
-        files.append({"layer": layer, "png": f"{stem}.png", "npy": f"{stem}.npy", "png_bytes": written["png"], "npy_bytes": written["npy"]})
+        files[f"{stem}.npy"] = encode_npy(plane)
+        files[f"{stem}.png"] = encode_png(ng.viz.overlay(item.photo, plane))
+        listed.append({"layer": layer, "png": f"{stem}.png", "npy": f"{stem}.npy",
+                       "png_bytes": len(files[f"{stem}.png"]), "npy_bytes": len(files[f"{stem}.npy"])})  # fmt: skip
     record = {
         "type": "image",
         "run": setup.plan.run,
-        "rank": store.rank,
+        "rank": rank,
         "index": item.index,
         "name": work.name,
         "image": str(item.path),
         "input": item.identity,
         "size": [width, height],
         "layers": setup.layers or ["input"],
-        "outputs": files,
+        "outputs": listed,
         "predictions": prediction.top(i, args.top_k, loaded.class_name),
         "target": pipeline.entry(target, float(prediction.probabilities[i, target]), loaded.class_name),
     }
-    dumps(record)  # strict JSON, checked before the record is journaled
-    return record
+    return files, record
 
 
 def _print_table(records: list[dict], out: Path, already: int) -> None:
