@@ -125,3 +125,16 @@ def test_torchrun_two_processes_each_image_exactly_once_then_resume(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert [r["name"] for r in summary["images"]] == ["img01", "img03", "img05"] and summary["failed"] == []
     assert summary["runs"][summary["run"]]["world"] == 1
+
+
+def test_any_reader_failure_skips_that_image_only(tmp_path):
+    from normgrad.streaming import ImageFiles
+
+    path = make_folder(tmp_path / "photos", 1) / "b" / "img00.png"
+
+    def broken(photo):
+        raise RuntimeError("a decoder bug")
+
+    item = ImageFiles([(0, path, "img00")], broken)[0]
+    assert item.tensor is None and "RuntimeError: a decoder bug" in item.error
+    assert item.identity["bytes"] == path.stat().st_size  # what was read is still identified

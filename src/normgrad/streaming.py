@@ -203,6 +203,8 @@ class ImageFiles(Dataset):
             return Item(index, Path(path), name, error=f"cannot read image {str(path)!r}: {error.strerror or error}")
         except NormGradError as error:
             return Item(index, Path(path), name, error=str(error), identity=read)
+        except Exception as error:  # a decoder bug on one odd file must not stop the run
+            return Item(index, Path(path), name, error=f"cannot read image {str(path)!r}: {type(error).__name__}: {error}", identity=read)
 
 
 def batches(items: Iterator[Item], batch_size: int, on_error: Callable[[Item], None]) -> Iterator[list[Item]]:
