@@ -18,6 +18,7 @@ import torch
 
 import normgrad as ng
 from normgrad.errors import NormGradError
+from normgrad.evaluation.training import command as training_command
 
 EXAMPLES = {
     "explain": """examples:
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--grids", type=int, default=10, help="at most this many grids (default: 10)")
     grid.add_argument("--threshold", type=float, default=0.2, help="minimum top-1 probability of a photo (default: 0.2)")
     grid.add_argument("--out", type=Path, default=None, help="also write the records as JSON")
+    training_command.add_parser(evaluations)
     return parser
 
 
@@ -168,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "eval":
+            if args.evaluation == "training":
+                return training_command.run(args)
             return {"pointing": eval_pointing, "report": eval_report, "grid": eval_grid}[args.evaluation](args)
         return {"explain": explain, "compare": compare, "layers": layers, "demo": demo}[args.command](args)
     except NormGradError as error:
