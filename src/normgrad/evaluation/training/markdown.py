@@ -148,7 +148,8 @@ def render(document: dict[str, Any]) -> str:
         f"({'QUICK MODE: too few images for conclusions; ' if config['quick'] else ''}"
         f"total {timings['total'] / 60:.1f} min on this machine: "
         + ", ".join(f"{k.replace('_', ' ')} {v / 60:.1f} min" for k, v in timings.items() if k != "total")
-        + "). Raw numbers: `training.json`; per-image arrays: `training-records.npz` (not committed).",
+        + f"; {document.get('threads', '?')} torch thread(s), {config['jobs']} ROAR worker process(es) alongside)."
+        " Raw numbers: `training.json`; per-image and retraining arrays: `training-records.npz` (not committed).",
         "",
         f"**Model**: a {model['parameters']:,}-parameter CNN (three 3×3 conv + BatchNorm + ReLU stages, linear head) trained here "
         f"on Fashion-MNIST ({model['train_images']:,} training images, {model['epochs']} epochs, seed {model['seed']}): "
@@ -183,7 +184,13 @@ def render(document: dict[str, Any]) -> str:
             f"{config['precision']}. Mean loss of the images "
             f"{fashion['mean_loss']:.3f}; the full step lowers the image's loss for "
             + ", ".join(f"{v:.1%} (lr {k})" for k, v in fashion["full_step_helps"].items())
-            + " of them.",
+            + " of them"
+            + (
+                "; on the others, confidently classified images, the change is below what float32 resolves (0 exactly): "
+                "they weigh nothing in the shares."
+                if config["precision"] == "float32"
+                else "."
+            ),
             "",
             "![impact vs k](training_per_image.png)",
             "",

@@ -224,6 +224,7 @@ def run_study(
 
     document = {
         "config": _config_dict(config),
+        "threads": torch.get_num_threads(),
         "timings_s": timings,
         "model": {
             "parameters": sum(p.numel() for p in trained.model.parameters()),
