@@ -7,7 +7,7 @@ command       job                                                    module
 ``compare``   one figure: layers × methods                           :mod:`normgrad.cli.compare`
 ``layers``    a model's layers, types, shapes, defaults              :mod:`normgrad.cli.layers`
 ``demo``      compare and explain on real photos, offline            :mod:`normgrad.cli.demo`
-``eval``      the pointing game, the report, the grid game           :mod:`normgrad.cli.evaluate`
+``eval``      pointing game, report, grid game, training study       :mod:`normgrad.cli.evaluate`
 ============  =====================================================  ==========================
 
 Every error is one line on stderr without a traceback.  Exit status: 0 done;

@@ -1,4 +1,4 @@
-"""``normgrad eval``: the pointing game on VOC/COCO, the report on real photos, the grid pointing game."""
+"""``normgrad eval``: the pointing game on VOC/COCO, the report on real photos, the grid pointing game, the training study."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from normgrad import pipeline
+from normgrad.cli import training
 from normgrad.cli.common import (
     Parser,
     add_meta_options,
@@ -88,6 +89,8 @@ def add_parser(subparsers: Any) -> None:
     grid.add_argument("--out", type=Path, default=None, help="also write the records as JSON")
     grid.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     grid.set_defaults(run=run_grid)
+
+    training.add_parser(evaluations)
 
 
 def run_pointing(args: argparse.Namespace) -> int:
