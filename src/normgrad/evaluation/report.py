@@ -297,6 +297,9 @@ def _markdown(loaded: LoadedModel, chosen: dict, records: dict, out: Path) -> tu
             "uses ReLU6 (normgrad warns about it)."
         )
     lines[findings_at:findings_at] = ["## What the numbers say (computed)", "", *[f"- {c}" for c in checks], ""]
+    chosen_default = out / "choosing-the-default.md"  # the grid benchmark's decision (normgrad.defaults), kept across reruns
+    if chosen_default.exists():
+        lines += ["", chosen_default.read_text().rstrip()]
     headline = {
         "grid_share_combined": {m: share[(m, "combined")] for m in names if (m, "combined") in share},
         "class_sensitivity_combined": {m: sens[(m, "combined")] for m in sens_names if (m, "combined") in sens},
