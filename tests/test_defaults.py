@@ -34,7 +34,7 @@ def test_the_embedded_model_gets_the_measured_default():
     ],  # fmt: skip
 )
 def test_the_rule_reads_the_architecture(build, expected):
-    model = build().eval()
+    model = build().train()  # training mode and BatchNorm statistics must survive the probe
     before = snapshot(model)
     defaults = explain_defaults(model, Preprocess())
     assert defaults.methods == expected and defaults.preprocess.max_size == 448

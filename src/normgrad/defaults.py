@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from normgrad.engine.layers import auto_layers, describe_layers
+from normgrad.engine.model_state import eval_mode
 from normgrad.errors import NormGradError
 from normgrad.methods import saliency
 from normgrad.registry import Method, get_method
@@ -173,27 +174,25 @@ def choose_layers(stages: list[Stage], fine_stride: int = FINE_STRIDE, deep_laye
 
 
 def input_policy(model: nn.Module, preprocess: Any, max_scale: int = MAX_SCALE) -> Any:
-    """``preprocess`` keeping the shorter side up to ``max_scale ×`` its size, if the model takes inputs of other sizes."""
-    larger = max_scale * preprocess.size
+    """``preprocess`` keeping the shorter side up to ``max_scale ×`` its size, if the model takes inputs of other sizes.
+
+    One forward pass at a non-square size just above the model's own decides it
+    (a ViT with a fixed position embedding refuses any other size).
+    """
     device = next(model.parameters()).device
     try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, larger, larger + 32, device=device))
-    except Exception:  # a fixed input size (e.g. a ViT's position embedding): keep the model's own
+        with torch.no_grad(), eval_mode(model):  # BatchNorm statistics untouched
+            model(torch.zeros(1, 3, preprocess.size + 32, preprocess.size + 64, device=device))
+    except Exception:  # a fixed input size: keep the model's own
         return replace(preprocess, max_size=None)
-    return replace(preprocess, max_size=larger)
+    return replace(preprocess, max_size=max_scale * preprocess.size)
 
 
 def explain_defaults(model: nn.Module, preprocess: Any) -> ExplainDefaults:
-    """The defaults for a model and its preprocessing (probed once at the largest default input size)."""
+    """The defaults for a model and its preprocessing (probed once, at the model's own input size)."""
     policy = input_policy(model, preprocess)
-    side = policy.max_size or policy.size
     generator = torch.Generator().manual_seed(0)
-    example = torch.randn(1, 3, side, side, generator=generator)
-    was_training = model.training
-    try:
-        stages = probe(model, example)
-    finally:
-        model.train(was_training)
+    example = torch.randn(1, 3, preprocess.size, preprocess.size, generator=generator)
+    stages = probe(model, example)  # in eval mode, the model left as it was (the engine's guarantee)
     methods = choose_layers(stages)
     return ExplainDefaults(tuple(methods), methods, COMBINE, policy, tuple(stages))

@@ -4,9 +4,12 @@ The maps of each (grid, input policy, method) are computed once, for every
 candidate layer at once, through the path ``normgrad explain`` takes
 (preprocess → maps → :func:`normgrad.combine` / ``to_original_size`` at the
 grid's own size), and cached in ``cache/``; a candidate (method, layers,
-combination) is then scored from the cached maps.  ``normgrad eval grid
---benchmark`` runs it; ``python -m normgrad.evaluation.grid_benchmark``
-too.
+combination) is then scored from the cached maps.  ``normgrad eval grid``
+runs the headline candidates (:func:`report_candidates`, any model);
+``python -m normgrad.evaluation.grid_benchmark --set main|signed|refined|meta``
+the EfficientNet-Lite0 sweep, ``--docs docs`` writes docs/grid-benchmark.md.
+A candidate's layer written ``method/layer`` uses its own method (the
+default mixes selective and ``scaling+sum``).
 """
 
 from __future__ import annotations
