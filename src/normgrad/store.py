@@ -690,7 +690,7 @@ class Manifest:
             "format": FORMAT,
             "version": VERSION,
             "run": self.current,
-            **{key: current.get(key) for key in ("model", "method", "layers", "combine", "lr", "steps")},
+            **{key: current.get(key) for key in ("model", "method", "default", "layers", "combine", "lr", "steps")},
             "settings": current,
             "runs": runs,
             "images": by_status["ok"],

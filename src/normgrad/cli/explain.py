@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +38,14 @@ from normgrad.cli.common import (
     weights_identity,
 )
 from normgrad.combine import COMBINE_MODES
+from normgrad.defaults import FINE_METHOD as FALLBACK_METHOD
+from normgrad.defaults import layered
 from normgrad.errors import NormGradError
 from normgrad.store import OutputStore, StoreError, encode_npy, encode_png, new_run_id
 from normgrad.store import precheck as precheck_out
 
 EXAMPLES = """examples:
-  normgrad explain cat.jpg                                  # NormGrad, stage layers, product, embedded model
+  normgrad explain cat.jpg                                  # the default (normgrad.defaults), embedded model
   normgrad explain photos/ --method selective --out maps/ --batch-size 16 --workers 4
   normgrad explain "photos/**/*.jpg" --out maps/ --resume             # continue after an interruption
   torchrun --nproc-per-node 2 -m normgrad explain photos/ --out maps/   # shard across processes
@@ -56,6 +58,9 @@ files normgrad did not write are never replaced without --overwrite; --resume sk
 the same settings and redoes changed inputs, failed images and missing or truncated outputs;
 --resume --overwrite also redoes images made with other settings. Exit status: 0 all explained,
 1 some images skipped (one line each), 2 error, 130 interrupted."""
+
+
+MIN_SIZE = 16  # the smallest --size: below it most models have no spatial map left
 
 
 class Quiet(Exception):
@@ -74,11 +79,20 @@ def add_parser(subparsers: Any) -> None:
     add_model_options(parser)
     parser.add_argument(
         "--method",
-        default="normgrad",
+        default=None,
         help="normgrad, selective, EXTRACT+AGGREGATE, meta[:BASE], adversarial[:BASE], gradient, input_x_gradient, "
-        "guided_backprop, integrated_gradients, gradcam, center, random (default: normgrad)",
+        "guided_backprop, integrated_gradients, gradcam, center, random (default: the model's default, normgrad.defaults: "
+        "selective at the last stride-16 layer x gradient x activation at the two deepest block outputs)",
     )
-    parser.add_argument("--layers", default=None, help="comma-separated layer names, or 'auto' for the stage outputs (default)")
+    parser.add_argument(
+        "--layers", default=None, help="comma-separated layer names, or 'auto' (the default's layers; with --method: the stage outputs)"
+    )
+    parser.add_argument(
+        "--size",
+        type=positive_int,
+        default=None,
+        help="shorter side of the model input in pixels (default: the photo's own, kept between the model's size and 2x it)",
+    )
     parser.add_argument(
         "--combine", default="product", choices=[*COMBINE_MODES, "none"], help="how layer maps become one map (default: product)"
     )
@@ -100,18 +114,24 @@ def add_parser(subparsers: Any) -> None:
 
 @dataclass
 class Setup:
-    """What rank 0 decided and every rank uses: layers, target, settings and the plan."""
+    """What rank 0 decided and every rank uses: layers, target, settings, the plan, the default's method per layer, preprocessing."""
 
     layers: list[str] | None
     target: int | None
     settings: dict
     plan: Any
+    default_methods: dict[str, str] | None  # the default method (no --method): layer -> registry method
+    preprocess: Any
 
 
 def run(args: argparse.Namespace) -> int:
     rank0 = os.environ.get("RANK", "0") == "0"
     try:
-        (method,) = methods_from([args.method], args)
+        (method,) = methods_from([args.method], args) if args.method is not None else (None,)
+        if args.method is None:
+            check_default_options(args)
+        if args.size is not None and args.size < MIN_SIZE:
+            raise NormGradError(f"--size must be at least {MIN_SIZE} pixels; got {args.size}")
         check_device(args.device)
         check_weights(args.weights)
         layer_names = parse_layers(args.layers)
@@ -152,6 +172,8 @@ def _explain(args: argparse.Namespace, method: Any, layer_names: list[str] | Non
                 raise Quiet(2)
             loaded = load_model(args)
             store = OutputStore(args.out, setup.plan.run, shard.rank)
+        if setup.default_methods is not None:
+            method = layered(setup.default_methods)
         plan = setup.plan
         for path, reason in plan.skipped if shard.rank == 0 else []:
             say(f"normgrad: skipping {path}: {reason}")
@@ -174,13 +196,26 @@ def _explain(args: argparse.Namespace, method: Any, layer_names: list[str] | Non
 
 def _plan(args: argparse.Namespace, method: Any, loaded: Any, layer_names: list[str] | None, target_option: Any,
           inputs: list[streaming.Input], world: int) -> tuple[Setup, OutputStore]:  # fmt: skip
-    """Rank 0: resolve layers and target, lock the folder, name every input and decide what to do."""
-    layers = pipeline.resolve_layers(loaded, layer_names) if method.uses_layers else None
+    """Rank 0: resolve the method (the model's default without --method), layers and target, the input size;
+    lock the folder, name every input and decide what to do."""
+    defaults = loaded.explain_defaults() if method is None else None
+    default_methods = dict(defaults.methods) if defaults is not None else None
+    if defaults is not None:
+        method = defaults.method
+    if defaults is not None and layer_names is None:
+        layers = list(defaults.layers)
+    else:
+        layers = pipeline.resolve_layers(loaded, layer_names) if method.uses_layers else None
+    if default_methods is not None:
+        default_methods = {layer: default_methods.get(layer, FALLBACK_METHOD) for layer in layers}
     target = pipeline.resolve_target(target_option, loaded.class_names) if method.needs_model else None
+    preprocess = input_preprocess(loaded, args.size)
     settings = {
         "model": loaded.name,
         "weights": weights_identity(args.weights),
         "method": method.name,
+        "default": ", ".join(f"{layer}: {name}" for layer, name in default_methods.items()) if default_methods else None,
+        "input": {"size": preprocess.size, "max_size": preprocess.max_size, "square": preprocess.square},
         "layers": layers,
         "combine": args.combine,
         "target": "auto" if target is None else target,
@@ -200,7 +235,21 @@ def _plan(args: argparse.Namespace, method: Any, loaded: Any, layer_names: list[
     except BaseException:
         store.close()
         raise
-    return Setup(layers, target, settings, plan), store
+    return Setup(layers, target, settings, plan, default_methods, preprocess), store
+
+
+def input_preprocess(loaded: Any, size: int | None) -> Any:
+    """The preprocessing of this run: ``--size`` (the shorter side), else the model's input policy (:mod:`normgrad.defaults`)."""
+    if size is not None:
+        return replace(loaded.preprocess, size=size, max_size=None)
+    return loaded.explain_defaults().preprocess
+
+
+def check_default_options(args: argparse.Namespace) -> None:
+    """Without --method (the default: selective and gradient x activation), options for other methods are errors."""
+    given = [flag for flag, value in (("--lr", args.lr), ("--steps", args.steps)) if value is not None]
+    if given:
+        raise NormGradError(f"{' and '.join(given)} only apply to meta/adversarial methods; add --method meta (or meta:BASE)")
 
 
 def _per_layer(args: argparse.Namespace, method: Any, layers: list[str] | None) -> bool:
@@ -224,7 +273,7 @@ def _explain_share(args: argparse.Namespace, method: Any, loaded: Any, setup: Se
 
     try:
         entries = [(w.index, Path(w.path), w.name) for w in mine]
-        items = streaming.loader(entries, loaded.preprocess, args.workers)
+        items = streaming.loader(entries, setup.preprocess, args.workers)
         for batch in streaming.batches(items, args.batch_size, lambda item: fail(item, item.error)):
             x = torch.stack([item.tensor for item in batch]).to(args.device)
             prediction = pipeline.predict(loaded.model, x)

@@ -1,17 +1,32 @@
 """The grid pointing game (Böhle et al.; Rao et al. 2022) on real photos.
 
-2×2 grids of photos of different, confidently classified classes; for each
-cell's class, the share of positive saliency inside that cell (chance: 25 %)
-and whether the argmax falls in it.
+Grids of photos of different, confidently classified classes (2×2, 3×3,
+cells of equal or mixed sizes); for each cell's class as the target, on the
+map at the grid's full resolution:
+
+=========  ==========================================================  =====================
+metric     definition                                                  chance (n cells)
+=========  ==========================================================  =====================
+``hit``    the map's (first) argmax lies in the target's cell          cell area / grid area
+``mass``   ``Σ_cell max(s, 0) / Σ_grid max(s, 0)`` (float64 sums)      cell area / grid area
+=========  ==========================================================  =====================
+
+Means come with 95 % bootstrap intervals that resample *photos* (all the
+records whose target is a photo move together), not cells: a photo recurs in
+several grids, and photos, not cells, are what a new benchmark would change.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import replace
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
+from torch import Tensor
 
 from normgrad.errors import NormGradError
 from normgrad.evaluation.common import maps_at
@@ -81,3 +96,135 @@ def grid_pointing(
                         }
                     )
     return records
+
+
+# ----------------------------------------------------------------------------- grids of any layout
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A grid image, and per cell its box ``(top, left, bottom, right)`` (exclusive ends), photo name and class."""
+
+    image: Any
+    boxes: tuple[tuple[int, int, int, int], ...]
+    names: tuple[str, ...]
+    classes: tuple[int, ...]
+
+
+def make_grid(photos: Sequence[Any], widths: Sequence[int], heights: Sequence[int], names=(), classes=()) -> Grid:
+    """Photos laid row by row into ``len(heights) × len(widths)`` cells, each centre-cropped to its cell's shape and resized."""
+    from PIL import Image, ImageOps
+
+    if len(photos) != len(widths) * len(heights):
+        raise NormGradError(f"a {len(heights)}×{len(widths)} grid needs {len(widths) * len(heights)} photos; got {len(photos)}")
+    lefts, tops = np.cumsum([0, *widths]), np.cumsum([0, *heights])
+    canvas = Image.new("RGB", (int(lefts[-1]), int(tops[-1])))
+    boxes = []
+    for k, photo in enumerate(photos):
+        row, col = divmod(k, len(widths))
+        canvas.paste(ImageOps.fit(photo, (widths[col], heights[row]), Image.Resampling.BICUBIC), (int(lefts[col]), int(tops[row])))
+        boxes.append((int(tops[row]), int(lefts[col]), int(tops[row + 1]), int(lefts[col + 1])))
+    return Grid(canvas, tuple(boxes), tuple(names), tuple(classes))
+
+
+def cell_scores(saliency_map: Tensor, box: tuple[int, int, int, int]) -> tuple[bool, float]:
+    """``(hit, mass)`` of an (H, W) map for the cell ``box``; a map without positive mass scores the cell's area share."""
+    if saliency_map.dim() != 2:
+        raise NormGradError(f"cell_scores takes one (H, W) map; got shape {tuple(saliency_map.shape)}")
+    top, left, bottom, right = box
+    height, width = saliency_map.shape
+    row, col = divmod(int(saliency_map.flatten().argmax()), width)
+    positive = saliency_map.double().clamp_min(0)
+    total = float(positive.sum())
+    mass = float(positive[top:bottom, left:right].sum()) / total if total > 0 else (bottom - top) * (right - left) / (height * width)
+    return top <= row < bottom and left <= col < right, mass
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A family of grids: ``rows × cols`` cells, each column width and row height drawn from ``sizes``; ``kinds``: photo kinds allowed."""
+
+    name: str
+    rows: int
+    cols: int
+    sizes: tuple[int, ...] = (224,)
+    kinds: tuple[str, ...] = ("scene", "cutout")
+
+
+LAYOUTS = (
+    Layout("2x2", 2, 2),
+    Layout("2x2 scenes", 2, 2, kinds=("scene",)),
+    Layout("2x2 mixed", 2, 2, (160, 224, 288, 352)),
+    Layout("3x3", 3, 3),
+    Layout("3x3 mixed", 3, 3, (128, 192, 256)),
+)
+
+
+def benchmark_grids(photos: list[dict], counts: dict[str, int], seed: int = 0) -> list[dict]:
+    """Grid specifications ``{id, layout, widths, heights, names, classes}`` over ``photos`` (records with ``name, kind, class``).
+
+    Each grid holds photos of different classes; photos are drawn least-used
+    first (ties at random), so every photo is a target about equally often.
+    """
+    rng = random.Random(seed)
+    used = {p["name"]: 0 for p in photos}
+    specs = []
+    for layout in LAYOUTS:
+        pool = [p for p in photos if p["kind"] in layout.kinds]
+        for index in range(counts.get(layout.name, 0)):
+            order = sorted(pool, key=lambda p: (used[p["name"]], rng.random()))
+            chosen, classes = [], set()
+            for p in order:
+                if p["class"] not in classes:
+                    chosen.append(p)
+                    classes.add(p["class"])
+                if len(chosen) == layout.rows * layout.cols:
+                    break
+            if len(chosen) < layout.rows * layout.cols:
+                raise NormGradError(
+                    f"layout {layout.name} needs {layout.rows * layout.cols} photos of different classes; have {len(classes)}"
+                )
+            rng.shuffle(chosen)
+            for p in chosen:
+                used[p["name"]] += 1
+            specs.append(
+                {
+                    "id": f"{layout.name.replace(' ', '-')}-{index:03d}",
+                    "layout": layout.name,
+                    "widths": [rng.choice(layout.sizes) for _ in range(layout.cols)],
+                    "heights": [rng.choice(layout.sizes) for _ in range(layout.rows)],
+                    "names": [p["name"] for p in chosen],
+                    "classes": [p["class"] for p in chosen],
+                }
+            )
+    return specs
+
+
+def bootstrap_mean(values: Sequence[float], clusters: Sequence[Any], resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``values`` and its 95 % percentile bootstrap interval, resampling whole ``clusters`` (e.g. photos).
+
+    A resample draws as many clusters as there are, with replacement, and takes
+    the mean of all their records: ``Σ_k sum_k / Σ_k count_k`` over the drawn clusters.
+    Pass paired differences as ``values`` to compare two methods.
+    """
+    from scipy.stats import bootstrap
+
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0 or len(clusters) != values.size:
+        raise NormGradError(f"bootstrap_mean needs one cluster per value; got {values.size} values, {len(clusters)} clusters")
+    keys, index = np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)
+    sums = np.bincount(index, weights=values, minlength=len(keys))
+    counts = np.bincount(index, minlength=len(keys)).astype(np.float64)
+    mean = float(sums.sum() / counts.sum())
+    if len(keys) < 2 or np.ptp(values) == 0:  # nothing varies: the interval is the point
+        return mean, mean, mean
+    result = bootstrap(
+        (sums, counts),
+        lambda s, c, axis=-1: s.sum(axis) / c.sum(axis),
+        paired=True,
+        vectorized=True,
+        n_resamples=resamples,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
+    return mean, float(result.confidence_interval.low), float(result.confidence_interval.high)

@@ -153,6 +153,9 @@ def _markdown(loaded: LoadedModel, chosen: dict, records: dict, out: Path) -> tu
     lines = [*intro, "## What the numbers say (computed)", "", *[f"- {c}" for c in checks], ""]
     for section in sections:
         lines += section.lines
+    chosen_default = out / "choosing-the-default.md"  # the grid benchmark's decision (normgrad.defaults), kept across reruns
+    if chosen_default.exists():
+        lines += ["", chosen_default.read_text().rstrip()]
     headline = {k: v for section in sections for k, v in section.headline.items()}
     order = ["grid_share_combined", "class_sensitivity_combined", "training_cosine_at_10pct", "training_first_order_share_at_10pct"]
     headline = {**{k: headline[k] for k in order if k in headline}, **headline, "checks": checks}

@@ -1,0 +1,198 @@
+"""What ``normgrad explain`` and :class:`~normgrad.models.LoadedModel` do when told nothing: one rule for any model.
+
+Chosen on the grid benchmark (docs/results.md, "Choosing the default"): real
+photos in 2×2 and 3×3 grids, where the target class's cell must hold the
+map's argmax and its positive mass.  The rule reads the architecture from
+one probing pass over the candidate layers — the stage outputs
+(:func:`~normgrad.engine.layers.auto_layers`) and the elements of block
+sequences (``blocks.6``, ``layer4.1``) — which gives each layer's stride and
+whether its gradient ``g_u = ∂J/∂a_u`` reaches the output at all:
+
+============  ======================================================================  ==============================
+choice        rule                                                                    EfficientNet-Lite0 / ResNet
+============  ======================================================================  ==============================
+fine layer    NormGrad selective ``‖max(0, a_u ⊙ g_u)‖`` at the last layer of stride   ``blocks.4`` / ``layer3``
+              ≤ 16 before the deep layers
+deep layers   gradient × activation ``Σ_c a_{u,c} g_{u,c}`` (the framework's           ``blocks.6``, ``bn2`` /
+              ``scaling+sum``, its linear approximation) at the last two layers of    ``layer4.1``, ``layer4``
+              the coarsest stride; at the layer before global pooling it is CAM
+combination   product of the min-max normalised maps                                  ``product``
+input         the shorter side keeps its own length between the model's size and     224 … 448
+              2× it (a model with a fixed input size keeps its own)
+============  ======================================================================  ==============================
+
+Layers with a zero gradient (a class-token ViT's patch tokens after the last
+block) are left out.  Why this rule: plain NormGrad at the layer before
+global pooling is ``‖W_c‖·‖a_u‖/hw``, the same map for every class
+(METHOD.md §8); selective NormGrad keeps only the positive part, so the
+strongest object wins whatever the class; the signed sum keeps the class
+weights' signs, the negative evidence included, and the stride-16 selective
+map makes the product finer than the deep layers alone.  Squeezing a
+448-pixel grid into 224 halves every object.
+
+Nothing here changes what ``ng.normgrad`` or ``ng.saliency`` compute: these
+are defaults, each overridable (``--method``, ``--layers``, ``--combine``,
+``--size``; in Python, call the methods with any layers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from normgrad.engine.layers import auto_layers, describe_layers
+from normgrad.engine.model_state import eval_mode
+from normgrad.errors import NormGradError
+from normgrad.methods import saliency
+from normgrad.registry import Method, get_method
+
+FINE_METHOD = "selective"
+DEEP_METHOD = "scaling+sum"
+FINE_STRIDE = 16  # the fine layer's stride at most
+DEEP_LAYERS = 2  # how many block outputs of the deepest resolution
+COMBINE = "product"
+MAX_SCALE = 2  # the input's shorter side: up to this many times the model's own size
+NAME = "default"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A candidate layer as the probe saw it: its map's stride, and whether its gradient is zero (it does not reach the output)."""
+
+    name: str
+    stride: int
+    depth: int
+    zero: bool = False  # ∂J/∂a = 0 everywhere: e.g. a class-token ViT's patch tokens after the last attention
+
+
+@dataclass(frozen=True)
+class ExplainDefaults:
+    """The default method (per layer), layers, combination and preprocessing of one model."""
+
+    layers: tuple[str, ...]
+    methods: dict[str, str]  # layer -> registry method name
+    combine: str
+    preprocess: Any
+    stages: tuple[Stage, ...]
+
+    @property
+    def method(self) -> Method:
+        """One registry :class:`~normgrad.registry.Method`: each layer with its own method (one pass per method)."""
+        return layered(self.methods)
+
+    def describe(self) -> str:
+        per_layer = ", ".join(f"{layer}: {self.methods[layer]}" for layer in self.layers)
+        size = self.preprocess.size if self.preprocess.max_size is None else f"{self.preprocess.size}…{self.preprocess.max_size}"
+        return f"{per_layer}; {self.combine}; input shorter side {size}"
+
+
+def layered(methods: dict[str, str], fallback: str = FINE_METHOD) -> Method:
+    """A registry method computing each layer with its own method (``{layer: name}``); other layers use ``fallback``."""
+
+    def function(model: nn.Module, inputs: Tensor, target: Any = None, *, layers: Any, **options: Any) -> dict[str, Tensor]:
+        names = [layers] if isinstance(layers, str) else list(layers)
+        if not all(isinstance(name, str) for name in names):
+            raise NormGradError("the default method takes layer names (strings); pass --method to select layers otherwise")
+        groups: dict[str, list[str]] = {}
+        for name in names:
+            groups.setdefault(methods.get(name, fallback), []).append(name)
+        maps: dict[str, Tensor] = {}
+        for method, group in groups.items():
+            maps.update(get_method(method)(model, inputs, target, layers=group, **options))
+        return {name: maps[name] for name in names}
+
+    title = " × ".join(dict.fromkeys(get_method(m).title for m in methods.values())) or get_method(fallback).title
+    return Method(NAME, function, True, title)
+
+
+def probe(model: nn.Module, example: Tensor) -> list[Stage]:
+    """The candidate layers with stride and gradient variation, from one forward/backward pass on ``example``.
+
+    Candidates: the stage outputs of :func:`~normgrad.engine.layers.auto_layers`
+    and every element of a block sequence (``blocks.6``, ``layer4.1``) that
+    runs once.  Layers whose output is the same tensor as an earlier one
+    (``layer4.2`` and ``layer4``) are kept once, under the shallower name.
+    """
+    infos = describe_layers(model, example)
+    modules = dict(model.named_modules())
+    names = set(auto_layers(model, example)) if _has_spatial(infos) else set()
+    for info in infos:
+        parent, _, index = info.name.rpartition(".")
+        if info.calls == 1 and index.isdigit() and isinstance(modules.get(parent), (nn.Sequential, nn.ModuleList)):
+            names.add(info.name)
+    ordered = [info.name for info in infos if info.name in names]
+    if not ordered:
+        raise NormGradError("cannot choose default layers: the model has neither stage outputs nor a sequence of blocks")
+    device = next(model.parameters()).device
+    maps = saliency(model, example.to(device), 0, layers=ordered, extract="bias", aggregate="norm")  # ‖∂J/∂a_u‖
+    stages: list[Stage] = []
+    kept: dict[str, Tensor] = {}
+    for name in ordered:
+        gradient = maps[name][0, 0].double().cpu()
+        same = next((other for other, g in kept.items() if g.shape == gradient.shape and torch.equal(g, gradient)), None)
+        depth = name.count(".")
+        if same is not None:  # the same tensor under two names: keep the shallower
+            if depth >= next(s.depth for s in stages if s.name == same):
+                continue
+            stages = [s for s in stages if s.name != same]
+            kept.pop(same)
+        if gradient.numel() < 2:  # a vector (a classifier's Linear): no map
+            continue
+        stride = max(1, round(example.shape[-2] / gradient.shape[0]))
+        stages.append(Stage(name, stride, depth, zero=bool((gradient == 0).all())))
+        kept[name] = gradient
+    order = {name: i for i, name in enumerate(ordered)}
+    return sorted(stages, key=lambda s: order[s.name])
+
+
+def _has_spatial(infos: list) -> bool:
+    return any(info.output_shape is not None and len(info.output_shape) == 4 and info.name != "input" for info in infos)
+
+
+def choose_layers(stages: list[Stage], fine_stride: int = FINE_STRIDE, deep_layers: int = DEEP_LAYERS) -> dict[str, str]:
+    """``{layer: method}`` by the rule in the module docstring (in model order).
+
+    Layers that do not reach the output (zero gradient) are left out.  Deep:
+    the last ``deep_layers`` of the coarsest stride — the layer before global
+    pooling among them, where ``scaling+sum`` is CAM.  Fine: the last layer of
+    stride ≤ ``fine_stride`` before them.
+    """
+    usable = [s for s in stages if not s.zero]
+    if len(usable) < 2:
+        raise NormGradError(f"cannot choose default layers: fewer than two usable layers among {[s.name for s in stages]}")
+    coarsest = max(s.stride for s in usable)
+    deep = [s for s in usable if s.stride == coarsest][-deep_layers:]
+    first_deep = stages.index(deep[0])
+    fine = [s for s in usable if s.stride <= fine_stride and stages.index(s) < first_deep]
+    if not fine:
+        raise NormGradError(f"cannot choose default layers: no layer of stride ≤ {fine_stride} before {deep[0].name}")
+    chosen = {fine[-1].name: FINE_METHOD} | {s.name: DEEP_METHOD for s in deep}
+    return chosen
+
+
+def input_policy(model: nn.Module, preprocess: Any, max_scale: int = MAX_SCALE) -> Any:
+    """``preprocess`` keeping the shorter side up to ``max_scale ×`` its size, if the model takes inputs of other sizes.
+
+    One forward pass at a non-square size just above the model's own decides it
+    (a ViT with a fixed position embedding refuses any other size).
+    """
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad(), eval_mode(model):  # BatchNorm statistics untouched
+            model(torch.zeros(1, 3, preprocess.size + 32, preprocess.size + 64, device=device))
+    except Exception:  # a fixed input size: keep the model's own
+        return replace(preprocess, max_size=None)
+    return replace(preprocess, max_size=max_scale * preprocess.size)
+
+
+def explain_defaults(model: nn.Module, preprocess: Any) -> ExplainDefaults:
+    """The defaults for a model and its preprocessing (probed once, at the model's own input size)."""
+    policy = input_policy(model, preprocess)
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(1, 3, preprocess.size, preprocess.size, generator=generator)
+    stages = probe(model, example)  # in eval mode, the model left as it was (the engine's guarantee)
+    methods = choose_layers(stages)
+    return ExplainDefaults(tuple(methods), methods, COMBINE, policy, tuple(stages))

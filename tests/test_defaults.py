@@ -1,0 +1,94 @@
+"""The default rule (normgrad.defaults) on the embedded model and on random ResNet, ConvNeXt, VGG and ViT models."""
+
+import pytest
+import timm
+import torch
+import torchvision
+
+import normgrad as ng
+from normgrad.defaults import Stage, choose_layers, explain_defaults, input_policy, layered, probe
+from normgrad.errors import NormGradError
+from normgrad.models import Preprocess, load
+from test_engine import assert_untouched, snapshot
+
+
+def test_the_embedded_model_gets_the_measured_default():
+    loaded = load()
+    defaults = loaded.explain_defaults()
+    assert defaults.layers == ("blocks.4", "blocks.6", "bn2")
+    assert defaults.methods == {"blocks.4": "selective", "blocks.6": "scaling+sum", "bn2": "scaling+sum"}
+    assert defaults.combine == "product" and defaults.preprocess.max_size == 448 and defaults.preprocess.size == 224
+    assert loaded.explain_defaults() is defaults  # probed once
+    assert {s.name: s.stride for s in defaults.stages}["blocks.4"] == 16
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [
+        (lambda: torchvision.models.resnet18(), {"layer3": "selective", "layer4.0": "scaling+sum", "layer4": "scaling+sum"}),
+        (lambda: torchvision.models.resnet50(), {"layer3": "selective", "layer4.1": "scaling+sum", "layer4": "scaling+sum"}),
+        (
+            lambda: timm.create_model("convnext_atto"),
+            {"stages.3.downsample.0": "selective", "stages.3.blocks.0": "scaling+sum", "norm_pre": "scaling+sum"},
+        ),
+    ],  # fmt: skip
+)
+def test_the_rule_reads_the_architecture(build, expected):
+    model = build().train()  # training mode and BatchNorm statistics must survive the probe
+    before = snapshot(model)
+    defaults = explain_defaults(model, Preprocess())
+    assert defaults.methods == expected and defaults.preprocess.max_size == 448
+    strides = {s.name: s.stride for s in defaults.stages}
+    assert min(strides[layer] for layer in defaults.layers) == 16 and len(defaults.layers) >= 2
+    assert_untouched(model, before)
+
+
+def test_a_class_token_vit_leaves_out_its_last_block_and_keeps_its_input_size():
+    vit = timm.create_model("vit_tiny_patch16_224").eval()
+    stages = probe(vit, torch.randn(1, 3, 224, 224))
+    last = {s.name: s for s in stages}["blocks.11"]
+    assert last.zero and last.stride == 16  # patch tokens after the last attention do not reach the class token
+    defaults = explain_defaults(vit, Preprocess())
+    assert defaults.methods == {"blocks.8": "selective", "blocks.9": "scaling+sum", "blocks.10": "scaling+sum"}
+    assert defaults.preprocess.max_size is None  # a fixed position embedding: 224 only
+    x = torch.randn(2, 3, 224, 224)
+    maps = defaults.method(vit, x, torch.tensor([1, 2]), layers=list(defaults.layers))
+    assert list(maps) == list(defaults.layers) and all(m.shape == (2, 1, 14, 14) for m in maps.values())
+
+
+def test_the_default_method_equals_its_parts():
+    model = torchvision.models.resnet18().eval()
+    x, target = torch.randn(2, 3, 64, 64), torch.tensor([3, 7])
+    method = layered({"layer3": "selective", "layer4": "scaling+sum"})
+    maps = method(model, x, target, layers=["layer4", "layer3", "layer2"])
+    assert list(maps) == ["layer4", "layer3", "layer2"]
+    assert torch.equal(maps["layer4"], ng.saliency(model, x, target, layers=["layer4"], extract="scaling", aggregate="sum")["layer4"])
+    assert torch.equal(maps["layer3"], ng.normgrad_selective(model, x, target, layers=["layer3"])["layer3"])
+    assert torch.equal(maps["layer2"], ng.normgrad_selective(model, x, target, layers=["layer2"])["layer2"])  # the fallback
+    pooled = ng.saliency(model, x, target, layers=["layer4"], extract="scaling", aggregate="sum")["layer4"]
+    features = {}
+    handle = model.layer4.register_forward_hook(lambda m, i, o: features.setdefault("a", o.detach()))
+    model(x)
+    handle.remove()
+    cam = torch.einsum("nchw,nc->nhw", features["a"], model.fc.weight[target]) / 4  # CAM / (h·w): 2×2 map at 64 px
+    assert torch.allclose(pooled[:, 0], cam, atol=1e-5)  # at the layer before global pooling, gradient × activation is CAM
+    with pytest.raises(NormGradError, match="layer names"):
+        method(model, x, target, layers=[torch.nn.Conv2d])
+
+
+def test_choose_layers_by_stride_and_reach():
+    stages = [Stage("a", 4, 0), Stage("b", 16, 0), Stage("c", 16, 0), Stage("d", 32, 0), Stage("e", 32, 0), Stage("f", 32, 0, zero=True)]
+    assert choose_layers(stages) == {"c": "selective", "d": "scaling+sum", "e": "scaling+sum"}
+    assert choose_layers(stages, deep_layers=1) == {"c": "selective", "e": "scaling+sum"}
+    assert choose_layers(stages, fine_stride=8) == {"a": "selective", "d": "scaling+sum", "e": "scaling+sum"}
+    with pytest.raises(NormGradError, match="stride ≤ 2"):
+        choose_layers(stages, fine_stride=2)
+    with pytest.raises(NormGradError, match="fewer than two"):
+        choose_layers([Stage("a", 16, 0), Stage("b", 32, 0, zero=True)])
+
+
+def test_input_policy_keeps_large_photos_up_to_twice_the_size():
+    policy = input_policy(torchvision.models.resnet18().eval(), Preprocess())
+    assert policy.input_size(1000, 600) == (448, 747) and policy.input_size(300, 200) == (224, 336)
+    assert policy.input_size(400, 300) == (300, 400)  # kept as it is
+    assert Preprocess().input_size(400, 300) == (224, 299)  # the model's size when max_size is None
