@@ -128,13 +128,18 @@ class Gallery:
 
     # -- whole rebuilds
 
-    def start(self, manifest: dict | None, *, running: bool = True, redo: bool = False, progress: Callable | None = None) -> int:
-        """Write the page and code, re-chunk every entry of ``manifest``, make missing pictures (all: ``redo``); returns how many."""
+    def start(
+        self, manifest: dict | None, *, running: bool = True, redo: bool = False, progress: Callable | None = None, make_pictures: bool = True
+    ) -> int:
+        """Write the page and code, re-chunk every entry of ``manifest``, make missing pictures (all: ``redo``); returns how many.
+
+        ``make_pictures=False`` leaves pictures as they are (tests of the page alone).
+        """
         state = Manifest.from_dict(manifest)
         with self._lock:
             self._settings = {run: (info or {}).get("settings") or {} for run, info in state.runs.items()}
             found = set() if redo else self.store.files_below(pictures.FOLDER)
-            made = self._ensure_pictures(state, found, progress)
+            made = self._ensure_pictures(state, found, progress) if make_pictures else 0
             items = [as_json(item(entry, self._settings.get(entry.get("run")), entry.get("status", "ok"), found))
                      for _, entry in sorted(state.entries.items())]  # fmt: skip
             old = len(self._chunks)

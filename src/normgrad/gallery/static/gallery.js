@@ -320,7 +320,8 @@
   }
   function readHash() {
     const params = new URLSearchParams(location.hash.slice(1));
-    for (const [key, id] of [["q", "search"], ["status", "state"], ["sort", "sort"], ["n", "per-page"]]) if (params.has(key)) $(id).value = params.get(key);
+    const defaults = { q: "", status: "", sort: "confidence-desc", n: "48" };
+    for (const [key, id] of [["q", "search"], ["status", "state"], ["sort", "sort"], ["n", "per-page"]]) $(id).value = params.has(key) ? params.get(key) : defaults[key];
     state.wanted = { cls: params.get("class") || "", page: Math.max(0, (Number(params.get("page")) || 1) - 1), open: params.get("open") };
   }
 
@@ -352,6 +353,11 @@
     else if (event.key === "ArrowRight") step(1);
   });
 
+  window.addEventListener("hashchange", () => {  // an address typed or a link followed (replaceState fires nothing)
+    readHash();
+    state.restored = false;
+    if (loaded) rebuild();
+  });
   readHash();
   load(DATA + "index.js?t=" + Date.now());
 })();
