@@ -8,12 +8,12 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select
-from test_gallery import FAST, MODEL, awkward_inputs, chunks
-from web import chromium, severe_console_errors, wait
 
 from normgrad.cli import main
 from normgrad.gallery import Gallery
 from normgrad.store import OutputStore
+from test_gallery import MODEL, awkward_inputs, chunks
+from web import chromium, severe_console_errors, wait
 
 pytestmark = pytest.mark.browser
 
@@ -81,9 +81,9 @@ def test_filter_sort_and_class(browser, run_folder):
     by_confidence = [i["name"] for i in sorted(items, key=lambda i: -i["predictions"][0]["probability"])]
     assert names(browser)[:5] == by_confidence  # the default: confidence, high first; failed last
     Select(browser.find_element(By.ID, "sort")).select_by_value("name-asc")
-    wait(lambda: names(browser)[0] == "<b>bold</b> & \"q\"")
+    wait(lambda: names(browser)[0] == '<b>bold</b> & "q"')
     Select(browser.find_element(By.ID, "sort")).select_by_value("name-desc")
-    wait(lambda: names(browser)[-1] == "<b>bold</b> & \"q\"")
+    wait(lambda: names(browser)[-1] == '<b>bold</b> & "q"')
     search = browser.find_element(By.ID, "search")
     search.send_keys("猫")
     wait(lambda: names(browser) == ["café ☃ 猫"])
@@ -111,7 +111,7 @@ def test_full_view_opacity_side_by_side_and_layers(browser, run_folder):
     cards(browser)[0].click()
     viewer = browser.find_element(By.ID, "viewer")
     wait(lambda: viewer.is_displayed() and rendered(browser, "#stage .layers img"), message="photo and map decoded")
-    assert browser.find_element(By.ID, "viewer-title").text == "<b>bold</b> & \"q\""
+    assert browser.find_element(By.ID, "viewer-title").text == '<b>bold</b> & "q"'
     before = stack_pixels(browser)
     slider = browser.find_element(By.ID, "opacity")
     for _ in range(40):
@@ -134,7 +134,7 @@ def test_full_view_opacity_side_by_side_and_layers(browser, run_folder):
     links = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#details a")]
     assert any(link.endswith("%3Cb%3Ebold%3C/b%3E%20%26%20%22q%22_layer3.npy") for link in links)
     browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_RIGHT)
-    wait(lambda: browser.find_element(By.ID, "viewer-title").text != "<b>bold</b> & \"q\"")
+    wait(lambda: browser.find_element(By.ID, "viewer-title").text != '<b>bold</b> & "q"')
     browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
     wait(lambda: not viewer.is_displayed())
 

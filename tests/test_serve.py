@@ -65,7 +65,9 @@ def test_maps_are_the_pipelines(client, explorer):
 
     photo = Image.open(io.BytesIO(png_bytes()))
     x = pipeline.prepare(photo, explorer.loaded.preprocess)[None]
-    maps = pipeline.run_method(__import__("normgrad").registry.get_method("normgrad"), explorer.loaded.model, x, torch.tensor([3]), ["stage1", "stage2"])
+    maps = pipeline.run_method(
+        __import__("normgrad").registry.get_method("normgrad"), explorer.loaded.model, x, torch.tensor([3]), ["stage1", "stage2"]
+    )
     expected = pipeline.to_image_size(maps, (72, 96), "sum", layers=True)
     for encoded in result["maps"]:
         reference = expected[encoded["layer"]][0, 0].double().numpy()
@@ -123,6 +125,7 @@ def test_malformed_requests_get_a_4xx_with_a_message(client, body, status, words
 
 def huge_png_header(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width × height`` (a decompression bomb's shape), with almost no data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -180,7 +183,7 @@ def test_concurrent_requests_get_the_same_maps_as_one_at_a_time(client):
         answers: list = [None] * len(settings)
         start = threading.Barrier(len(settings))
 
-        def ask(k):
+        def ask(k, start=start, answers=answers):
             start.wait()
             answers[k] = client.post("/api/explain", json=settings[k]).json()
 

@@ -129,7 +129,13 @@ class Gallery:
     # -- whole rebuilds
 
     def start(
-        self, manifest: dict | None, *, running: bool = True, redo: bool = False, progress: Callable | None = None, make_pictures: bool = True
+        self,
+        manifest: dict | None,
+        *,
+        running: bool = True,
+        redo: bool = False,
+        progress: Callable | None = None,
+        make_pictures: bool = True,
     ) -> int:
         """Write the page and code, re-chunk every entry of ``manifest``, make missing pictures (all: ``redo``); returns how many.
 
