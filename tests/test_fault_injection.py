@@ -81,11 +81,8 @@ def check_complete(out: Path, expected: dict[str, tuple[int, int]]) -> None:
         if p.is_file() and not {".normgrad", "gallery", "index.html"} & set(p.relative_to(out).parts)
     }
     assert files == {f"{name}.{kind}" for name in expected for kind in ("png", "npy")} | {"summary.json"}
-    gallery = [
-        item
-        for path in sorted((out / "gallery" / "data").glob("chunk-*.js"))
-        for item in json.loads(path.read_text()[len("normgradGallery.chunk(0,") : -3])
-    ]
+    chunks = [path.read_text() for path in sorted((out / "gallery" / "data").glob("chunk-*.js"))]
+    gallery = [item for text in chunks for item in json.loads(text[text.index(",") + 1 : -3])]
     assert sorted(item["name"] for item in gallery) == sorted(expected)  # the gallery: each image once, every picture there
     assert all((out / f).is_file() for item in gallery for f in (item["thumb"], item["photo"], *(m["view"] for m in item["maps"])))
     for name, (width, height) in expected.items():
