@@ -102,12 +102,19 @@ def main() -> None:
         f"(the combined map and each layer's at display size, 16-bit levels). Round trip = from sending `POST /api/explain` "
         f"to having read the whole answer, over HTTP on 127.0.0.1. Machine load (1-minute load average on {cpus} CPUs): "
         f"{load_before:.1f} before, {load_after:.1f} after"
-        + (" — **the machine was busy with other work: these times are pessimistic**." if max(load_before, load_after) > 0.5 * cpus else ".")
+        + (
+            " — **the machine was busy with other work: these times are pessimistic**."
+            if max(load_before, load_after) > 0.5 * cpus
+            else "."
+        )
         + f" Opening the photo (upload, decode, predict): {upload_seconds:.3f} s.",
         "",
         "| request | round trip, median (s) | p90 (s) | max (s) | server compute, median (s) | answer (MiB) |",
         "|---|---:|---:|---:|---:|---:|",
-        *(f"| {case} | {median:.3f} | {p90:.3f} | {worst:.3f} | {compute:.3f} | {size:.2f} |" for case, median, p90, worst, compute, size in rows),
+        *(
+            f"| {case} | {median:.3f} | {p90:.3f} | {worst:.3f} | {compute:.3f} | {size:.2f} |"
+            for case, median, p90, worst, compute, size in rows
+        ),
         END,
     ]
     section = "\n".join(lines) + "\n"

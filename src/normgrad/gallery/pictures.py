@@ -62,25 +62,26 @@ def render(photo: Any, planes: list[np.ndarray], main: int = 0, *, overlaid: boo
     shown = photo if size == photo.size else photo.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     thumb_size = fit(*size, THUMB)
     small = shown.resize(thumb_size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-    if overlaid:
-        thumb = small
-    else:
-        blend = 0.5 * np.asarray(small, dtype=np.float32) + 0.5 * colours(planes[main], thumb_size).astype(np.float32)
-        thumb = Image.fromarray(np.clip(blend, 0, 255).astype(np.uint8))
-    return [jpeg(thumb), jpeg(shown)] + [jpeg(Image.fromarray(colours(plane, size))) for plane in planes]
+    thumb = small if overlaid else Image.blend(small, colours(planes[main], thumb_size), 0.5)
+    return [jpeg(thumb), jpeg(shown)] + [jpeg(colours(plane, size)) for plane in planes]
 
 
-def colours(plane: np.ndarray, size: tuple[int, int], cmap: str = "jet") -> np.ndarray:
-    """(h, w, 3) uint8 colours of a map resized to ``size`` = (w, h), normalised over the whole map first."""
+def colours(plane: np.ndarray, size: tuple[int, int], cmap: str = "jet") -> Any:
+    """An RGB ``PIL.Image`` of ``size`` = (w, h): the map resized, normalised with its own min and max, coloured.
+
+    Resizing (bilinear, antialiased) keeps values within [min, max], so the
+    levels are those of the full-size map; colouring is a palette lookup.
+    """
     from PIL import Image
 
     plane = np.asarray(plane, dtype=np.float32)
     low, high = float(plane.min()), float(plane.max())
-    normalised = (plane - low) / max(high - low, 1e-12)
-    if normalised.shape != (size[1], size[0]):
-        normalised = np.asarray(Image.fromarray(normalised).resize(size, Image.Resampling.BILINEAR))
-    levels = np.clip((normalised * 256).astype(np.int32), 0, 255)  # matplotlib's quantisation of [0, 1] to 256 colours
-    return _table(cmap)[levels]
+    if plane.shape != (size[1], size[0]):
+        plane = np.asarray(Image.fromarray(plane).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
+    levels = np.clip((plane - low) * (256.0 / max(high - low, 1e-12)), 0, 255).astype(np.uint8)  # matplotlib's 256 levels
+    image = Image.fromarray(levels)
+    image.putpalette(_table(cmap).tobytes())
+    return image.convert("RGB")
 
 
 @functools.lru_cache(maxsize=4)
