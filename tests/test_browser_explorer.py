@@ -7,6 +7,11 @@ import urllib.request
 
 import numpy as np
 import pytest
+
+from web import require_selenium
+
+require_selenium()  # fails under make test, skips elsewhere
+
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select

@@ -5,6 +5,11 @@ import shutil
 import time
 
 import pytest
+
+from web import require_selenium
+
+require_selenium()  # fails under make test, skips elsewhere
+
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select

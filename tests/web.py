@@ -80,6 +80,21 @@ def live_server(app) -> Iterator[str]:
         listener.close()
 
 
+def _missing(message: str, module: bool = False) -> None:
+    """Fail under ``make test`` (NORMGRAD_BROWSER_TESTS=required), skip elsewhere."""
+    if os.environ.get("NORMGRAD_BROWSER_TESTS") == "required":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message, allow_module_level=module)
+
+
+def require_selenium() -> None:
+    """At the top of a browser test module, before importing selenium."""
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        _missing("browser tests need the selenium package: pip install -e '.[dev]' (make test installs it)", module=True)
+
+
 def chromium():
     """A headless Chromium (Debian's, with its driver) with a fresh profile; fails, not skips, under ``make test`` if absent."""
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
@@ -89,10 +104,7 @@ def chromium():
     except ImportError:
         missing.append("the selenium package (pip install -e '.[dev]')")
     if missing:
-        message = f"browser tests need {', '.join(missing)}: apt-get install chromium chromium-driver (make test installs them)"
-        if os.environ.get("NORMGRAD_BROWSER_TESTS") == "required":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        _missing(f"browser tests need {', '.join(missing)}: apt-get install chromium chromium-driver (make test installs them)")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in [*FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='normgrad-chromium-')}"]:

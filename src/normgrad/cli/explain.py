@@ -2,7 +2,8 @@
 
 Per image ``<name>.png`` (the map over the photo, at its pixel size) and
 ``<name>.npy`` (the float32 map, original height × width); ``summary.json``
-is the folder's manifest (:mod:`normgrad.store`).  Every option is checked
+is the folder's manifest (:mod:`normgrad.store`); ``index.html`` is its
+gallery (:mod:`normgrad.gallery`), updated after each batch.  Every option is checked
 before the model loads, layers and class names right after, and all of it
 before anything is written.  Images that cannot be explained are skipped
 with one line each (exit status 1); errors that stop the run are one line
@@ -52,6 +53,7 @@ EXAMPLES = """examples:
   normgrad explain cat.jpg --method meta --lr 0.0025 --target "tiger cat"
   normgrad explain cat.jpg --method conv3x3+max --layers blocks.2,blocks.4 --combine none
   normgrad explain cat.jpg --model torchvision:resnet50 --weights resnet50.pth --method gradcam
+  normgrad explain photos/ --out maps/ --save-layers       # each layer's map too; open maps/index.html
 
 outputs mirror the inputs' paths below their folder (photos/a/cat.jpg -> maps/a/cat.png, .npy);
 files normgrad did not write are never replaced without --overwrite; --resume skips images done with
