@@ -4,9 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   := /usr/share/datasets/fashion-mnist
-SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
-.PHONY: install data test demo bench eval training lint clean benchmark-photos grid-benchmark
+.PHONY: install data browser test demo bench eval training lint screenshots clean benchmark-photos grid-benchmark
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +20,25 @@ data:  ## Fashion-MNIST for `normgrad eval training`: Debian's dataset-fashion-m
 	elif command -v apt-get >/dev/null; then $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
 	else echo "no apt-get here: put the four Fashion-MNIST IDX files in a folder and pass --data DIR (or set NORMGRAD_FASHION_MNIST)"; exit 1; fi
 
-test: $(STAMP)  ## lint, then run the test suite
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/python -m pytest -q
+browser:  ## headless Chromium and its driver for the browser tests (Debian's chromium, chromium-driver; about 40 s once)
+	@if [ ! -x /usr/bin/chromedriver ] || [ ! -x /usr/bin/chromium ]; then \
+	  echo "installing chromium and chromium-driver for the browser tests (apt-get)"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null 2>&1 && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; } || \
+	  echo "WARNING: could not install chromium and chromium-driver: the browser tests will FAIL (they need both)"; \
+	fi
 
-demo: $(STAMP)  ## the main job: compare and explain real photos with the embedded pretrained model
+test: $(STAMP) browser  ## lint, then run the test suite (browser tests included: they fail if Chromium is missing)
+	$(BIN)/ruff check src tests benchmarks examples tools
+	NORMGRAD_BROWSER_TESTS=required $(BIN)/python -m pytest -q
+
+demo: $(STAMP)  ## the main job: compare and explain real photos with the embedded pretrained model (gallery included)
 	$(BIN)/normgrad demo
+	@echo "open normgrad-demo/explain/index.html in a browser for the gallery; $(BIN)/normgrad serve for the explorer"
+
+screenshots: $(STAMP) browser  ## docs/gallery.png and docs/explorer.png, taken in headless Chromium from real runs
+	$(BIN)/python tools/screenshots.py
 
 bench: $(STAMP)  ## speed and memory benchmarks (ratios, one process per table)
 	$(BIN)/python benchmarks/bench_engine.py
@@ -56,8 +69,8 @@ grid-benchmark: $(STAMP)  ## the sweep that chose the explain default (docs/grid
 	$(BIN)/python -m normgrad.evaluation.grid_benchmark --docs docs
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples tools
+	$(BIN)/ruff format --check src tests benchmarks examples tools
 
 clean:
 	rm -rf $(VENV) normgrad-demo .pytest_cache .ruff_cache

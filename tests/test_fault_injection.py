@@ -75,8 +75,16 @@ def argv(folder: Path, out: Path, *extra: str) -> list[str]:
 
 def check_complete(out: Path, expected: dict[str, tuple[int, int]]) -> None:
     """Exactly the expected files, each valid; the manifest lists each image once; nothing half-done is left."""
-    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and ".normgrad" not in p.parts}
+    files = {
+        p.relative_to(out).as_posix()
+        for p in out.rglob("*")
+        if p.is_file() and not {".normgrad", "gallery", "index.html"} & set(p.relative_to(out).parts)
+    }
     assert files == {f"{name}.{kind}" for name in expected for kind in ("png", "npy")} | {"summary.json"}
+    chunks = [path.read_text() for path in sorted((out / "gallery" / "data").glob("chunk-*.js"))]
+    gallery = [item for text in chunks for item in json.loads(text[text.index(",") + 1 : -3])]
+    assert sorted(item["name"] for item in gallery) == sorted(expected)  # the gallery: each image once, every picture there
+    assert all((out / f).is_file() for item in gallery for f in (item["thumb"], item["photo"], *(m["view"] for m in item["maps"])))
     for name, (width, height) in expected.items():
         saliency = np.load(out / f"{name}.npy")
         assert saliency.shape == (height, width) and np.isfinite(saliency).all()

@@ -37,7 +37,12 @@ def summary(out: Path) -> dict:
 
 
 def outputs(out: Path) -> set[str]:
-    return {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and ".normgrad" not in p.parts}
+    """The files of the images and the manifest (not the store's own folder, nor the gallery)."""
+    return {
+        p.relative_to(out).as_posix()
+        for p in out.rglob("*")
+        if p.is_file() and not {".normgrad", "gallery", "index.html"} & set(p.relative_to(out).parts)
+    }
 
 
 def one_line(err: str) -> bool:

@@ -8,6 +8,8 @@ Layout (format ``normgrad-explain``, version 1)::
     OUT/.normgrad/lock                      held with flock(2) by the run writing into OUT
     OUT/.normgrad/journal/<run>.rank<R>.jsonl   what run <run> (rank R) has done so far
     OUT/.normgrad/tmp/                      files being written, renamed into place when complete
+    OUT/index.html, OUT/gallery/            the gallery page and its data (:mod:`normgrad.gallery`), when the
+                                            manifest's ``gallery`` entry says normgrad owns them
 
 **Names** (:func:`output_names`): an image's name is its path relative to its
 *root* without the suffix (``photos/a/cat.jpg`` found in ``photos/`` → ``a/cat``).
@@ -16,7 +18,11 @@ before the first wildcard, and of the files given by name their deepest
 common folder.  Names that would collide (compared case-insensitively, also
 with a folder of the same name or with an input file) keep their suffix
 (``cat.jpg``, ``cat.png`` → ``cat.jpg.png``, ``cat.png.png``); any still
-colliding get ``~2``, ``~3``, ... in input order.
+colliding get ``~2``, ``~3``, ... in input order.  The top-level entries
+normgrad keeps for itself (:data:`RESERVED`: ``summary.json``, ``index.html``,
+``gallery/``, ``.normgrad/``, compared case-insensitively) are never an
+output or a folder above one: such a name gets a leading ``_``
+(``gallery/cat.jpg`` → ``_gallery/cat.jpg``).
 
 **Safety**: every file is written to ``.normgrad/tmp`` and renamed into place
 (``os.replace``), so a file is either absent or complete; directories are
@@ -24,6 +30,10 @@ opened without following symbolic links and names never leave ``OUT``; a
 file normgrad did not write (one no manifest entry or journal claims) is
 never replaced without ``--overwrite`` — a symlink in the way is replaced as
 a link, never written through — and an input file is never replaced at all.
+The gallery (``index.html`` and ``gallery/``) is claimed as a whole: the
+manifest records that normgrad owns it before any of its files is written, and
+a run refuses to start over an ``index.html`` or ``gallery`` it did not write
+(unless ``--overwrite``).
 
 **Records**: a run appends JSON lines to its own journal: a header
 (``{"type": "run", "run", "rank", "world", "settings", ...}``), then per
@@ -72,6 +82,11 @@ from normgrad.errors import NormGradError
 FORMAT, VERSION = "normgrad-explain", 1
 MANIFEST = "summary.json"
 INTERNAL = ".normgrad"
+INDEX = "index.html"  # the gallery page
+GALLERY = "gallery"  # the gallery's scripts, data and pictures
+RESERVED = (MANIFEST, INTERNAL, INDEX, GALLERY)  # top-level entries no output may take or lie below
+_RESERVED_KEYS = {name.casefold() for name in RESERVED}
+GALLERY_CLAIM = {"index": INDEX, "folder": GALLERY}  # the manifest's "gallery" entry: normgrad owns both
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _FATAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO, errno.EXDEV}
 
@@ -191,19 +206,19 @@ def output_names(inputs: Sequence[tuple[str, str]], files_of: Callable[[str], li
     names on every rank.
     """
     relative = [PurePosixPath(Path(os.path.relpath(os.path.abspath(p), os.path.abspath(r))).as_posix()) for p, r in inputs]
-    taken = {r.casefold() for r in reserved} | {MANIFEST}
+    taken = {r.casefold() for r in reserved} | _RESERVED_KEYS
     names = [str(rel.with_suffix("")) if rel.suffix else str(rel) for rel in relative]
     for i in _clashing(names, files_of, taken):  # all of a clashing group keep their suffix
         names[i] = str(relative[i])
     files_used: set[str] = set(taken)
     dirs_used: set[str] = set()
     for i, name in enumerate(names):  # last resort, in input order: ~2, ~3, ...
-        if PurePosixPath(name).parts[0] == INTERNAL:
-            name = "_" + name
+        if _reserved(_keys(name, files_of)[0]):
+            name = "_" + name  # below (or at) a reserved top-level entry: ~k alone could never move it out
         for k in itertools.count(1):
             candidate = name if k == 1 else f"{name}~{k}"
             files, dirs = _keys(candidate, files_of)
-            if not (files & (files_used | dirs_used) or dirs & files_used or _internal(files)):
+            if not (files & (files_used | dirs_used) or dirs & files_used or _reserved(files)):
                 break
         names[i] = candidate
         files_used |= files
@@ -218,18 +233,19 @@ def _keys(name: str, files_of: Callable[[str], list[str]]) -> tuple[set[str], se
     return files, dirs
 
 
-def _internal(files: set[str]) -> bool:
-    return any(PurePosixPath(f).parts[0] == INTERNAL for f in files)
+def _reserved(files: set[str]) -> bool:
+    """Some file is, or lies below, a reserved top-level entry (casefolded names)."""
+    return any(PurePosixPath(f).parts[0].casefold() in _RESERVED_KEYS for f in files)
 
 
 def _clashing(names: list[str], files_of: Callable[[str], list[str]], taken: set[str]) -> set[int]:
-    """Indices whose files collide with another's files or folders, a taken path, or the internal folder."""
+    """Indices whose files collide with another's files or folders, a taken path, or a reserved entry."""
     file_owners: dict[str, set[int]] = {}
     dir_owners: dict[str, set[int]] = {}
     clashing = set()
     for i, name in enumerate(names):
         files, dirs = _keys(name, files_of)
-        if files & taken or _internal(files):
+        if files & taken or _reserved(files):
             clashing.add(i)
         for f in files:
             file_owners.setdefault(f, set()).add(i)
@@ -263,6 +279,7 @@ class Plan:
     work: list[Work]
     done: list[str]
     skipped: list[tuple[str, str]]  # (path, reason)
+    gallery: bool = False  # normgrad owns index.html and gallery/ and this run keeps them up to date
 
 
 class OutputStore:
@@ -454,6 +471,7 @@ class OutputStore:
         resume: bool,
         overwrite: bool,
         world: int = 1,
+        gallery: bool = False,
     ) -> Plan:
         """Lock the folder, name the ``(path, root)`` inputs and decide each: explain it, skip it (done), or refuse the run.
 
@@ -462,6 +480,7 @@ class OutputStore:
         journals left by killed runs.  Inputs that are outputs of this folder
         are skipped.  Conflicts (files in the way, names of other inputs,
         other settings) raise one StoreError saying how many and the first one.
+        ``gallery``: claim ``index.html`` and ``gallery/`` (see :meth:`claim_gallery`).
         """
         try:
             self.lock()
@@ -479,6 +498,8 @@ class OutputStore:
             owned = state.owned_files()
             out = os.path.realpath(self.out)
             inside = [_inside(path, out) for path, _ in inputs]
+            if state.gallery:  # the gallery's pictures are outputs too
+                owned |= {own for own in inside if own is not None and PurePosixPath(own).parts[0] in (INDEX, GALLERY)}
             skipped = [(path, "it is an output normgrad wrote into --out; never explained again")
                        for (path, _), own in zip(inputs, inside) if own in owned]  # fmt: skip
             kept = [k for k, own in enumerate(inside) if own is None or own not in owned]
@@ -502,9 +523,13 @@ class OutputStore:
                     work.append(decision)
                 else:
                     conflicts.append(decision)
+            if gallery:
+                conflicts += self._gallery_conflicts(state, overwrite)
             if conflicts:
                 more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
                 raise StoreError(f"{conflicts[0]}{more}")
+            if gallery:
+                state.gallery = dict(GALLERY_CLAIM)
             state.runs[self.run] = {"settings": settings, "started": _now(), "finished": None, "world": world, "host": socket.gethostname()}
             state.current = self.run
             self.write_manifest(state.to_dict())
@@ -516,7 +541,107 @@ class OutputStore:
         except BaseException:
             self.unlock()
             raise
-        return Plan(self.run, work, done, skipped)
+        return Plan(self.run, work, done, skipped, gallery)
+
+    def _gallery_conflicts(self, state: Manifest, overwrite: bool) -> list[str]:
+        """``index.html`` or ``gallery`` in the way and not normgrad's (refused unless ``overwrite``)."""
+        if state.gallery or overwrite:
+            return []
+        return [
+            f"{self.out / name} exists and normgrad did not write it (the gallery goes there); "
+            "pass --no-gallery, --overwrite to replace it, or choose another --out"
+            for name in (INDEX, GALLERY)
+            if self.lstat(name) is not None
+        ]
+
+    def claim_gallery(self, overwrite: bool = False) -> None:
+        """Outside a run (``normgrad gallery``): record in the manifest that normgrad owns ``index.html`` and ``gallery/``.
+
+        Holds the lock; refuses an ``index.html`` or ``gallery`` normgrad did
+        not write unless ``overwrite``.  The manifest is rewritten only when
+        the claim is new (journals of a killed run stay for ``--resume``).
+        """
+        try:
+            manifest = self.read_manifest()
+            if manifest is None:
+                raise StoreError(f"{self.out} holds no {MANIFEST}: run normgrad explain ... --out {self.out} first")
+            state = Manifest.from_dict(manifest)
+            conflicts = self._gallery_conflicts(state, overwrite)
+            if conflicts:
+                raise StoreError(conflicts[0])
+            if not state.gallery:
+                manifest["gallery"] = dict(GALLERY_CLAIM)
+                self.write_manifest(manifest)
+        except OSError as error:
+            raise fatal(error, self.out) from None
+
+    def current_state(self) -> Manifest:
+        """The manifest with the journals of unfinished runs folded in (read only: nothing is merged or deleted)."""
+        state = Manifest.from_dict(self.read_manifest())
+        for name in sorted(n for n in os.listdir(self._journals) if n.endswith(".jsonl")):
+            state.apply(JsonLines(name, dir_fd=self._journals).read())
+        return state
+
+    def read(self, relative: str, limit: int | None = None) -> bytes | None:
+        """The bytes of a plain file below OUT (``None``: absent, a symlink, not a file, or over ``limit`` bytes).
+
+        No symlink is followed, in the folders above it either.
+        """
+        parent, name = _split(relative)
+        try:
+            directory = self._open_dir(parent, create=False) if parent else os.dup(self.fd)
+        except (OSError, OutputConflict):
+            return None
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), dir_fd=directory)
+        except OSError:
+            return None
+        finally:
+            os.close(directory)
+        with os.fdopen(fd, "rb") as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode) or (limit is not None and info.st_size > limit):
+                return None
+            return file.read()
+
+    def files_below(self, relative: str) -> set[str]:
+        """The plain files below the folder ``relative`` (paths relative to OUT); no symlink is followed."""
+        found: set[str] = set()
+        try:
+            fd = self._open_dir(relative, create=False)
+        except (OSError, OutputConflict):
+            return found
+        try:
+            with os.scandir(fd) as entries:
+                listed = [(e.name, e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False)) for e in entries]
+        finally:
+            os.close(fd)
+        for name, is_dir, is_file in listed:
+            if is_dir:
+                found |= self.files_below(f"{relative}/{name}")
+            elif is_file:
+                found.add(f"{relative}/{name}")
+        return found
+
+    def remove(self, relative: str) -> None:
+        """Delete a file normgrad keeps below ``gallery/`` (stale data chunks); a symlink is removed as a link."""
+        parent, name = _split(relative)
+        if PurePosixPath(relative).parts[0] != GALLERY:
+            raise OutputConflict(f"{relative!r}: normgrad only ever deletes its own gallery files")
+        try:
+            directory = self._open_dir(parent, create=False)
+        except (OSError, OutputConflict):
+            return
+        try:
+            info = os.stat(name, dir_fd=directory, follow_symlinks=False)
+            if not stat.S_ISDIR(info.st_mode):
+                os.unlink(name, dir_fd=directory)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            raise _classify(error, self.out / relative) from None
+        finally:
+            os.close(directory)
 
     def finish(self, world: int) -> Manifest:
         """Merge this run's journals (all ranks; other runs' are never read here) into the manifest; returns it."""
@@ -635,6 +760,7 @@ class Manifest:
     runs: dict[str, dict] = field(default_factory=dict)
     entries: dict[str, dict] = field(default_factory=dict)
     current: str | None = None
+    gallery: dict | None = None  # GALLERY_CLAIM when normgrad owns index.html and gallery/
 
     @classmethod
     def from_dict(cls, data: dict | None) -> Manifest:
@@ -644,7 +770,7 @@ class Manifest:
         for status, key in (("ok", "images"), ("failed", "failed"), ("interrupted", "interrupted")):
             for entry in data.get(key, []):
                 entries[entry["name"]] = {**entry, "status": status}
-        return cls(dict(data.get("runs", {})), entries, data.get("run"))
+        return cls(dict(data.get("runs", {})), entries, data.get("run"), data.get("gallery"))
 
     def apply(self, lines: Iterable[dict], only_run: str | None = None) -> None:
         """Fold journal lines in: a claim marks the image interrupted (its files owned), a record replaces the entry."""
@@ -696,6 +822,7 @@ class Manifest:
             "images": by_status["ok"],
             "failed": by_status["failed"],
             "interrupted": by_status["interrupted"],
+            **({"gallery": self.gallery} if self.gallery else {}),
         }
 
 

@@ -8,6 +8,8 @@ command       job                                                    module
 ``layers``    a model's layers, types, shapes, defaults              :mod:`normgrad.cli.layers`
 ``demo``      compare and explain on real photos, offline            :mod:`normgrad.cli.demo`
 ``eval``      pointing game, report, grid game, training study       :mod:`normgrad.cli.evaluate`
+``gallery``   (re)build an output folder's gallery page              :mod:`normgrad.cli.gallery`
+``serve``     the interactive explorer in a browser                  :mod:`normgrad.cli.serve`
 ============  =====================================================  ==========================
 
 Every error is one line on stderr without a traceback.  Exit status: 0 done;
@@ -21,11 +23,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from normgrad.cli import compare, demo, evaluate, explain, layers
+from normgrad.cli import compare, demo, evaluate, explain, gallery, layers, serve
 from normgrad.cli.common import Parser
 from normgrad.errors import NormGradError
 
-COMMANDS = (explain, compare, layers, demo, evaluate)
+COMMANDS = (explain, compare, layers, demo, evaluate, gallery, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     figure_path = out / "chelsea_compare.png"
     save_figure(compare_figure(loaded, ng.images.load_image(paths[0]), methods, None, None), figure_path, replace=True)
     print(f"wrote {figure_path} (rows: layers and their product; columns: methods)")
-    explain_args = build_parser().parse_args(["explain", *map(str, paths), "--out", str(out / "explain"), "--overwrite"])
+    explain_args = build_parser().parse_args(["explain", *map(str, paths), "--out", str(out / "explain"), "--overwrite", "--save-layers"])
     status = explain.run(explain_args)
     print(f"demo outputs are in {out.resolve()}/")
     return status

@@ -2,7 +2,8 @@
 
 Per image ``<name>.png`` (the map over the photo, at its pixel size) and
 ``<name>.npy`` (the float32 map, original height × width); ``summary.json``
-is the folder's manifest (:mod:`normgrad.store`).  Every option is checked
+is the folder's manifest (:mod:`normgrad.store`); ``index.html`` is its
+gallery (:mod:`normgrad.gallery`), updated after each batch.  Every option is checked
 before the model loads, layers and class names right after, and all of it
 before anything is written.  Images that cannot be explained are skipped
 with one line each (exit status 1); errors that stop the run are one line
@@ -37,10 +38,12 @@ from normgrad.cli.common import (
     say,
     weights_identity,
 )
+from normgrad.cli.common import progress as progress_bar
 from normgrad.combine import COMBINE_MODES
 from normgrad.defaults import FINE_METHOD as FALLBACK_METHOD
 from normgrad.defaults import layered
 from normgrad.errors import NormGradError
+from normgrad.gallery import Gallery
 from normgrad.store import OutputStore, StoreError, encode_npy, encode_png, new_run_id
 from normgrad.store import precheck as precheck_out
 
@@ -52,6 +55,7 @@ EXAMPLES = """examples:
   normgrad explain cat.jpg --method meta --lr 0.0025 --target "tiger cat"
   normgrad explain cat.jpg --method conv3x3+max --layers blocks.2,blocks.4 --combine none
   normgrad explain cat.jpg --model torchvision:resnet50 --weights resnet50.pth --method gradcam
+  normgrad explain photos/ --out maps/ --save-layers       # each layer's map too; open maps/index.html
 
 outputs mirror the inputs' paths below their folder (photos/a/cat.jpg -> maps/a/cat.png, .npy);
 files normgrad did not write are never replaced without --overwrite; --resume skips images done with
@@ -102,6 +106,10 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default: 8)")
     add_meta_options(parser)
     parser.add_argument("--workers", type=non_negative_int, default=2, help="background processes reading images (default: 2; 0: none)")
+    parser.add_argument(
+        "--save-layers", action="store_true", help="also write each layer's map (<name>_<layer>.png/.npy) besides the combined one"
+    )
+    parser.add_argument("--no-gallery", action="store_true", help="do not write the gallery (OUT/index.html and OUT/gallery/)")
     parser.add_argument("--resume", action="store_true", help="continue: skip images already explained in --out with the same settings")
     parser.add_argument(
         "--overwrite",
@@ -136,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         check_weights(args.weights)
         layer_names = parse_layers(args.layers)
         target_option = pipeline.parse_target(args.target)
+        _check_save_layers(args, method)
         precheck_out(args.out)
     except NormGradError:
         if not rank0:
@@ -151,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace, method: Any, layer_names: list[str] | None, target_option: Any, shard: streaming.Shard) -> int:
-    store = None
+    store = gallery = None
     try:
         if shard.rank == 0:
             try:
@@ -162,6 +171,7 @@ def _explain(args: argparse.Namespace, method: Any, layer_names: list[str] | Non
                     )
                 loaded = load_model(args)
                 setup, store = _plan(args, method, loaded, layer_names, target_option, inputs, shard.world)
+                gallery = _start_gallery(store, setup.plan)
             except BaseException:
                 streaming.share(shard, None)  # the other ranks stop quietly; this one reports
                 raise
@@ -172,22 +182,29 @@ def _explain(args: argparse.Namespace, method: Any, layer_names: list[str] | Non
                 raise Quiet(2)
             loaded = load_model(args)
             store = OutputStore(args.out, setup.plan.run, shard.rank)
+            gallery = Gallery(store, live=False) if setup.plan.gallery else None
         if setup.default_methods is not None:
             method = layered(setup.default_methods)
         plan = setup.plan
         for path, reason in plan.skipped if shard.rank == 0 else []:
             say(f"normgrad: skipping {path}: {reason}")
-        _explain_share(args, method, loaded, setup, store, plan.work[shard.rank :: shard.world], shard)
+        _explain_share(args, method, loaded, setup, store, plan.work[shard.rank :: shard.world], shard, gallery)
         streaming.finish_shard(shard)
         if shard.rank != 0:
             return 0
         manifest = store.finish(shard.world)
+        if gallery is not None:
+            gallery.finish(manifest.to_dict())
     finally:
+        if gallery is not None:
+            gallery.stop()
         if store is not None:
             store.close()
     entries = [manifest.entries.get(name, {"status": "missing"}) for name in [w.name for w in plan.work] + plan.done]
     bad = sum(e.get("status") != "ok" for e in entries) + len(plan.skipped)
     _print_table([e for e in entries if e.get("status") == "ok"], args.out, len(plan.done))
+    if gallery is not None:
+        print(f"gallery: {args.out / 'index.html'} (open it in a browser)")
     if bad and shard.distributed:
         say(f"normgrad: {bad} image(s) skipped (listed in {args.out / 'summary.json'} under 'failed'); exit status 0 under torchrun")
         return 0
@@ -221,17 +238,20 @@ def _plan(args: argparse.Namespace, method: Any, loaded: Any, layer_names: list[
         "target": "auto" if target is None else target,
         "lr": (DEFAULT_LR if args.lr is None else args.lr) if method.inner_step else None,
         "steps": (DEFAULT_STEPS if args.steps is None else args.steps) if method.inner_step else None,
+        **({"save_layers": True} if args.save_layers else {}),  # absent unless given: records of earlier versions still match
     }
     per_layer = _per_layer(args, method, layers)
 
     def files_of(name: str) -> list[str]:
         stems = [f"{name}_{layer}" for layer in layers] if per_layer else [name]
+        stems += [f"{name}_{layer}" for layer in layers] if args.save_layers else []
         return [f"{stem}{suffix}" for stem in stems for suffix in (".png", ".npy")]
 
     store = OutputStore(args.out, new_run_id())
     try:
         paths = [(str(i.path), str(i.root)) for i in inputs]
-        plan = store.begin(settings, paths, files_of, resume=args.resume, overwrite=args.overwrite, world=world)
+        plan = store.begin(settings, paths, files_of, resume=args.resume, overwrite=args.overwrite, world=world,
+                           gallery=not args.no_gallery)  # fmt: skip
     except BaseException:
         store.close()
         raise
@@ -252,11 +272,31 @@ def check_default_options(args: argparse.Namespace) -> None:
         raise NormGradError(f"{' and '.join(given)} only apply to meta/adversarial methods; add --method meta (or meta:BASE)")
 
 
+def _check_save_layers(args: argparse.Namespace, method: Any) -> None:
+    """``--save-layers`` only where there are layer maps besides a combined one (an ignored option is an error).
+
+    ``method`` is ``None`` for the default, which has layer maps."""
+    if args.save_layers and method is not None and not method.uses_layers:
+        raise NormGradError(f"--save-layers does not apply to {method.name}: it has no layer maps; drop --save-layers")
+    if args.save_layers and args.combine == "none":
+        raise NormGradError("--save-layers with --combine none: every layer's map is written already; drop --save-layers")
+
+
+def _start_gallery(store: OutputStore, plan: Any) -> Gallery | None:
+    """Rank 0: the gallery as the run starts (every earlier entry, missing pictures made again), or ``None`` (--no-gallery)."""
+    if not plan.gallery:
+        return None
+    gallery = Gallery(store)
+    gallery.start(store.read_manifest(), running=True, progress=lambda items: progress_bar(items, "gallery pictures", "img"))
+    return gallery
+
+
 def _per_layer(args: argparse.Namespace, method: Any, layers: list[str] | None) -> bool:
     return args.combine == "none" and method.uses_layers and layers is not None and len(layers) > 1
 
 
-def _explain_share(args: argparse.Namespace, method: Any, loaded: Any, setup: Setup, store: OutputStore, mine: list, shard: Any) -> None:
+def _explain_share(args: argparse.Namespace, method: Any, loaded: Any, setup: Setup, store: OutputStore, mine: list, shard: Any,
+                   gallery: Gallery | None) -> None:  # fmt: skip
     """Explain this rank's images, writing each one's files and record as soon as its batch is done."""
     run = setup.plan.run
     store.journal.append(
@@ -267,8 +307,11 @@ def _explain_share(args: argparse.Namespace, method: Any, loaded: Any, setup: Se
 
     def fail(item: Any, error: str) -> None:
         say(f"normgrad: skipping {item.path}: {error}")
-        store.journal.append({"type": "failed", "run": run, "rank": shard.rank, "index": item.index, "name": item.name,
-                              "image": str(item.path), "input": item.identity, "error": error})  # fmt: skip
+        record = {"type": "failed", "run": run, "rank": shard.rank, "index": item.index, "name": item.name,
+                  "image": str(item.path), "input": item.identity, "error": error}  # fmt: skip
+        store.journal.append(record)
+        if gallery is not None:
+            gallery.fail(record)
         progress.update(1)
 
     try:
@@ -298,7 +341,11 @@ def _explain_share(args: argparse.Namespace, method: Any, loaded: Any, setup: Se
                 except ValueError as error:  # a NormGradError (refused map, file in the way) or a value strict JSON refuses
                     fail(item, str(error))
                     continue
+                if gallery is not None:
+                    gallery.add(record, item.photo, files)
                 progress.update(1)
+            if gallery is not None:
+                gallery.flush()  # the page shows the batch: the open chunk and the index, whatever the total
     finally:
         progress.close()
         store.journal.close()
@@ -313,12 +360,12 @@ def _outputs(args: argparse.Namespace, method: Any, loaded: Any, setup: Setup, w
     own = {name: m[i : i + 1] for name, m in maps.items()} if maps is not None else pipeline.model_free_maps(method, 1, (height, width))
     per_layer = _per_layer(args, method, setup.layers)
     mode = args.combine if args.combine != "none" else ("none" if per_layer else "raw")
-    at_size = pipeline.to_image_size(own, (height, width), mode, layers=per_layer)
+    at_size = pipeline.to_image_size(own, (height, width), mode, layers=per_layer or args.save_layers)
     pipeline.check_finite(at_size)
-    outputs = list(at_size.items()) if per_layer else [("combined", at_size[pipeline.COMBINED])]
+    outputs = list(at_size.items()) if per_layer else [("combined", at_size.pop(pipeline.COMBINED)), *at_size.items()]
     files, listed = {}, []
     for layer, saliency_map in outputs:
-        stem = f"{work.name}_{layer}" if per_layer else work.name
+        stem = f"{work.name}_{layer}" if per_layer or layer != "combined" else work.name
         plane = saliency_map[0, 0].numpy().astype("float32")
         files[f"{stem}.npy"] = encode_npy(plane)
         files[f"{stem}.png"] = encode_png(ng.viz.overlay(item.photo, plane))

@@ -1,0 +1,295 @@
+"""What the explorer computes, without the web: open photos, predict, explain, download; all through :mod:`normgrad.pipeline`.
+
+==============================  ===============================================================================
+call                            does
+==============================  ===============================================================================
+``open_upload(data, name)``     decode an upload (``images.load_image``: format, pixel and aspect limits), then
+                                ``open_photo``
+``open_listed(index)``          the same for the ``index``-th image of ``--images`` (never a path from a request)
+``open_photo(photo, name)``     ``pipeline.prepare`` → ``pipeline.predict``; a token for the photo, the top-k
+``explain(request)``            ``pipeline.run_method`` (or the model-free maps) → ``pipeline.to_image_size`` at
+                                display size (longer side ≤ ``DISPLAY_SIDE``): the combined map and each layer's
+``download(result, k, kind)``   map ``k`` at the photo's own size: float32 ``.npy`` or ``viz.overlay`` ``.png``
+==============================  ===============================================================================
+
+The engine hooks the model it explains, and every request shares one model,
+so predictions and saliency run one at a time under ``self.model_lock``;
+decoding, resizing and encoding run outside it.  Photos and results live in
+small LRU caches keyed by random tokens, so two tabs never see each other's.
+Maps travel as 16-bit levels between their min and max (value = min + q /
+65535 · (max − min)): hover values exact to 1/65535 of the map's range.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from normgrad import images, pipeline
+from normgrad.cli.common import DEFAULT_LR, DEFAULT_STEPS
+from normgrad.combine import COMBINE_MODES
+from normgrad.errors import NormGradError
+from normgrad.gallery import pictures
+
+DISPLAY_SIDE = 512
+TOP_K = 5
+MAX_PHOTOS, MAX_RESULTS = 16, 32
+NAMED_METHODS = ("normgrad", "selective", "meta", "adversarial", "meta:selective", "gradcam", "gradient", "input_x_gradient",
+                 "guided_backprop", "integrated_gradients", "center", "random")  # fmt: skip
+
+
+class NotFound(NormGradError):
+    """A token or index the explorer does not know (expired from its cache, or never given)."""
+
+
+@dataclass
+class Photo:
+    token: str
+    name: str
+    photo: Any  # PIL RGB image, original size
+    x: torch.Tensor  # (3, H, W) model input
+    prediction: pipeline.Prediction
+    display: bytes  # JPEG at display size
+    display_size: tuple[int, int]  # (w, h)
+
+
+@dataclass
+class Result:
+    token: str
+    photo: Photo
+    maps: dict[str, torch.Tensor]  # as the method returned them, (1, 1, h, w)
+    combine: str
+    names: list[str]  # what map k is: "combined" or a layer
+
+
+class Explorer:
+    """The explorer's state: one loaded model, the photos opened, the results computed (see the module docstring)."""
+
+    def __init__(self, loaded: Any, listed: Sequence[Path] = (), *, listed_names: Sequence[str] | None = None, device: str = "cpu") -> None:
+        self.loaded, self.device = loaded, device
+        self.listed = [Path(p) for p in listed]
+        self.listed_names = list(listed_names) if listed_names is not None else [p.name for p in self.listed]
+        self.model_lock = threading.Lock()
+        self._cache_lock = threading.Lock()
+        self._photos: OrderedDict[str, Photo] = OrderedDict()
+        self._results: OrderedDict[str, Result] = OrderedDict()
+        from normgrad.engine.layers import layer_names
+
+        self.layer_names = layer_names(loaded.model)
+        with self.model_lock:
+            self.default_layers = list(loaded.default_layers())
+
+    # -- what the page needs first
+
+    def info(self) -> dict:
+        from normgrad.formulas.aggregate import AGGREGATES
+        from normgrad.formulas.extract import EXTRACTS
+
+        return {
+            "model": self.loaded.name,
+            "classes": list(self.loaded.class_names),
+            "methods": list(NAMED_METHODS),
+            "pairs": [f"{e}+{a}" for e in EXTRACTS for a in AGGREGATES],
+            "inner_step": ["meta", "adversarial", "meta:selective"],
+            "model_free": ["center", "random"],
+            "input_level": ["gradient", "input_x_gradient", "guided_backprop", "integrated_gradients", "center", "random"],
+            "layers": self.layer_names,
+            "default_layers": self.default_layers,
+            "combine": list(COMBINE_MODES),
+            "lr": DEFAULT_LR,
+            "steps": DEFAULT_STEPS,
+            "images": self.listed_names,
+            "colormap": pictures._table("jet").tolist(),
+            "limits": {"megapixels": images.MAX_PIXELS / 1e6, "aspect_ratio": images.MAX_ASPECT_RATIO},
+        }
+
+    # -- photos
+
+    def open_upload(self, data: bytes, name: str) -> dict:
+        if not data:
+            raise NormGradError("the upload is empty; choose an image file")
+        return self.open_photo(images.load_image(io.BytesIO(data)), name or "upload")
+
+    def open_listed(self, index: int) -> dict:
+        if not 0 <= index < len(self.listed):
+            raise NotFound(f"no image {index}: --images lists {len(self.listed)} (0..{len(self.listed) - 1})")
+        return self.open_photo(images.load_image(self.listed[index]), self.listed_names[index])
+
+    def open_photo(self, photo: Any, name: str) -> dict:
+        x = pipeline.prepare(photo, self.loaded.preprocess)
+        with self.model_lock:
+            prediction = pipeline.predict(self.loaded.model, x[None].to(self.device))
+        if not prediction.finite(0):
+            raise NormGradError("the model's output is NaN or infinite for this image")
+        size = pictures.fit(*photo.size, DISPLAY_SIDE)
+        shown = photo if size == photo.size else photo.resize(size, resample=2)  # bilinear
+        opened = Photo(secrets.token_urlsafe(12), name, photo, x, prediction, pictures.jpeg(shown), size)
+        self._remember(self._photos, opened.token, opened, MAX_PHOTOS)
+        return {
+            "image": opened.token,
+            "name": name,
+            "width": photo.size[0],
+            "height": photo.size[1],
+            "display": list(size),
+            "predictions": prediction.top(0, TOP_K, self.loaded.class_name),
+        }
+
+    def display(self, token: str) -> bytes:
+        return self._get(self._photos, token, "image").display
+
+    def listed_display(self, index: int) -> bytes:
+        if not 0 <= index < len(self.listed):
+            raise NotFound(f"no image {index}")
+        photo = images.load_image(self.listed[index])
+        return pictures.jpeg(photo.resize(pictures.fit(*photo.size, 160), resample=2))
+
+    # -- maps
+
+    def explain(self, request: Any) -> dict:
+        """``{"image", "method", "target", "layers", "combine", "lr", "steps"}`` → the maps at display size (see the module docstring)."""
+        if not isinstance(request, dict):
+            raise NormGradError("the request must be a JSON object")
+        unknown = set(request) - {"image", "method", "target", "layers", "combine", "lr", "steps"}
+        if unknown:
+            raise NormGradError(
+                f"unknown field(s) {', '.join(sorted(map(str, unknown)))}; valid: image, method, target, layers, combine, lr, steps"
+            )
+        opened = self._get(self._photos, _text(request, "image"), "image")
+        method = self._method(request)
+        combine = request.get("combine") or "product"
+        if combine not in COMBINE_MODES:
+            raise NormGradError(f"unknown combine {combine!r}; valid: {', '.join(COMBINE_MODES)}")
+        layer_option = request.get("layers")
+        if layer_option is not None and not method.uses_layers:
+            raise NormGradError(f"{method.name} works on the input image: it takes no layers")
+        if layer_option is not None and (not isinstance(layer_option, list) or not all(isinstance(n, str) for n in layer_option)):
+            raise NormGradError("layers must be a list of layer names (or null for the default layers)")
+        if layer_option == []:
+            raise NormGradError("no layer chosen; choose at least one")
+        target_option = request.get("target")
+        if isinstance(target_option, bool) or (target_option is not None and not isinstance(target_option, (int, str))):
+            raise NormGradError("target must be 'auto', a class index or a class name")
+        width, height = opened.photo.size
+        start = time.perf_counter()
+        with self.model_lock:  # the engine hooks the shared model: one saliency call at a time
+            if method.needs_model:
+                target = pipeline.resolve_target(target_option, self.loaded.class_names)
+                target = int(opened.prediction.classes[0]) if target is None else target
+                layers = pipeline.resolve_layers(self.loaded, layer_option, opened.x[None]) if method.uses_layers else None
+                x = opened.x[None].to(self.device)
+                maps = pipeline.run_method(method, self.loaded.model, x, torch.tensor([target], device=self.device), layers)
+            else:
+                target, layers = None, None
+                maps = pipeline.model_free_maps(method, 1, (height, width))
+        result = Result(secrets.token_urlsafe(12), opened, maps, combine, [])
+        shown = self._at_size(result, (opened.display_size[1], opened.display_size[0]))
+        result.names = list(shown)
+        self._remember(self._results, result.token, result, MAX_RESULTS)
+        return {
+            "result": result.token,
+            "image": opened.token,
+            "method": method.name,
+            "target": None
+            if target is None
+            else pipeline.entry(target, float(opened.prediction.probabilities[0, target]), self.loaded.class_name),
+            "layers": layers,
+            "combine": combine if len(maps) > 1 else None,
+            "display": list(opened.display_size),
+            "size": [width, height],
+            "maps": [_encoded(name, plane, maps.get(name)) for name, plane in shown.items()],
+            "seconds": round(time.perf_counter() - start, 4),
+        }
+
+    def download(self, token: str, index: int, kind: str) -> tuple[bytes, str, str]:
+        """Map ``index`` of a result at the photo's own size: ``(bytes, file name, media type)``; ``kind`` is npy or png."""
+        from normgrad import viz
+        from normgrad.store import encode_npy, encode_png
+
+        result = self._get(self._results, token, "result")
+        if not 0 <= index < len(result.names):
+            raise NotFound(f"no map {index}: this result has {len(result.names)} (0..{len(result.names) - 1})")
+        width, height = result.photo.photo.size
+        name = result.names[index]
+        plane = self._at_size(result, (height, width))[name][0, 0].numpy().astype(np.float32)
+        stem = f"{Path(result.photo.name).stem or 'image'}_{name}"
+        if kind == "npy":
+            return encode_npy(plane), f"{stem}.npy", "application/octet-stream"
+        if kind == "png":
+            return encode_png(viz.overlay(result.photo.photo, plane)), f"{stem}.png", "image/png"
+        raise NotFound(f"unknown download {kind!r}; valid: npy, png")
+
+    # -- helpers
+
+    def _method(self, request: dict) -> Any:
+        from normgrad.registry import get_method
+
+        name = _text(request, "method", "normgrad")
+        lr, steps = request.get("lr"), request.get("steps")
+        for key, value in (("lr", lr), ("steps", steps)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+                raise NormGradError(f"{key} must be a finite number; got {value!r}")
+        method = get_method(name, lr=DEFAULT_LR if lr is None else float(lr), steps=DEFAULT_STEPS if steps is None else steps)
+        if (lr is not None or steps is not None) and not method.inner_step:
+            raise NormGradError(f"lr and steps only apply to meta/adversarial methods, not {method.name}")
+        if steps is not None and (int(steps) != steps or steps < 1):
+            raise NormGradError(f"steps must be an integer ≥ 1; got {steps!r}")
+        return method
+
+    def _at_size(self, result: Result, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """``pipeline.to_image_size``: one map as it is (signed maps keep their sign), several as combined + each layer."""
+        maps = result.maps
+        if len(maps) == 1:
+            ((name, only),) = maps.items()
+            shown = {name: pipeline.to_image_size(maps, size, "raw")[pipeline.COMBINED]}
+        else:
+            shown = pipeline.to_image_size(maps, size, result.combine, layers=True)
+            shown = {pipeline.COMBINED: shown.pop(pipeline.COMBINED), **shown}
+        pipeline.check_finite(shown)
+        return shown
+
+    def _remember(self, cache: OrderedDict, key: str, value: Any, limit: int) -> None:
+        with self._cache_lock:
+            cache[key] = value
+            while len(cache) > limit:
+                cache.popitem(last=False)
+
+    def _get(self, cache: OrderedDict, key: str, what: str) -> Any:
+        with self._cache_lock:
+            if key not in cache:
+                raise NotFound(f"unknown or expired {what} {key!r}; open the image again")
+            cache.move_to_end(key)
+            return cache[key]
+
+
+def _text(request: dict, key: str, default: str | None = None) -> str:
+    value = request.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise NormGradError(f"{key} must be a non-empty string")
+    return value
+
+
+def _encoded(name: str, plane: torch.Tensor, native: torch.Tensor | None) -> dict:
+    """A map as 16-bit levels between its min and max, base64 (see the module docstring)."""
+    values = plane[0, 0].numpy().astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    levels = np.round((values - low) / max(high - low, 1e-30) * 65535).astype("<u2")
+    return {
+        "layer": name,
+        "min": low,
+        "max": high,
+        "shape": list(values.shape),
+        "native": list(native.shape[-2:]) if native is not None else None,
+        "data": base64.b64encode(levels.tobytes()).decode("ascii"),
+    }
