@@ -1,0 +1,288 @@
+"""Deciding an activation's layout from evidence, never from the size of its last dimension.
+
+The evidence, strongest first:
+
+1. **The batch**: the first dimension must be the batch.  Window-partitioned
+   (Swin, MaxViT), head-split or patch-unfolded (MobileViT) tensors fold
+   windows into it (batch 64 for one image); their positions are not on the
+   image grid, so they have no map (the error names a module that has one).
+2. **The module type** says which dimension holds the channels:
+   ``Conv*d``, ``BatchNorm*d``, ``GroupNorm``, ``InstanceNorm*d``, pools,
+   ``Upsample``, ``PixelShuffle`` act on dimension 1 (channels first);
+   ``nn.Linear`` acts on the last dimension, and so does a ``LayerNorm`` /
+   ``RMSNorm`` (``normalized_shape`` = the last dimension), except the
+   ``*2d`` norms of timm and torchvision that act on dimension 1.
+3. **The input's grid**: the positions must lie on a grid of the H × W
+   input: ``h = ⌊H/s⌋`` or ``⌈H/s⌉`` and ``w`` likewise for one integer
+   stride ``s`` (a few pixels less is allowed for unpadded convolutions).
+   Tokens ``(N, T, C)`` must be ``k`` prefix tokens plus exactly such a grid,
+   with ``k`` the number the model declares (timm's ``num_prefix_tokens``,
+   or its ``cls_token`` / ``class_token`` / ``dist_token`` / ``reg_token``
+   parameters) or 0 — non-square inputs included.
+4. **The model family's documented layout** breaks a tie when both readings
+   of a 4-D tensor fit the grid equally well and the module type is
+   silent: channels last for timm's ``output_fmt="NHWC"`` models (Swin,
+   MambaOut), torchvision's Swin and token models (a declared
+   ``num_prefix_tokens`` or token parameters: ViT, DeiT, EVA, CaiT...);
+   channels first for the other torchvision and timm models and for models
+   built of ``torch.nn`` modules alone (none of which moves the channels).  An exact grid
+   beats one that fits only within the slack of unpadded convolutions; in a
+   model of no known family a tie is an error.
+
+A 3-D activation is read as tokens ``(N, T, C)`` unless its module type
+is channels-first (``Conv1d``, ``BatchNorm1d``, ...) or a ``Flatten`` of a
+map, then as a flattened map ``(N, C, h·w)``; either must lie on the grid.
+When the evidence does not settle the layout, :class:`LayoutError` says why
+and what to select instead; there is no map.  Sequences ``(N, C, L)`` whose
+``L`` is not an image grid (1-D models) are refused the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from normgrad.errors import NormGradError
+from normgrad.formulas.layout import Layout
+
+TOKEN_PARAMETERS = ("cls_token", "class_token", "dist_token", "reg_token", "register_tokens")
+
+_CHANNELS_FIRST = (
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.GroupNorm,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.modules.pooling._LPPoolNd,
+    nn.Upsample,
+    nn.PixelShuffle,
+    nn.PixelUnshuffle,
+    nn.Dropout2d,
+    nn.LocalResponseNorm,
+)
+
+
+class LayoutError(NormGradError):
+    """A layer whose activation is not on the image grid (or whose layout the evidence does not settle)."""
+
+    def __init__(self, message: str, folded_batch: bool = False) -> None:
+        super().__init__(message)
+        self.folded_batch = folded_batch
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the model and its input tell about every activation: the image grid, the batch, the family's layouts."""
+
+    image: tuple[int, int]
+    batch: int
+    prefix_tokens: int = 0
+    family: str | None = None  # the layout the model family documents: "first", "last" or None (unknown)
+
+    @classmethod
+    def of(cls, model: nn.Module, inputs: torch.Tensor) -> Evidence:
+        """The evidence for ``model`` on ``inputs`` (N, C, H, W): declared prefix tokens and documented channels-last layout."""
+        declared: int | None = None
+        channels_last = False
+        for module in model.modules():
+            count = getattr(module, "num_prefix_tokens", None)
+            if isinstance(count, int) and declared is None:
+                declared = count
+            fmt = getattr(module, "output_fmt", None)
+            if str(getattr(fmt, "value", fmt)) == "NHWC" or _is_torchvision_swin(module):
+                channels_last = True
+        token_parameters = [p for m in model.modules() for n, p in m.named_parameters(recurse=False) if n in TOKEN_PARAMETERS]
+        prefix = declared if declared is not None else sum(_token_count(p) for p in token_parameters)
+        if channels_last or declared is not None or token_parameters:
+            family = "last"
+        elif any(type(m).__module__.startswith(("torchvision.models.", "timm.models.")) for m in model.modules()):
+            family = "first"  # torchvision and timm convolutional families: PyTorch's (N, C, H, W)
+        elif all(type(m).__module__.startswith("torch.nn.") for m in model.modules()):
+            family = "first"  # torch.nn alone has no module that moves the channels last
+        else:
+            family = None
+        height, width = inputs.shape[-2:]
+        return cls((int(height), int(width)), int(inputs.shape[0]), prefix, family)
+
+
+def _is_torchvision_swin(module: nn.Module) -> bool:
+    return type(module).__name__ == "SwinTransformer" and type(module).__module__.startswith("torchvision")
+
+
+def _token_count(parameter: torch.Tensor) -> int:
+    return int(parameter.shape[-2]) if parameter.dim() >= 3 else 1
+
+
+def channel_axis(module: nn.Module | None, shape: Sequence[int]) -> str | None:
+    """``"first"`` or ``"last"`` when the module type says where the channels are; ``None`` when it is silent.
+
+    A plain ``nn.Sequential`` (or a subclass keeping its ``forward``) outputs
+    its last child's output: its evidence is that child's, looking past
+    element-wise children (activations, dropout, identity).
+    """
+    if module is None:
+        return "first"  # the input image
+    if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+        for child in reversed(list(module.children())):
+            axis = channel_axis(child, shape)
+            if axis is not None or not _elementwise(child):
+                return axis
+        return None
+    if isinstance(module, nn.Linear):
+        return "last" if shape[-1] == module.out_features else None
+    if isinstance(module, _CHANNELS_FIRST) or "batchnorm" in type(module).__name__.lower():
+        return "first"
+    normalized = getattr(module, "normalized_shape", None)
+    if isinstance(normalized, (tuple, list, torch.Size)) and len(normalized) == 1:
+        channels = int(normalized[0])
+        if "2d" in type(module).__name__.lower():  # LayerNorm2d / RmsNorm2d: channels first
+            return "first" if len(shape) > 2 and shape[1] == channels else None
+        return "last" if shape[-1] == channels else None
+    return None
+
+
+def _elementwise(module: nn.Module) -> bool:
+    """A module that keeps its input's layout: an activation, dropout or identity (torch, timm, torchvision)."""
+    kind = type(module)
+    return kind.__module__ in ("torch.nn.modules.activation", "torch.nn.modules.dropout", "timm.layers.activations") or kind.__name__ in (
+        "Identity",
+        "DropPath",
+        "StochasticDepth",
+    )
+
+
+@lru_cache(maxsize=4096)
+def grid_fit(height: int, width: int, image_height: int, image_width: int, lenient: bool = False) -> bool:
+    """Is ``height × width`` the grid of an ``image_height × image_width`` input at one integer stride ``s``?
+
+    Each side must be ``⌊side/s⌋`` or ``⌈side/s⌉`` for the same ``s``;
+    ``lenient`` also accepts the few positions unpadded convolutions lose
+    (up to 1/16 of the side, at least 1: Inception v3's 71 for 299/4).
+    """
+    for stride in range(1, max(image_height, image_width) + 1):
+        if _side_fits(height, image_height, stride, lenient) and _side_fits(width, image_width, stride, lenient):
+            return True
+    return False
+
+
+def _side_fits(size: int, image_size: int, stride: int, lenient: bool) -> bool:
+    low, high = image_size // stride, -(-image_size // stride)
+    if lenient:
+        low -= max(1, low // 16)
+    return size >= 1 and low <= size <= high
+
+
+@lru_cache(maxsize=4096)
+def token_grid(count: int, image_height: int, image_width: int) -> tuple[int, int] | None:
+    """The h × w grid with ``h·w = count`` that the input has at some stride (exactly: tokens come from patches).
+
+    When several do (6 = 2×3 = 3×2 on a 128×160 input), the one whose aspect
+    is nearest the input's; ``None`` when none does, or two are equally near.
+    """
+    grids = [(h, count // h) for h in range(1, count + 1) if count % h == 0 and grid_fit(h, count // h, image_height, image_width)]
+    if len(grids) > 1:
+        aspect = math.log(image_height / image_width)
+        distance = {grid: abs(math.log(grid[0] / grid[1]) - aspect) for grid in grids}
+        grids.sort(key=distance.__getitem__)
+        if math.isclose(distance[grids[0]], distance[grids[1]]):
+            return None
+    return grids[0] if grids else None
+
+
+def decide_layout(shape: Sequence[int], module: nn.Module | None, evidence: Evidence, where: str) -> Layout:
+    """The layout of an activation of ``shape`` output by ``module``, or a :class:`LayoutError` saying why there is none."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) not in (2, 3, 4):
+        raise LayoutError(f"{where} outputs a {len(shape)}-D tensor {shape}; supported: 2-D vectors, 3-D tokens and 4-D maps")
+    if shape[0] != evidence.batch:
+        raise LayoutError(
+            f"{where} outputs shape {shape} for a batch of {evidence.batch}: its first dimension folds windows, heads or patches "
+            f"into the batch ({shape[0]} per batch), so its positions are not on the image grid and it has no map",
+            folded_batch=True,
+        )
+    if len(shape) == 2:
+        return Layout("vector")
+    axis = channel_axis(module, shape)
+    kind = type(module).__name__ if module is not None else "input"
+    (first, first_fit), (last, last_fit) = _candidates(shape, evidence, convolution=axis == "first")
+    if axis is not None:
+        chosen = first if axis == "first" else last
+        if not (first_fit if axis == "first" else last_fit):
+            raise LayoutError(_off_grid_message(where, shape, evidence, f"a {kind} has its channels {axis}"))
+        return chosen
+    if len(shape) == 3:  # without a channels-first module type (Conv1d, BatchNorm1d...), 3-D activations are tokens
+        if isinstance(module, nn.Flatten) and module.start_dim in (2, -2) and first_fit:
+            return first
+        if not last_fit:
+            raise LayoutError(_off_grid_message(where, shape, evidence, "read as tokens"))
+        return last
+    if first_fit != last_fit:  # an exact grid beats one that fits only within the slack of unpadded convolutions
+        return first if first_fit > last_fit else last
+    if not first_fit:
+        raise LayoutError(_off_grid_message(where, shape, evidence, "neither channels first nor channels last"))
+    if evidence.family is not None:
+        return first if evidence.family == "first" else last
+    raise LayoutError(
+        f"{where} outputs {shape}, which fits the {evidence.image[0]}×{evidence.image[1]} input both as {first} and as {last}, "
+        f"and a {kind} does not tell which; select a module whose type settles it (a convolution or BatchNorm: channels first; "
+        "a Linear or LayerNorm: channels last)"
+    )
+
+
+def _candidates(shape: tuple[int, ...], evidence: Evidence, convolution: bool) -> tuple[tuple[Layout, int], tuple[Layout, int]]:
+    """The channels-first and channels-last readings of ``shape``, each with how well it fits the input's grid.
+
+    Fit: 2 exact (one stride, floor or ceil), 1 within the slack of unpadded
+    convolutions, 0 not a grid.  The output of a channels-first module (a
+    convolution, pooling, BatchNorm) may have any kernel, padding and stride
+    per side (a (3, 5) kernel, a (2, 1) stride, an Inception stem at a small
+    input), as long as it is not larger than the input; channels-last
+    modules (Linear, LayerNorm) do not change the grid, so theirs must fit
+    (torchvision's MaxViT keeps its 49-position windows in (N, 64, 49, C)).
+    """
+    image_height, image_width = evidence.image
+    if len(shape) == 4:
+
+        def fit(height: int, width: int, channels_first: bool) -> int:
+            if grid_fit(height, width, image_height, image_width):
+                return 2
+            if convolution and channels_first:
+                return int(height <= image_height + 2 and width <= image_width + 2)
+            return int(grid_fit(height, width, image_height, image_width, True))
+
+        return (Layout("nchw", shape[2:4]), fit(*shape[2:4], True)), (Layout("nhwc", shape[1:3]), fit(*shape[1:3], False))
+    flat_grid = token_grid(shape[2], image_height, image_width)
+    first = (Layout("flat", flat_grid), 2) if flat_grid else (Layout("flat"), 0)
+    last = (Layout("tokens"), 0)
+    for prefix in dict.fromkeys((evidence.prefix_tokens, 0)):
+        grid = token_grid(shape[1] - prefix, image_height, image_width) if shape[1] > prefix else None
+        if grid:
+            last = (Layout("tokens", grid, prefix), 2)
+            break
+    return first, last
+
+
+def _off_grid_message(where: str, shape: tuple[int, ...], evidence: Evidence, reading: str) -> str:
+    grid = f"a grid of the {evidence.image[0]}×{evidence.image[1]} input"
+    if len(shape) == 3 and reading.endswith("channels first"):
+        what = f"its last dimension {shape[2]} is not {grid} (a sequence (N, C, L) of a 1-D model has no image map)"
+    elif len(shape) == 3:
+        prefix = f" after the model's {evidence.prefix_tokens} prefix token(s)" if evidence.prefix_tokens else ""
+        what = (
+            f"its {shape[1]} tokens{prefix} are not {grid} at any patch size (if the model prepends tokens, "
+            "declare their number as model.num_prefix_tokens, timm's convention)"
+        )
+    else:
+        what = f"its spatial dimensions are not {grid} at any stride"
+    return f"{where} outputs {shape} ({reading}): {what}, so it has no map; select a layer on the image grid"
+
+
+__all__ = ["Evidence", "LayoutError", "channel_axis", "decide_layout", "grid_fit", "token_grid"]
