@@ -92,11 +92,11 @@ ARCHITECTURES: dict[str, Arch] = {
     "timm_maxvit": Arch(_timm("test_maxvit", img_size=(64, 96))),
     "timm_coatnet": Arch(_timm("test_coatnet", img_size=(64, 96))),
     "timm_convnext": Arch(_timm("convnext_atto")),
-    "timm_efficientformer": Arch(_timm("efficientformer_l1"), size=(224, 224), unused_parameters=True),  # attention biases for 7×7
+    "timm_efficientformer": Arch(_timm("efficientformer_l1"), size=(224, 224)),  # attention biases for 7×7
     "timm_mobilevit": Arch(_timm("mobilevit_xxs")),
     "timm_edgenext": Arch(_timm("edgenext_xx_small")),
     "timm_poolformer": Arch(_timm("poolformerv2_s12")),
-    "timm_levit": Arch(_timm("levit_128s", img_size=(64, 96)), unused_parameters=True),
+    "timm_levit": Arch(_timm("levit_128s", img_size=(64, 96))),
     "timm_mambaout": Arch(_timm("test_mambaout")),
     "timm_pvt_v2": Arch(_timm("pvt_v2_b0")),
 }

@@ -69,6 +69,7 @@ def test_every_method_on_the_default_layers(built, name):
     arch = ARCHITECTURES[name]
     model, x = get(built, name)
     before = snapshot(model)
+    caches = {n: dict(m.attention_bias_cache) for n, m in model.named_modules() if hasattr(m, "attention_bias_cache")}
     layers = auto_layers(model, x[:1])
     assert len(layers) >= 2, layers
     assert not any(part in layer for layer in layers for part in ("attn", "attention", "patch_embed", "stem")), layers
@@ -103,6 +104,8 @@ def test_every_method_on_the_default_layers(built, name):
     attribution = LayerNormGrad(model, module).attribute(x, target=arch.target)
     torch.testing.assert_close(attribution, maps[layers[0]], rtol=0, atol=0)
     assert_untouched(model, before)
+    for module_name, cache in caches.items():  # timm's eval-mode bias caches: nothing of ours is left in them
+        assert dict(dict(model.named_modules())[module_name].attention_bias_cache).keys() == cache.keys()
 
 
 @pytest.mark.parametrize("name", PARAMS)

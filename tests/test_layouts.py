@@ -297,3 +297,56 @@ def test_batchnorm_backward_workaround():
         alone = ng.normgrad(model, images[i : i + 1], 1, layers=["input", "conv"])
         for layer in alone:
             torch.testing.assert_close(batch[layer][i : i + 1], alone[layer])
+
+
+def test_gradcam_reads_the_same_layout():
+    """Captum's Grad-CAM averages over dims 2+: channels-last and token layers are shown to it as (N, C, h, w)."""
+    model = TinySwin().eval()
+    x = torch.randn(2, 3, 16, 24)
+    channels_last = ng.baselines.gradcam(model, x, 1, layers=["norm"])["norm"]
+    grid = {}
+
+    def as_grid(module, inputs, output):  # the same activation, laid out channels first by hand
+        grid["a"] = output
+        output.retain_grad()
+
+    handle = model.norm.register_forward_hook(as_grid)
+    try:
+        model(x)[:, 1].sum().backward()
+    finally:
+        handle.remove()
+    a, g = grid["a"].permute(0, 3, 1, 2), grid["a"].grad.permute(0, 3, 1, 2)
+    expected = (g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True).clamp_min(0)
+    torch.testing.assert_close(channels_last, expected.detach())
+    model.zero_grad(set_to_none=True)
+    tokens = ng.baselines.gradcam(TinyDeiT().eval(), x, 1, layers=["mlp.2"])["mlp.2"]
+    assert tokens.shape == (2, 1, 4, 6)
+
+
+def test_a_tensor_with_metadata_is_an_activation_two_tensors_are_not():
+    class WithSize(nn.Module):  # MViTv2's blocks return (x, feature size)
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 4, stride=4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y, list(y.shape[-2:])
+
+    class Pair(nn.Module):
+        def forward(self, x):
+            return x, x
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stage, self.pair, self.head = WithSize(), Pair(), nn.Linear(4, 3)
+
+        def forward(self, x):
+            y, _ = self.stage(x)
+            return self.head(self.pair(y)[0].mean((2, 3)))
+
+    x, net = torch.randn(2, 3, 16, 24), Net()
+    torch.testing.assert_close(ng.normgrad(net, x, layers=["stage"])["stage"], ng.normgrad(net, x, layers=["stage.conv"])["stage.conv"])
+    with pytest.raises(ng.NormGradError, match="outputs a tuple"):
+        ng.normgrad(net, x, layers=["pair"])

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normgrad.engine.layers import Layers, select_layers
-from normgrad.engine.layouts import Evidence, decide_layout
+from normgrad.engine.layouts import Evidence, activation_of, decide_layout
 from normgrad.engine.model_state import Hooks, eval_mode
 from normgrad.engine.single_pass import check_inputs
 from normgrad.engine.workarounds import guard_batchnorm_backward
@@ -140,11 +140,13 @@ def gradcam(model: nn.Module, inputs: Tensor, target: Target = None, *, layers: 
 def _through_grid_view(grid_view: nn.Module, evidence: Evidence, name: str):
     """A forward hook that routes a layer's output through ``grid_view`` as (N, C, h, w) and back (same values)."""
 
-    def hook(module: nn.Module, inputs: tuple, output: Any) -> Tensor:
-        if not isinstance(output, Tensor):
+    def hook(module: nn.Module, inputs: tuple, output: Any) -> Any:
+        activation = activation_of(output)
+        if activation is None:
             raise NormGradError(f"Grad-CAM at {name!r}: the layer outputs a {type(output).__name__}, not a tensor")
-        layout = decide_layout(output.shape, module, evidence, f"layer {name!r}")
-        return layout.from_nchw(grid_view(layout.to_nchw(output)), output)
+        layout = decide_layout(activation, module, evidence, f"layer {name!r}")
+        viewed = layout.from_nchw(grid_view(layout.to_nchw(activation)), activation)
+        return viewed if activation is output else type(output)([viewed, *output[1:]])
 
     return hook
 

@@ -12,6 +12,7 @@ is a list of any of:
 
 from __future__ import annotations
 
+import collections
 import difflib
 import fnmatch
 import math
@@ -22,7 +23,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from normgrad.engine.layouts import Evidence, LayoutError, decide_layout, grid_fit
+from normgrad.engine.layouts import Evidence, LayoutError, activation_of, decide_layout, grid_fit
 from normgrad.engine.model_state import Hooks, eval_mode
 from normgrad.errors import NormGradError
 from normgrad.formulas.layout import Layout
@@ -169,11 +170,16 @@ class LayerInfo:
 
 
 def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
-    """Every submodule with its type, output shape and layout, in execution (post-)order, from one no-grad pass."""
+    """Every submodule with its type, output shape and layout, in execution (post-)order, from one forward pass.
+
+    The pass builds the autograd graph (as the engine's does) so that layouts
+    are decided on the same evidence; nothing is back-propagated.
+    """
     modules = named_layers(model)
     evidence = Evidence.of(model, example)
     seen: dict[str, LayerInfo] = {}
-    with torch.no_grad(), eval_mode(model), Hooks() as hooks:
+    with torch.inference_mode(False), torch.enable_grad(), eval_mode(model), Hooks() as hooks:
+        image = example.detach().clone().requires_grad_(True).clone()  # a non-leaf, as in the engine
 
         def make_hook(name: str):
             def hook(module: nn.Module, inputs: tuple, output: object) -> None:
@@ -182,10 +188,12 @@ def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
                     info.calls += 1
                     info.layout, info.note = None, "runs more than once (a shared module)"
                     return
-                takes_image = bool(inputs) and inputs[0] is example
-                if not isinstance(output, torch.Tensor):
+                takes_image = bool(inputs) and inputs[0] is image
+                activation = activation_of(output)
+                if activation is None:
                     seen[name] = LayerInfo(name, type(module).__name__, None, 1, None, f"outputs a {type(output).__name__}", takes_image)
                     return
+                output = activation
                 layout, note = _layout_or_reason(output, module, evidence, name)
                 seen[name] = LayerInfo(name, type(module).__name__, tuple(output.shape), 1, layout, note, takes_image)
 
@@ -193,7 +201,8 @@ def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
 
         for name, module in modules.items():
             hooks.add(module.register_forward_hook(make_hook(name)))
-        model(example)
+        model(image)
+        del image
     never_ran = [LayerInfo(n, type(m).__name__, None, 0, None, "never runs") for n, m in modules.items() if n not in seen]
     image = LayerInfo(INPUT, "input", tuple(example.shape), 1, Layout("nchw", evidence.image))
     return [image, *seen.values(), *never_ran]
@@ -203,9 +212,9 @@ def _layout_or_reason(output: torch.Tensor, module: nn.Module, evidence: Evidenc
     if not output.is_floating_point():
         return None, f"{output.dtype} output"
     try:
-        return decide_layout(output.shape, module, evidence, f"layer {name!r}"), ""
+        return decide_layout(output, module, evidence, f"layer {name!r}"), ""
     except LayoutError as error:
-        return None, "no map: batch dimension folds windows/heads" if error.folded_batch else "no map: not on the image grid"
+        return None, f"no map: {error.reason}"
 
 
 SEQUENCE_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -260,9 +269,12 @@ def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
             count = min(ISOTROPIC_BLOCKS, len(blocks))
             return [blocks[math.ceil((i + 1) * len(blocks) / count) - 1].name for i in range(count)]
     if not by_grid:
+        reasons = collections.Counter(info.note for info in infos if info.note.startswith("no map"))
+        why = "; ".join(f"{count} layers: {note}" for note, count in reasons.most_common(3))
         raise NormGradError(
-            "cannot choose default layers: no module of the trunk outputs a map on the image grid at stride 4 or more; "
-            "pass layers=[...] (`normgrad layers MODEL` lists every layer with its layout)"
+            "cannot choose default layers: no module of the trunk outputs a map on the image grid at stride 4 or more"
+            + (f" ({why})" if why else "")
+            + "; pass layers=[...] (`normgrad layers MODEL` lists every layer with its layout)"
         )
     chosen = []
     for members in by_grid.values():

@@ -6,7 +6,9 @@ The evidence, strongest first:
    (Swin, MaxViT), head-split or patch-unfolded (MobileViT) tensors fold
    windows into it (batch 64 for one image); their positions are not on the
    image grid, so they have no map (the error names a module that has one).
-2. **The module type** says which dimension holds the channels:
+2. **The module type** — or, when it is silent, the operation that
+   computed the tensor (:func:`graph_axis`) — says which dimension holds
+   the channels:
    ``Conv*d``, ``BatchNorm*d``, ``GroupNorm``, ``InstanceNorm*d``, pools,
    ``Upsample``, ``PixelShuffle`` act on dimension 1 (channels first);
    ``nn.Linear`` acts on the last dimension, and so does a ``LayerNorm`` /
@@ -32,7 +34,9 @@ The evidence, strongest first:
 A 3-D activation is read as tokens ``(N, T, C)`` unless its module type
 is channels-first (``Conv1d``, ``BatchNorm1d``, ...) or a ``Flatten`` of a
 map, then as a flattened map ``(N, C, h·w)``; either must lie on the grid.
-When the evidence does not settle the layout, :class:`LayoutError` says why
+Tokens are laid on the grid in raster order (row by row), as patch
+embeddings produce them; a family that reorders them (timm's Hiera) has
+no token maps.  When the evidence does not settle the layout, :class:`LayoutError` says why
 and what to select instead; there is no map.  Sequences ``(N, C, L)`` whose
 ``L`` is not an image grid (1-D models) are refused the same way.
 """
@@ -51,6 +55,7 @@ from normgrad.errors import NormGradError
 from normgrad.formulas.layout import Layout
 
 TOKEN_PARAMETERS = ("cls_token", "class_token", "dist_token", "reg_token", "register_tokens")
+UNROLLED_TOKENS = ("Unroll",)  # timm's Hiera: tokens reordered so that pooling is a strided slice, not raster order
 
 _CHANNELS_FIRST = (
     nn.modules.conv._ConvNd,
@@ -73,9 +78,9 @@ _CHANNELS_FIRST = (
 class LayoutError(NormGradError):
     """A layer whose activation is not on the image grid (or whose layout the evidence does not settle)."""
 
-    def __init__(self, message: str, folded_batch: bool = False) -> None:
+    def __init__(self, message: str, reason: str = "not on the image grid") -> None:
         super().__init__(message)
-        self.folded_batch = folded_batch
+        self.reason = reason  # in a few words, for layer listings
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,7 @@ class Evidence:
     batch: int
     prefix_tokens: int = 0
     family: str | None = None  # the layout the model family documents: "first", "last" or None (unknown)
+    raster_tokens: bool = True  # False when the family reorders its tokens (timm's Hiera "unrolls" them)
 
     @classmethod
     def of(cls, model: nn.Module, inputs: torch.Tensor) -> Evidence:
@@ -109,8 +115,22 @@ class Evidence:
             family = "first"  # torch.nn alone has no module that moves the channels last
         else:
             family = None
+        raster_tokens = not any(type(m).__name__ in UNROLLED_TOKENS for m in model.modules())
         height, width = inputs.shape[-2:]
-        return cls((int(height), int(width)), int(inputs.shape[0]), prefix, family)
+        return cls((int(height), int(width)), int(inputs.shape[0]), prefix, family, raster_tokens)
+
+
+def activation_of(output: object) -> torch.Tensor | None:
+    """The activation a module outputs: a tensor, or the tensor of a ``(tensor, metadata...)`` tuple (MViTv2's ``(x, size)``).
+
+    Tuples holding several tensors are ambiguous: ``None``.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    single = isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor)
+    if single and not any(isinstance(item, torch.Tensor) for item in output[1:]):  # type: ignore[index]
+        return output[0]  # type: ignore[index]
+    return None
 
 
 def _is_torchvision_swin(module: nn.Module) -> bool:
@@ -146,6 +166,37 @@ def channel_axis(module: nn.Module | None, shape: Sequence[int]) -> str | None:
         if "2d" in type(module).__name__.lower():  # LayerNorm2d / RmsNorm2d: channels first
             return "first" if len(shape) > 2 and shape[1] == channels else None
         return "last" if shape[-1] == channels else None
+    return None
+
+
+_FIRST_OPS = ("Convolution", "CudnnConvolution", "MkldnnConvolution", "SlowConv", "BatchNorm", "NativeGroupNorm", "MaxPool", "AvgPool")
+_FIRST_OPS += ("AdaptiveAvgPool", "AdaptiveMaxPool", "Upsample", "PixelShuffle", "PixelUnshuffle")
+_ELEMENTWISE_OPS = ("Relu", "Hardtanh", "Gelu", "Silu", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Hardswish", "Hardsigmoid", "Mish")
+_ELEMENTWISE_OPS += ("Softplus", "Threshold", "Clone", "NativeDropout", "Add", "Sub", "Mul", "Div", "Neg")
+
+
+def graph_axis(tensor: torch.Tensor, depth: int = 8) -> str | None:
+    """Where the channels are, from the operation that computed ``tensor`` (its autograd node).
+
+    Element-wise operations and sums keep their first operand's layout, so
+    the walk goes back through them to a convolution, BatchNorm or pooling
+    (channels first) or a ``layer_norm`` over the last dimension (channels
+    last); anything else (a view, a permutation, a matrix product) is
+    silent.
+    """
+    node = tensor.grad_fn
+    for _ in range(depth):
+        if node is None:
+            return None
+        name = node.name().rstrip("0123456789").removesuffix("Backward")
+        if name.startswith(_FIRST_OPS):
+            return "first"
+        if name == "NativeLayerNorm":
+            normalized = tuple(getattr(node, "_saved_normalized_shape", ()))
+            return "last" if len(normalized) == 1 and normalized[0] == tensor.shape[-1] else None
+        if name not in _ELEMENTWISE_OPS:
+            return None
+        node = next((next_node for next_node, _ in node.next_functions if next_node is not None), None)
     return None
 
 
@@ -197,21 +248,33 @@ def token_grid(count: int, image_height: int, image_width: int) -> tuple[int, in
     return grids[0] if grids else None
 
 
-def decide_layout(shape: Sequence[int], module: nn.Module | None, evidence: Evidence, where: str) -> Layout:
-    """The layout of an activation of ``shape`` output by ``module``, or a :class:`LayoutError` saying why there is none."""
-    shape = tuple(int(s) for s in shape)
+def decide_layout(output: torch.Tensor | Sequence[int], module: nn.Module | None, evidence: Evidence, where: str) -> Layout:
+    """The layout of ``output`` (a tensor, or just its shape) of ``module``, or a :class:`LayoutError` saying why there is none."""
+    tensor = output if isinstance(output, torch.Tensor) else None
+    shape = tuple(int(s) for s in (output.shape if tensor is not None else output))
     if len(shape) not in (2, 3, 4):
-        raise LayoutError(f"{where} outputs a {len(shape)}-D tensor {shape}; supported: 2-D vectors, 3-D tokens and 4-D maps")
+        raise LayoutError(
+            f"{where} outputs a {len(shape)}-D tensor {shape}; supported: 2-D vectors, 3-D tokens and 4-D maps", f"{len(shape)}-D"
+        )
     if shape[0] != evidence.batch:
         raise LayoutError(
             f"{where} outputs shape {shape} for a batch of {evidence.batch}: its first dimension folds windows, heads or patches "
             f"into the batch ({shape[0]} per batch), so its positions are not on the image grid and it has no map",
-            folded_batch=True,
+            reason="batch folds windows or heads",
         )
     if len(shape) == 2:
         return Layout("vector")
+    if len(shape) == 3 and not evidence.raster_tokens:
+        raise LayoutError(
+            f"{where} outputs tokens {shape} of a model that reorders its tokens (timm's Hiera unrolls them), so their order "
+            "on the image grid is not raster order and they have no map; select a convolution before the tokens",
+            "tokens out of raster order",
+        )
     axis = channel_axis(module, shape)
     kind = type(module).__name__ if module is not None else "input"
+    if axis is None and tensor is not None:
+        axis = graph_axis(tensor)
+        kind = f"{kind} (computed by {tensor.grad_fn.name()})" if axis is not None and tensor.grad_fn is not None else kind
     (first, first_fit), (last, last_fit) = _candidates(shape, evidence, convolution=axis == "first")
     if axis is not None:
         chosen = first if axis == "first" else last
@@ -233,7 +296,8 @@ def decide_layout(shape: Sequence[int], module: nn.Module | None, evidence: Evid
     raise LayoutError(
         f"{where} outputs {shape}, which fits the {evidence.image[0]}×{evidence.image[1]} input both as {first} and as {last}, "
         f"and a {kind} does not tell which; select a module whose type settles it (a convolution or BatchNorm: channels first; "
-        "a Linear or LayerNorm: channels last)"
+        "a Linear or LayerNorm: channels last)",
+        "layout ambiguous",
     )
 
 
@@ -285,4 +349,4 @@ def _off_grid_message(where: str, shape: tuple[int, ...], evidence: Evidence, re
     return f"{where} outputs {shape} ({reading}): {what}, so it has no map; select a layer on the image grid"
 
 
-__all__ = ["Evidence", "LayoutError", "channel_axis", "decide_layout", "grid_fit", "token_grid"]
+__all__ = ["Evidence", "LayoutError", "activation_of", "channel_axis", "decide_layout", "graph_axis", "grid_fit", "token_grid"]

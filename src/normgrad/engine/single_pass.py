@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from normgrad.engine.layers import Layers, nearest_grid_layer, resolve_layers, select_layers
-from normgrad.engine.layouts import Evidence, LayoutError, decide_layout
+from normgrad.engine.layouts import Evidence, LayoutError, activation_of, decide_layout
 from normgrad.engine.model_state import Hooks, eval_mode
 from normgrad.engine.workarounds import guard_batchnorm_backward
 from normgrad.errors import NormGradError
@@ -55,14 +55,19 @@ class Probe:
                     f"layer {self.name!r} runs more than once in one forward pass (a shared module), so its activation is "
                     f"ambiguous; select a module that runs once, such as {parent!r}"
                 )
-            if not isinstance(output, Tensor) or not output.is_floating_point():
-                kind = f"a {output.dtype} tensor" if isinstance(output, Tensor) else f"a {type(output).__name__}"
-                raise NormGradError(f"layer {self.name!r} outputs {kind}; supported: a float tensor {SUPPORTED_ACTIVATIONS}")
+            activation = activation_of(output)
+            if activation is None or not activation.is_floating_point():
+                kind = f"a {activation.dtype} tensor" if activation is not None else f"a {type(output).__name__}"
+                raise NormGradError(
+                    f"layer {self.name!r} outputs {kind}; supported: a float tensor {SUPPORTED_ACTIVATIONS} "
+                    "(or a tuple of one such tensor and non-tensor metadata)"
+                )
+            output = activation
             if not output.requires_grad:
                 raise NormGradError(
                     f"layer {self.name!r}: its output does not depend on the input through autograd (detached or computed under no_grad)"
                 )
-            layout = decide_layout(output.shape, self.module, evidence, f"layer {self.name!r}")
+            layout = decide_layout(output, self.module, evidence, f"layer {self.name!r}")
             detached_inputs = tuple(x.detach() if isinstance(x, Tensor) else x for x in inputs)
             with torch.no_grad():  # statistics are values, not part of the graph
                 self.record = extract.forward_record(
@@ -226,10 +231,11 @@ def _unit_hook(objective: Objective, unit_values: list[Tensor], evidence: Eviden
         assert unit is not None
         if unit_values:
             raise NormGradError(f"target unit layer {unit.layer!r} runs more than once in one forward pass; pick a module that runs once")
-        if not isinstance(output, Tensor):
+        activation = activation_of(output)
+        if activation is None:
             raise NormGradError(f"target unit layer {unit.layer!r} outputs a {type(output).__name__}; supported: {SUPPORTED_ACTIVATIONS}")
-        layout = decide_layout(output.shape, module, evidence, f"target unit layer {unit.layer!r}")
-        unit_values.append(unit.read(output, layout))
+        layout = decide_layout(activation, module, evidence, f"target unit layer {unit.layer!r}")
+        unit_values.append(unit.read(activation, layout))
 
     return hook
 
