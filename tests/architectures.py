@@ -101,7 +101,7 @@ ARCHITECTURES: dict[str, Arch] = {
     "timm_pvt_v2": Arch(_timm("pvt_v2_b0")),
 }
 
-FAST = ("tv_swin", "timm_vit", "timm_levit", "tv_lraspp_segmentation")  # in the default run; the rest are marked slow
+FAST = ("tv_swin", "timm_vit", "timm_levit")  # in the default run; the rest are marked slow
 
 
 def informative(model: nn.Module) -> nn.Module:

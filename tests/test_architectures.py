@@ -10,7 +10,7 @@ on a default layer, meta-saliency and Captum's LayerNormGrad give
 rounding cannot flip a ReLU); the model is bitwise untouched; a layer
 without a map raises a NormGradError that says why and names one that has.
 
-Four cheap architectures run by default; the rest are marked ``slow``
+Three cheap architectures run by default; the rest are marked ``slow``
 (``pytest -m slow``).
 """
 

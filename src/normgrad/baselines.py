@@ -33,7 +33,7 @@ from normgrad.engine.layers import Layers, select_layers
 from normgrad.engine.layouts import Evidence, activation_of, decide_layout
 from normgrad.engine.model_state import Hooks, eval_mode
 from normgrad.engine.single_pass import check_inputs
-from normgrad.engine.workarounds import guard_batchnorm_backward
+from normgrad.engine.workarounds import guard_batchnorm_backward, needs_batchnorm_guard
 from normgrad.errors import NormGradError
 from normgrad.targets import Target, TrainingLoss, Unit, class_indices
 
@@ -131,7 +131,7 @@ def gradcam(model: nn.Module, inputs: Tensor, target: Target = None, *, layers: 
             grid_view = nn.Identity()
             with Hooks() as hooks:
                 hooks.add(module.register_forward_hook(_through_grid_view(grid_view, evidence, name)))
-                explainer = attr.LayerGradCam(_guarded(forward), grid_view)
+                explainer = attr.LayerGradCam(_guarded(forward) if needs_batchnorm_guard(model, inputs.shape[0]) else forward, grid_view)
                 result = explainer.attribute(inputs.detach().clone(), target=captum_target_, relu_attributions=True, **options)
             maps[name] = result.detach().float()
     return maps

@@ -40,7 +40,7 @@ from torch.func import functional_call, grad, vmap
 
 from normgrad.engine.model_state import eval_mode
 from normgrad.engine.single_pass import check_inputs
-from normgrad.engine.workarounds import guard_batchnorm_backward
+from normgrad.engine.workarounds import guard_batchnorm_backward, needs_batchnorm_guard
 from normgrad.errors import NormGradError
 from normgrad.methods import normgrad
 from normgrad.targets import Target, TrainingLoss, class_indices
@@ -260,7 +260,8 @@ def _shared_steps(
         if index == 0:
             target, labels = _labels_from(_detached(output), target, labels, step)
         value = step.value(output, labels)
-        guard_batchnorm_backward(value)
+        if needs_batchnorm_guard(model, inputs.shape[0]):
+            guard_batchnorm_backward(value)
         grads = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
         if index == 0 and all(g is None for g in grads):
             warnings.warn("no stepped parameter takes part in the loss: the meta maps equal the plain maps", stacklevel=4)

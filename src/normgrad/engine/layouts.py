@@ -97,25 +97,30 @@ class Evidence:
     def of(cls, model: nn.Module, inputs: torch.Tensor) -> Evidence:
         """The evidence for ``model`` on ``inputs`` (N, C, H, W): declared prefix tokens and documented channels-last layout."""
         declared: int | None = None
-        channels_last = False
+        channels_last = known_family = False
+        all_torch = raster_tokens = True
+        token_counts: list[int] = []
         for module in model.modules():
-            count = getattr(module, "num_prefix_tokens", None)
+            attributes = vars(module)  # plain lookups: nn.Module.__getattr__ raises for missing names, which is slow
+            count = attributes.get("num_prefix_tokens")
             if isinstance(count, int) and declared is None:
                 declared = count
-            fmt = getattr(module, "output_fmt", None)
-            if str(getattr(fmt, "value", fmt)) == "NHWC" or _is_torchvision_swin(module):
-                channels_last = True
-        token_parameters = [p for m in model.modules() for n, p in m.named_parameters(recurse=False) if n in TOKEN_PARAMETERS]
-        prefix = declared if declared is not None else sum(_token_count(p) for p in token_parameters)
-        if channels_last or declared is not None or token_parameters:
-            family = "last"
-        elif any(type(m).__module__.startswith(("torchvision.models.", "timm.models.")) for m in model.modules()):
-            family = "first"  # torchvision and timm convolutional families: PyTorch's (N, C, H, W)
-        elif all(type(m).__module__.startswith("torch.nn.") for m in model.modules()):
-            family = "first"  # torch.nn alone has no module that moves the channels last
+            fmt = attributes.get("output_fmt")
+            source = type(module).__module__
+            torchvision_swin = type(module).__name__ == "SwinTransformer" and source.startswith("torchvision")
+            channels_last = channels_last or str(getattr(fmt, "value", fmt)) == "NHWC" or torchvision_swin
+            parameters = attributes.get("_parameters", {})
+            token_counts += [_token_count(parameters[name]) for name in TOKEN_PARAMETERS if parameters.get(name) is not None]
+            known_family = known_family or source.startswith(("torchvision.models.", "timm.models."))
+            all_torch = all_torch and source.startswith("torch.nn.")
+            raster_tokens = raster_tokens and type(module).__name__ not in UNROLLED_TOKENS
+        prefix = declared if declared is not None else sum(token_counts)
+        if channels_last or declared is not None or token_counts:
+            family: str | None = "last"
+        elif known_family or all_torch:  # torchvision and timm CNNs; torch.nn alone has no module that moves the channels last
+            family = "first"
         else:
             family = None
-        raster_tokens = not any(type(m).__name__ in UNROLLED_TOKENS for m in model.modules())
         height, width = inputs.shape[-2:]
         return cls((int(height), int(width)), int(inputs.shape[0]), prefix, family, raster_tokens)
 
@@ -131,10 +136,6 @@ def activation_of(output: object) -> torch.Tensor | None:
     if single and not any(isinstance(item, torch.Tensor) for item in output[1:]):  # type: ignore[index]
         return output[0]  # type: ignore[index]
     return None
-
-
-def _is_torchvision_swin(module: nn.Module) -> bool:
-    return type(module).__name__ == "SwinTransformer" and type(module).__module__.startswith("torchvision")
 
 
 def _token_count(parameter: torch.Tensor) -> int:

@@ -24,7 +24,7 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 from normgrad.engine.layers import Layers, nearest_grid_layer, resolve_layers, select_layers
 from normgrad.engine.layouts import Evidence, LayoutError, activation_of, decide_layout
 from normgrad.engine.model_state import Hooks, eval_mode
-from normgrad.engine.workarounds import guard_batchnorm_backward
+from normgrad.engine.workarounds import guard_batchnorm_backward, needs_batchnorm_guard
 from normgrad.errors import NormGradError
 from normgrad.formulas.aggregate import check_aggregate
 from normgrad.formulas.extract import Extract, ForwardRecord, get_extract
@@ -188,7 +188,8 @@ def _one_pass(
         if not scores.requires_grad:
             raise NormGradError("the objective does not depend on the input through autograd")
         del output, unit_values
-        guard_batchnorm_backward(scores)
+        if needs_batchnorm_guard(model, inputs.shape[0]):
+            guard_batchnorm_backward(scores)
         grads = list(torch.autograd.grad(scores.sum(), [probe.edge for probe in active], allow_unused=True))
 
     maps: dict[str, Tensor] = {}
