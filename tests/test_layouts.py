@@ -350,3 +350,22 @@ def test_a_tensor_with_metadata_is_an_activation_two_tensors_are_not():
     torch.testing.assert_close(ng.normgrad(net, x, layers=["stage"])["stage"], ng.normgrad(net, x, layers=["stage.conv"])["stage.conv"])
     with pytest.raises(ng.NormGradError, match="outputs a tuple"):
         ng.normgrad(net, x, layers=["pair"])
+
+
+@pytest.mark.parametrize(
+    "layout, shape",
+    [
+        (Layout("nchw", (4, 6)), (2, 5, 4, 6)),
+        (Layout("nhwc", (4, 6)), (2, 4, 6, 5)),
+        (Layout("tokens", (4, 6), 2), (2, 26, 5)),
+        (Layout("flat", (4, 6)), (2, 5, 24)),
+        (Layout("vector"), (2, 5)),
+    ],
+)
+def test_layout_views_round_trip(layout, shape):
+    tensor = torch.randn(shape)
+    grid = layout.to_nchw(tensor)
+    assert grid.shape == (2, 5, *layout.grid)
+    torch.testing.assert_close(layout.from_nchw(grid, tensor), tensor)
+    if layout.kind == "tokens":  # row-major: grid position (r, c) is token prefix + r·w + c
+        torch.testing.assert_close(grid[:, :, 1, 4], tensor[:, 2 + 1 * 6 + 4])

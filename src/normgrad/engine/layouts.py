@@ -6,39 +6,39 @@ The evidence, strongest first:
    (Swin, MaxViT), head-split or patch-unfolded (MobileViT) tensors fold
    windows into it (batch 64 for one image); their positions are not on the
    image grid, so they have no map (the error names a module that has one).
-2. **The module type** — or, when it is silent, the operation that
-   computed the tensor (:func:`graph_axis`) — says which dimension holds
-   the channels:
+2. **The module type** says which dimension holds the channels:
    ``Conv*d``, ``BatchNorm*d``, ``GroupNorm``, ``InstanceNorm*d``, pools,
    ``Upsample``, ``PixelShuffle`` act on dimension 1 (channels first);
    ``nn.Linear`` acts on the last dimension, and so does a ``LayerNorm`` /
    ``RMSNorm`` (``normalized_shape`` = the last dimension), except the
-   ``*2d`` norms of timm and torchvision that act on dimension 1.
+   ``*2d`` norms of timm and torchvision that act on dimension 1; a plain
+   ``Sequential`` has its last non-element-wise child's layout.  When the
+   type is silent (a custom block), the operation that computed the tensor
+   does (:func:`graph_axis`): a convolution, BatchNorm or pooling behind
+   element-wise operations and sums means channels first.
 3. **The input's grid**: the positions must lie on a grid of the H × W
    input: ``h = ⌊H/s⌋`` or ``⌈H/s⌉`` and ``w`` likewise for one integer
-   stride ``s`` (a few pixels less is allowed for unpadded convolutions).
-   Tokens ``(N, T, C)`` must be ``k`` prefix tokens plus exactly such a grid,
-   with ``k`` the number the model declares (timm's ``num_prefix_tokens``,
-   or its ``cls_token`` / ``class_token`` / ``dist_token`` / ``reg_token``
-   parameters) or 0 — non-square inputs included.
+   stride ``s`` (a few positions less for unpadded convolutions; any size up
+   to the input's for a convolution's own output).  Tokens ``(N, T, C)``
+   must be ``k`` prefix tokens plus exactly such a grid, with ``k`` the
+   number the model declares (timm's ``num_prefix_tokens``, or its
+   ``cls_token`` / ``class_token`` / ``dist_token`` / ``reg_token``
+   parameters) or 0 — non-square inputs included — laid in raster order, as
+   patch embeddings produce them (a family that reorders them, timm's
+   Hiera, has no token maps).  A 3-D activation is read as tokens unless its
+   module type is channels-first (``Conv1d``...) or a ``Flatten`` of a map:
+   then as a flattened map ``(N, C, h·w)``.
 4. **The model family's documented layout** breaks a tie when both readings
-   of a 4-D tensor fit the grid equally well and the module type is
-   silent: channels last for timm's ``output_fmt="NHWC"`` models (Swin,
-   MambaOut), torchvision's Swin and token models (a declared
-   ``num_prefix_tokens`` or token parameters: ViT, DeiT, EVA, CaiT...);
-   channels first for the other torchvision and timm models and for models
-   built of ``torch.nn`` modules alone (none of which moves the channels).  An exact grid
-   beats one that fits only within the slack of unpadded convolutions; in a
-   model of no known family a tie is an error.
+   of a 4-D tensor fit the grid equally well and nothing above settles it:
+   channels last for timm's ``output_fmt="NHWC"`` models (Swin, MambaOut),
+   torchvision's Swin and token models (ViT, DeiT, EVA, CaiT...); channels
+   first for the other torchvision and timm models and for models built of
+   ``torch.nn`` modules alone (none of which moves the channels).  An exact
+   grid beats one that fits only within the slack of unpadded convolutions.
 
-A 3-D activation is read as tokens ``(N, T, C)`` unless its module type
-is channels-first (``Conv1d``, ``BatchNorm1d``, ...) or a ``Flatten`` of a
-map, then as a flattened map ``(N, C, h·w)``; either must lie on the grid.
-Tokens are laid on the grid in raster order (row by row), as patch
-embeddings produce them; a family that reorders them (timm's Hiera) has
-no token maps.  When the evidence does not settle the layout, :class:`LayoutError` says why
-and what to select instead; there is no map.  Sequences ``(N, C, L)`` whose
-``L`` is not an image grid (1-D models) are refused the same way.
+When the evidence does not settle the layout (a tie in a model of no known
+family, a grid the input does not have, a 1-D model's ``(N, C, L)``),
+:class:`LayoutError` says why and what to select instead: there is no map.
 """
 
 from __future__ import annotations

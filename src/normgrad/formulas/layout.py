@@ -72,17 +72,6 @@ class Layout:
             return grid.flatten(2)
         return grid[:, :, 0, 0]  # vector
 
-    def shape_of(self, batch: int, channels: int) -> tuple[int, ...]:
-        """The tensor shape this layout has for ``channels`` channels (the inverse of :meth:`to_nchw`)."""
-        height, width = self.grid
-        return {
-            "nchw": (batch, channels, height, width),
-            "nhwc": (batch, height, width, channels),
-            "tokens": (batch, self.prefix + height * width, channels),
-            "flat": (batch, channels, height * width),
-            "vector": (batch, channels),
-        }[self.kind]
-
     def __str__(self) -> str:
         height, width = self.grid
         if self.kind == "vector":
@@ -93,8 +82,6 @@ class Layout:
         names = {"nchw": "(N, C, H, W)", "nhwc": "(N, H, W, C)", "flat": "(N, C, H·W)"}
         return f"{names[self.kind]} {height}×{width}"
 
-
-IMAGE = "nchw"  # the input image is always (N, C, H, W)
 
 SUPPORTED_ACTIVATIONS = (
     "(N, C, H, W), channels-last (N, H, W, C), tokens (N, T, C) on the input's patch grid, (N, C, H·W) or (N, C) vectors, "
