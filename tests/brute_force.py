@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 PREFIX_TOKENS = 0  # class/register tokens before the grid tokens (set by token tests)
+GRID: tuple[int, int] | None = None  # the token grid (h, w); None: square
+CHANNELS_LAST = False  # 4-D activations are (N, H, W, C) (set by channels-last tests)
 
 
 def aggregate_explicit(contribution: Tensor, aggregate: str) -> Tensor:
@@ -124,17 +126,18 @@ def _objective(output: Tensor, target) -> Tensor:
 
 def to_nchw(t: Tensor) -> Tensor:
     if t.dim() == 4:
-        return t
+        return t.permute(0, 3, 1, 2) if CHANNELS_LAST else t
     if t.dim() == 3:
         prefix = PREFIX_TOKENS
         side = math.isqrt(t.shape[1] - prefix)
-        return t[:, prefix:].transpose(1, 2).reshape(t.shape[0], t.shape[2], side, side)
+        height, width = GRID or (side, side)
+        return t[:, prefix:].transpose(1, 2).reshape(t.shape[0], t.shape[2], height, width)
     return t[:, :, None, None]
 
 
 def from_nchw(t: Tensor, like: Tensor) -> Tensor:
     if like.dim() == 4:
-        return t
+        return t.permute(0, 2, 3, 1) if CHANNELS_LAST else t
     if like.dim() == 3:  # the prefix tokens pass through the virtual layer unchanged
         return torch.cat([like[:, :PREFIX_TOKENS], t.flatten(2).transpose(1, 2)], dim=1)
     return t[:, :, 0, 0]
@@ -154,12 +157,12 @@ def brute_force_map(model: nn.Module, x: Tensor, layer: str, extract: str, aggre
         def hook(mod, inputs, out):
             if extract == "layer":
                 if isinstance(mod, nn.Linear):
-                    a = to_nchw(inputs[0])
+                    a = inputs[0].permute(0, 3, 1, 2) if inputs[0].dim() == 4 else to_nchw(inputs[0])  # Linear: channels last
                     wt = mod.weight.detach().expand(a.shape[0], a.shape[2], a.shape[3], *mod.weight.shape).clone().requires_grad_(True)
                     y = torch.einsum("nhwoc,nchw->nohw", wt, a)
                     if mod.bias is not None:
                         y = y + mod.bias.view(1, -1, 1, 1)
-                    new = from_nchw(y, out) if inputs[0].dim() != 4 else y.permute(0, 2, 3, 1)
+                    new = from_nchw(y, out) if inputs[0].dim() != 4 else y.permute(0, 2, 3, 1)  # Linear: channels last
                     holder["weight"] = wt
                 else:
                     new, holder["weight"] = unfold_conv(mod, inputs[0], tuple(out.shape[-2:]))

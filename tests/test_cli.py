@@ -125,7 +125,9 @@ def test_compare_and_layers(photos, tmp_path, capsys):
     code, _, err = run(capsys, "compare", photos / "cup.png", "--out", figure)
     assert code == 2 and "already exists" in err
     code, out, _ = run(capsys, "layers", "torchvision:resnet18", "--weights", "none", "--size", "64")
-    assert code == 0 and "* layer2" in out and "1x128x8x8" in out
+    assert code == 0 and "*  layer2 " in out and "1x128x8x8" in out and "(N, C, H, W) 8×8" in out
+    code, out, _ = run(capsys, "layers", "torchvision:resnet18", "--weights", "none")  # at the model's size: explain's layers too
+    assert code == 0 and "*e layer4 " in out and " e layer4.0 " in out and "e = the layers of `normgrad explain`'s default" in out
 
 
 def test_help_has_examples(capsys):

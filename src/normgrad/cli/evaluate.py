@@ -117,8 +117,7 @@ def run_pointing(args: argparse.Namespace) -> int:
     if method.needs_model:
         weights_given = str(args.weights).lower() != "default"
         loaded = load_model(args, args.num_classes or (num_classes if weights_given else None))
-        probe = loaded.preprocess.size
-        example = torch.zeros(1, 3, probe, probe, device=args.device)
+        example = torch.zeros(1, 3, *loaded.preprocess.example_size, device=args.device)
         outputs = pipeline.predict(loaded.model, example).logits.shape[1]
         if outputs != num_classes:
             raise NormGradError(

@@ -232,7 +232,7 @@ def _plan(args: argparse.Namespace, method: Any, loaded: Any, layer_names: list[
         "weights": weights_identity(args.weights),
         "method": method.name,
         "default": ", ".join(f"{layer}: {name}" for layer, name in default_methods.items()) if default_methods else None,
-        "input": {"size": preprocess.size, "max_size": preprocess.max_size, "square": preprocess.square},
+        "input": {"size": preprocess.size, "max_size": preprocess.max_size, "fixed_size": preprocess.fixed_size},
         "layers": layers,
         "combine": args.combine,
         "target": "auto" if target is None else target,
@@ -261,6 +261,9 @@ def _plan(args: argparse.Namespace, method: Any, loaded: Any, layer_names: list[
 def input_preprocess(loaded: Any, size: int | None) -> Any:
     """The preprocessing of this run: ``--size`` (the shorter side), else the model's input policy (:mod:`normgrad.defaults`)."""
     if size is not None:
+        fixed = loaded.preprocess.fixed_size
+        if fixed is not None:
+            raise NormGradError(f"--size does not apply to {loaded.name}: its input size is fixed, {fixed[0]}x{fixed[1]}; drop --size")
         return replace(loaded.preprocess, size=size, max_size=None)
     return loaded.explain_defaults().preprocess
 

@@ -1,4 +1,4 @@
-"""``normgrad layers``: a model's layers with their types and output shapes; ``*`` marks the default layers."""
+"""``normgrad layers``: a model's layers, types, output shapes, layouts; ``*`` marks the default layers, ``e`` explain's."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from normgrad.cli.common import check_weights, command, positive_int, weights_option
+from normgrad.errors import NormGradError
 
 EXAMPLES = """examples:
   normgrad layers efficientnet_lite0
@@ -15,7 +16,8 @@ EXAMPLES = """examples:
 
 
 def add_parser(subparsers: Any) -> None:
-    parser = command(subparsers, "layers", "List a model's layers: name, type, output shape; * marks the default layers.", EXAMPLES)
+    help_text = "List a model's layers: name, type, output shape, layout; * marks the default layers, e the explain default's."
+    parser = command(subparsers, "layers", help_text, EXAMPLES)
     parser.add_argument("model", nargs="?", default="efficientnet_lite0", help="model name (default: efficientnet_lite0)")
     parser.add_argument("--weights", default="default", help="a local state dict, 'none' for random weights")
     parser.add_argument("--size", type=positive_int, default=None, help="input side in pixels (default: the model's)")
@@ -30,16 +32,22 @@ def run(args: argparse.Namespace) -> int:
     if args.size is not None:
         check_input_size(args.size, args.size)
     loaded = ng.models.load(args.model, weights=weights_option(args.weights))
-    size = args.size or loaded.preprocess.size
-    example = torch.zeros(1, 3, size, size)
+    fixed = loaded.preprocess.fixed_size
+    if args.size is not None and fixed is not None:
+        raise NormGradError(f"--size does not apply to {loaded.name}: its input size is fixed, {fixed[0]}x{fixed[1]}; drop --size")
+    height, width = (args.size, args.size) if args.size else loaded.preprocess.example_size
+    example = torch.zeros(1, 3, height, width)
     defaults = set(loaded.default_layers(example))
+    explain = loaded.explain_defaults() if args.size is None else None
     infos = ng.engine.layers.describe_layers(loaded.model, example)
-    width = max(len(info.name) for info in infos)
-    print(f"  {'name':{width}s}  {'type':24s}  output shape          calls")
+    name_width = max(len(info.name) for info in infos)
+    print(f"   {'name':{name_width}s}  {'type':24s}  {'output shape':20s}  {'layout (or why no map)':30s}  calls")
     for info in infos:
-        mark = "*" if info.name in defaults else " "
+        mark = ("*" if info.name in defaults else " ") + ("e" if explain is not None and info.name in explain.methods else " ")
         shape = "x".join(map(str, info.output_shape)) if info.output_shape else "-"
-        print(f"{mark} {info.name:{width}s}  {info.type:24s}  {shape:20s}  {info.calls}")
+        print(f"{mark} {info.name:{name_width}s}  {info.type:24s}  {shape:20s}  {info.layout_text[:30]:30s}  {info.calls}")
     in_order = [info.name for info in infos if info.name in defaults]
-    print(f"{len(infos)} layers of {loaded.name} at {size}x{size}; * = default layers ({', '.join(in_order)})")
+    print(f"{len(infos)} layers of {loaded.name} at {height}x{width}; * = default layers ({', '.join(in_order)})")
+    if explain is not None:
+        print(f"e = the layers of `normgrad explain`'s default: {explain.describe()}")
     return 0

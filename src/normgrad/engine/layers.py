@@ -12,8 +12,10 @@ is a list of any of:
 
 from __future__ import annotations
 
+import collections
 import difflib
 import fnmatch
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Union
@@ -21,8 +23,10 @@ from typing import Union
 import torch
 from torch import nn
 
+from normgrad.engine.layouts import Evidence, LayoutError, activation_of, decide_layout, grid_fit
 from normgrad.engine.model_state import Hooks, eval_mode
 from normgrad.errors import NormGradError
+from normgrad.formulas.layout import Layout
 
 INPUT = "input"
 
@@ -40,20 +44,58 @@ def layer_names(model: nn.Module) -> list[str]:
     return [INPUT, *named_layers(model)]
 
 
+@dataclass(frozen=True)
+class Selected:
+    """A selected layer; ``explicit`` when named (or given as a module object), else matched by a type, glob or predicate."""
+
+    name: str
+    module: nn.Module | None
+    explicit: bool
+
+
 def select_layers(model: nn.Module, layers: Layers) -> list[tuple[str, nn.Module | None]]:
     """Resolve a selection into ``(name, module)`` pairs (module ``None`` for the input).
 
     The order is the order of the selection, each selector expanded in model
-    order; duplicates are dropped.
+    order; duplicates are dropped.  Selectors are a union: a type or
+    predicate that matches nothing is fine as long as something is selected.
+    """
+    return [(chosen.name, chosen.module) for chosen in resolve_layers(model, layers)]
+
+
+def resolve_layers(model: nn.Module, layers: Layers) -> list[Selected]:
+    """As :func:`select_layers`, telling which layers were named explicitly.
+
+    The engine treats them differently: a named layer without a map is an
+    error; a layer matched by a type, glob or predicate that never runs,
+    runs twice or has no image grid is skipped with a warning.
     """
     modules = named_layers(model)
-    chosen: dict[str, nn.Module | None] = {}
+    chosen: dict[str, Selected] = {}
+    unmatched: list[str] = []
     for selector in _as_list(layers):
-        for name in _expand(selector, modules):
-            chosen.setdefault(name, None if name == INPUT else modules[name])
+        explicit = isinstance(selector, nn.Module) or (isinstance(selector, str) and not _is_pattern(selector, modules))
+        names = list(_expand(selector, modules))
+        if not names:
+            unmatched.append(_describe_selector(selector))
+        for name in names:
+            if name not in chosen:
+                chosen[name] = Selected(name, None if name == INPUT else modules[name], explicit)
+            elif explicit:
+                chosen[name] = Selected(name, chosen[name].module, True)
     if not chosen:
+        if unmatched:
+            raise NormGradError(f"no layer of the model matches {' or '.join(unmatched)}")
         raise NormGradError("no layer selected: pass layer names, module types or a predicate in layers=[...]")
-    return list(chosen.items())
+    return list(chosen.values())
+
+
+def _is_pattern(name: str, modules: dict[str, nn.Module]) -> bool:
+    return name != INPUT and name not in modules and any(char in name for char in "*?[")
+
+
+def _describe_selector(selector: LayerSelector) -> str:
+    return f"modules of type {selector.__name__}" if isinstance(selector, type) else "the predicate"
 
 
 def _as_list(layers: Layers) -> list[LayerSelector]:
@@ -70,9 +112,9 @@ def _expand(selector: LayerSelector, modules: dict[str, nn.Module]) -> Iterator[
     elif isinstance(selector, nn.Module):
         yield _name_of(selector, modules)
     elif isinstance(selector, type):
-        yield from _matching(modules, lambda _name, module: isinstance(module, selector), f"modules of type {selector.__name__}")
+        yield from (name for name, module in modules.items() if isinstance(module, selector))
     elif callable(selector):
-        yield from _matching(modules, selector, "the predicate")
+        yield from (name for name, module in modules.items() if selector(name, module))
     else:
         raise NormGradError(f"cannot select a layer with {selector!r}: pass a name, module, module type or predicate")
 
@@ -83,7 +125,7 @@ def _expand_name(name: str, modules: dict[str, nn.Module]) -> Iterator[str]:
         return
     if any(char in name for char in "*?["):
         matches = [n for n in [INPUT, *modules] if fnmatch.fnmatchcase(n, name)]
-        if matches:
+        if matches:  # a pattern that matches nothing is a typo: the error names the closest layers
             yield from matches
             return
     raise NormGradError(unknown_layer_message(name, [INPUT, *modules]))
@@ -104,69 +146,194 @@ def _name_of(module: nn.Module, modules: dict[str, nn.Module]) -> str:
     raise NormGradError(f"the module {type(module).__name__} passed in layers is not a submodule of the model")
 
 
-def _matching(modules: dict[str, nn.Module], predicate: Callable[[str, nn.Module], bool], what: str) -> Iterator[str]:
-    found = [name for name, module in modules.items() if predicate(name, module)]
-    if not found:
-        raise NormGradError(f"no layer of the model matches {what}")
-    yield from found
-
-
 @dataclass
 class LayerInfo:
-    """One module as seen in a forward pass: its name, type, output shape and call count."""
+    """One module as seen in a forward pass: name, type, output shape, call count and the layout of its output.
+
+    ``layout`` is ``None`` when the output has no map; ``note`` then says why.
+    ``takes_image`` marks modules whose input is the image itself (stems,
+    patch embeddings and the containers that hold them).
+    """
 
     name: str
     type: str
     output_shape: tuple | None
     calls: int
+    layout: Layout | None = None
+    note: str = ""
+    takes_image: bool = False
+
+    @property
+    def layout_text(self) -> str:
+        """The layout in words (``(N, H, W, C) 7×7``), or why there is no map."""
+        return str(self.layout) if self.layout is not None else self.note
 
 
 def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
-    """Every submodule with its type and output shape, in execution (post-)order, from one no-grad pass."""
+    """Every submodule with its type, output shape and layout, in execution (post-)order, from one forward pass.
+
+    The pass builds the autograd graph (as the engine's does) so that layouts
+    are decided on the same evidence; nothing is back-propagated.
+    """
     modules = named_layers(model)
+    evidence = Evidence.of(model, example)
     seen: dict[str, LayerInfo] = {}
-    with torch.no_grad(), eval_mode(model), Hooks() as hooks:
+    with torch.inference_mode(False), torch.enable_grad(), eval_mode(model), Hooks() as hooks:
+        image = example.detach().clone().requires_grad_(True).clone()  # a non-leaf, as in the engine
 
         def make_hook(name: str):
             def hook(module: nn.Module, inputs: tuple, output: object) -> None:
                 info = seen.get(name)
-                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
-                if info is None:
-                    seen[name] = LayerInfo(name, type(module).__name__, shape, 1)
-                else:
+                if info is not None:
                     info.calls += 1
+                    info.layout, info.note = None, "runs more than once (a shared module)"
+                    return
+                takes_image = bool(inputs) and inputs[0] is image
+                activation = activation_of(output)
+                if activation is None:
+                    seen[name] = LayerInfo(name, type(module).__name__, None, 1, None, f"outputs a {type(output).__name__}", takes_image)
+                    return
+                output = activation
+                layout, note = _layout_or_reason(output, module, evidence, name)
+                seen[name] = LayerInfo(name, type(module).__name__, tuple(output.shape), 1, layout, note, takes_image)
 
             return hook
 
         for name, module in modules.items():
             hooks.add(module.register_forward_hook(make_hook(name)))
-        model(example)
-    never_ran = [LayerInfo(n, type(m).__name__, None, 0) for n, m in modules.items() if n not in seen]
-    return [LayerInfo(INPUT, "input", tuple(example.shape), 1), *seen.values(), *never_ran]
+        model(image)
+        del image
+    never_ran = [LayerInfo(n, type(m).__name__, None, 0, None, "never runs") for n, m in modules.items() if n not in seen]
+    image = LayerInfo(INPUT, "input", tuple(example.shape), 1, Layout("nchw", evidence.image))
+    return [image, *seen.values(), *never_ran]
+
+
+def _layout_or_reason(output: torch.Tensor, module: nn.Module, evidence: Evidence, name: str) -> tuple[Layout | None, str]:
+    if not output.is_floating_point():
+        return None, f"{output.dtype} output"
+    try:
+        return decide_layout(output, module, evidence, f"layer {name!r}"), ""
+    except LayoutError as error:
+        return None, f"no map: {error.reason}"
+
+
+SEQUENCE_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+LAYOUT_ONLY = (nn.Identity, nn.modules.dropout._DropoutNd, nn.Flatten, nn.Unflatten)
+LAYOUT_ONLY_NAMES = ("Permute", "Flat", "DropPath")
+ISOTROPIC_BLOCKS = 4
 
 
 def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
-    """Default layers: one per spatial resolution, the shallowest module that ends there.
+    """Default layers, by architecture: one per stage (hierarchical models) or evenly spaced blocks (isotropic ones).
 
-    At each output resolution with stride at least 4 (above 1×1) the modules
-    nearest the top of the model (fewest dots in the name) are kept, and of
-    those the last to run: ``layer1..4`` in ResNets, the stage outputs of
-    EfficientNets, the ReLU before each pool in VGG (the paper's
-    ``features.15/.22/.29``).  Shared modules are skipped.
+    Candidates are modules that run once, whose output is on the image grid
+    (any layout: maps, channels-last maps, tokens) at a stride of at least
+    4 and more than one position, that sit in the network's trunk (every
+    ancestor is the model or a ``Sequential``/``ModuleList``/``ModuleDict``:
+    never a part of an attention or a block), that are not a stem or patch
+    embedding (a module that takes the image itself, or lies inside one that
+    takes it and ends above the coarsest resolution) and that compute
+    something (not an ``Identity``, ``Dropout``, ``Flatten`` or ``Permute``).
+
+    A container of several stages (``stages``, ``blocks``) is not a stage.
+
+    * **Hierarchical** models (candidates at several resolutions: ResNet,
+      ConvNeXt, Swin, MaxViT, CoAtNet, EfficientFormer, MobileViT, LeViT...):
+      at each resolution, the shallowest candidate, and of those the last to
+      run — the stage output (``layer1..4``; the ReLU before each VGG pool).
+    * **Isotropic** models (one resolution: ViT, DeiT, EVA...): four evenly
+      spaced blocks of the longest run of equal-shaped sibling blocks, up to
+      the second-to-last — in a class-token model the last block's patch
+      tokens do not reach the output, so its map is zero (ViT-B:
+      ``blocks.2, .5, .8, .10``).
     """
-    height = example.shape[-2]
-    chosen: dict[tuple, tuple[int, str]] = {}
-    for info in describe_layers(model, example):
-        shape = info.output_shape
-        if info.name == INPUT or info.calls != 1 or shape is None or len(shape) != 4:
-            continue
-        if shape[-2] > (height + 3) // 4 or shape[-2] * shape[-1] <= 1:
-            continue
-        depth = info.name.count(".")
-        key = tuple(shape[-2:])
-        if key not in chosen or depth <= chosen[key][0]:
-            chosen.pop(key, None)
-            chosen[key] = (depth, info.name)
-    if not chosen:
-        raise NormGradError("cannot choose default layers: no module outputs a spatial (N, C, H, W) map")
-    return [name for _, name in chosen.values()]
+    infos = describe_layers(model, example)
+    modules = named_layers(model)
+    height, width = example.shape[-2:]
+    on_grid = [info for info in infos[1:] if _on_coarse_grid(info, height, width)]
+    coarsest = min((info.layout.grid[0] * info.layout.grid[1] for info in on_grid), default=0)  # type: ignore[union-attr]
+    stems = [info.name + "." for info in infos[1:] if info.takes_image and info.layout is not None and _area(info.layout) > coarsest]
+    candidates = [
+        info
+        for info in on_grid
+        if not info.takes_image and not _layout_only(modules[info.name]) and not any(info.name.startswith(stem) for stem in stems)
+    ]
+    trunk = [info for info in candidates if _in_trunk(info.name, modules) and grid_fit(*info.layout.grid, height, width, True)]  # type: ignore[union-attr]
+    trunk = [info for info in trunk if not any(_holds_another_stage(info, other) for other in trunk)]
+    by_grid: dict[tuple[int, int], list[LayerInfo]] = {}
+    for info in trunk:
+        by_grid.setdefault(info.layout.grid, []).append(info)  # type: ignore[union-attr]
+    if len(by_grid) == 1 or not by_grid:
+        blocks = _longest_block_run(candidates, modules)[:-1]  # a class-token model reads nothing from the last block's patches
+        if len(blocks) >= 2:
+            count = min(ISOTROPIC_BLOCKS, len(blocks))
+            return [blocks[math.ceil((i + 1) * len(blocks) / count) - 1].name for i in range(count)]
+    if not by_grid:
+        reasons = collections.Counter(info.note for info in infos if info.note.startswith("no map"))
+        why = "; ".join(f"{count} layers: {note}" for note, count in reasons.most_common(3))
+        raise NormGradError(
+            "cannot choose default layers: no module of the trunk outputs a map on the image grid at stride 4 or more"
+            + (f" ({why})" if why else "")
+            + "; pass layers=[...] (`normgrad layers MODEL` lists every layer with its layout)"
+        )
+    chosen = []
+    for members in by_grid.values():
+        depth = min(info.name.count(".") for info in members)
+        chosen.append([info for info in members if info.name.count(".") == depth][-1])
+    order = {info.name: i for i, info in enumerate(infos)}
+    return [info.name for info in sorted(chosen, key=lambda info: order[info.name])]
+
+
+def _on_coarse_grid(info: LayerInfo, height: int, width: int) -> bool:
+    if info.calls != 1 or info.layout is None or info.layout.kind == "vector":
+        return False
+    grid_height, grid_width = info.layout.grid
+    return grid_height * grid_width > 1 and grid_height <= (height + 3) // 4 and grid_width <= (width + 3) // 4
+
+
+def _holds_another_stage(container: LayerInfo, other: LayerInfo) -> bool:
+    return other.name.startswith(container.name + ".") and other.layout.grid != container.layout.grid  # type: ignore[union-attr]
+
+
+def _area(layout: Layout) -> int:
+    return layout.grid[0] * layout.grid[1]
+
+
+def _layout_only(module: nn.Module) -> bool:
+    return isinstance(module, LAYOUT_ONLY) or type(module).__name__ in LAYOUT_ONLY_NAMES
+
+
+def _in_trunk(name: str, modules: dict[str, nn.Module]) -> bool:
+    parts = name.split(".")
+    return all(isinstance(modules[".".join(parts[:i])], SEQUENCE_CONTAINERS) for i in range(1, len(parts)))
+
+
+def _longest_block_run(candidates: list[LayerInfo], modules: dict[str, nn.Module]) -> list[LayerInfo]:
+    """The longest run of consecutive children of one ``Sequential``/``ModuleList`` with equal output shapes."""
+    children: dict[str, list[LayerInfo]] = {}
+    for info in candidates:
+        parent = info.name.rpartition(".")[0]
+        if parent and isinstance(modules[parent], SEQUENCE_CONTAINERS):
+            children.setdefault(parent, []).append(info)
+    best: list[LayerInfo] = []
+    for siblings in children.values():
+        run: list[LayerInfo] = []
+        for info in siblings:
+            run = [*run, info] if run and run[-1].output_shape == info.output_shape else [info]
+            if len(run) > len(best):
+                best = run
+    return best
+
+
+def nearest_grid_layer(model: nn.Module, example: torch.Tensor, name: str) -> str | None:
+    """A module near ``name`` whose output is on the image grid: the nearest ancestor, else the next one to run."""
+    infos = describe_layers(model, example)
+    by_name = {info.name: info for info in infos}
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        info = by_name.get(".".join(parts[:i]))
+        if info is not None and info.calls == 1 and info.layout is not None and info.layout.kind != "vector":
+            return info.name
+    names = [info.name for info in infos]
+    after = names[names.index(name) + 1 :] if name in names else []
+    return next((n for n in after if by_name[n].calls == 1 and by_name[n].layout is not None and by_name[n].layout.kind != "vector"), None)

@@ -15,14 +15,24 @@ from contextlib import contextmanager
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+BIAS_CACHE = "attention_bias_cache"
+
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Set ``training=False`` on every submodule; restore each flag on exit."""
+    """Set ``training=False`` on every submodule; restore each flag on exit.
+
+    One exception: timm's attention modules that cache their position biases
+    in eval mode (``attention_bias_cache``: LeViT, EfficientFormer v1/v2,
+    TinyViT, EfficientViT-MSRA) keep ``training=True`` — their forward reads
+    the flag only to bypass that cache — so their biases come from their
+    current parameters (meta-saliency's stepped ones too) and nothing
+    computed here is left cached in the model.
+    """
     saved = [(module, module.training) for module in model.modules()]
     try:
         for module, _ in saved:
-            module.training = False
+            module.training = isinstance(getattr(module, BIAS_CACHE, None), dict)
         yield
     finally:
         for module, training in saved:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,57 +21,92 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
-from normgrad.engine.layers import Layers, select_layers
+from normgrad.engine.layers import Layers, nearest_grid_layer, resolve_layers, select_layers
+from normgrad.engine.layouts import Evidence, LayoutError, activation_of, decide_layout
 from normgrad.engine.model_state import Hooks, eval_mode
+from normgrad.engine.workarounds import guard_batchnorm_backward, needs_batchnorm_guard
 from normgrad.errors import NormGradError
 from normgrad.formulas.aggregate import check_aggregate
 from normgrad.formulas.extract import Extract, ForwardRecord, get_extract
-from normgrad.formulas.layout import SUPPORTED_ACTIVATIONS
+from normgrad.formulas.layout import SUPPORTED_ACTIVATIONS, Layout
 from normgrad.targets import Objective, Target
 
 
 @dataclass
 class Probe:
-    """One requested layer: what its forward hook recorded."""
+    """One requested layer: what its forward hook recorded (or, for a layer matched by type, why it was skipped)."""
 
     name: str
     module: nn.Module | None
+    explicit: bool = True
     record: ForwardRecord | None = None
     edge: GradientEdge | None = None
     output_shape: torch.Size | None = None
     output_dtype: torch.dtype | None = None
     calls: int = 0
+    skipped: str = ""
 
-    def capture(self, extract: Extract, aggregate: str, inputs: tuple, output: Any) -> None:
+    def capture(self, extract: Extract, aggregate: str, evidence: Evidence, inputs: tuple, output: Any) -> None:
         self.calls += 1
-        if self.calls > 1:
-            parent = self.name.rpartition(".")[0] or "a module that runs once"
-            raise NormGradError(
-                f"layer {self.name!r} runs more than once in one forward pass (a shared module), so its activation is "
-                f"ambiguous; select a module that runs once, such as {parent!r}"
-            )
-        if not isinstance(output, Tensor) or not output.is_floating_point():
-            kind = f"a {output.dtype} tensor" if isinstance(output, Tensor) else f"a {type(output).__name__}"
-            raise NormGradError(f"layer {self.name!r} outputs {kind}; supported: a float {SUPPORTED_ACTIVATIONS}")
-        if not output.requires_grad:
-            raise NormGradError(
-                f"layer {self.name!r}: its output does not depend on the input through autograd (detached or computed under no_grad)"
-            )
-        detached_inputs = tuple(x.detach() if isinstance(x, Tensor) else x for x in inputs)
-        with torch.no_grad():  # statistics are values, not part of the graph
-            self.record = extract.forward_record(aggregate, self.module, detached_inputs, output.detach(), f"layer {self.name!r}")
+        try:
+            if self.calls > 1:
+                parent = self.name.rpartition(".")[0] or "a module that runs once"
+                raise NormGradError(
+                    f"layer {self.name!r} runs more than once in one forward pass (a shared module), so its activation is "
+                    f"ambiguous; select a module that runs once, such as {parent!r}"
+                )
+            activation = activation_of(output)
+            if activation is None or not activation.is_floating_point():
+                kind = f"a {activation.dtype} tensor" if activation is not None else f"a {type(output).__name__}"
+                raise NormGradError(
+                    f"layer {self.name!r} outputs {kind}; supported: a float tensor {SUPPORTED_ACTIVATIONS} "
+                    "(or a tuple of one such tensor and non-tensor metadata)"
+                )
+            output = activation
+            if not output.requires_grad:
+                raise NormGradError(
+                    f"layer {self.name!r}: its output does not depend on the input through autograd (detached or computed under no_grad)"
+                )
+            layout = decide_layout(output, self.module, evidence, f"layer {self.name!r}")
+            detached_inputs = tuple(x.detach() if isinstance(x, Tensor) else x for x in inputs)
+            with torch.no_grad():  # statistics are values, not part of the graph
+                self.record = extract.forward_record(
+                    aggregate, self.module, detached_inputs, output.detach(), layout, f"layer {self.name!r}"
+                )
+        except NormGradError as error:
+            if self.explicit:
+                raise
+            self.skip(str(error))
+            return
         self.edge = get_gradient_edge(output)
         self.output_shape, self.output_dtype = output.shape, output.dtype
 
+    def skip(self, reason: str) -> None:
+        self.skipped = reason
+        self.record = self.edge = None
 
-def check_inputs(inputs: Any) -> None:
-    """Inputs must be a float tensor (N, C, H, W)."""
+
+def check_inputs(inputs: Any, model: nn.Module | None = None) -> None:
+    """Inputs must be a float tensor of images (N, C, H, W); the error tells a missing batch dimension from a 1-D model."""
     if not isinstance(inputs, Tensor):
         raise NormGradError(f"inputs must be a torch.Tensor of shape (N, C, H, W); got {type(inputs).__name__}")
     if inputs.dim() != 4:
-        raise NormGradError(f"inputs must have shape (N, C, H, W); got {tuple(inputs.shape)} (add a batch dimension with x[None])")
+        raise NormGradError(_not_images_message(tuple(inputs.shape), model))
     if not inputs.is_floating_point():
         raise NormGradError(f"inputs must be a float tensor (preprocessed images); got {inputs.dtype}")
+
+
+def _not_images_message(shape: tuple[int, ...], model: nn.Module | None) -> str:
+    message = f"inputs must be images of shape (N, C, H, W); got a {len(shape)}-D tensor {shape}"
+    first = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None) if model is not None else None
+    if len(shape) == 3 and isinstance(first, nn.Conv2d) and shape[0] == first.in_channels:
+        return f"{message}: one image (C, H, W) needs a batch dimension, x[None]"
+    if len(shape) == 3:
+        return (
+            f"{message}: a sequence (N, C, L) of a 1-D model has no image grid, and normgrad's maps are 2-D (N, 1, h, w); "
+            "1-D models are not supported"
+        )
+    return message
 
 
 def run_saliency(
@@ -82,50 +118,82 @@ def run_saliency(
     aggregate: str,
 ) -> dict[str, Tensor]:
     """The maps of ``layers`` for one extract × aggregate, in one forward/backward pass."""
-    check_inputs(inputs)
+    check_inputs(inputs, model)
     check_aggregate(aggregate)
     extract_impl = get_extract(extract)
-    selected = select_layers(model, layers)
-    for name, module in selected:
-        extract_impl.check_module(name, module)
+    selected = resolve_layers(model, layers)
+    probes = [Probe(chosen.name, chosen.module, chosen.explicit) for chosen in selected]
+    for probe in probes:
+        try:
+            extract_impl.check_module(probe.name, probe.module)
+        except NormGradError as error:
+            if probe.explicit:
+                raise
+            probe.skip(str(error))
     objective = Objective(target)
     unit_module = None
     if objective.unit is not None:
         [(_, unit_module)] = select_layers(model, [objective.unit.layer])
-    probes = [Probe(name, module) for name, module in selected]
+    evidence = Evidence.of(model, inputs)
+    try:
+        maps = _one_pass(model, inputs, objective, unit_module, probes, extract_impl, aggregate, evidence)
+    except LayoutError as error:
+        raise _with_grid_suggestion(error, model, inputs, probes) from None
+    skipped = [probe for probe in probes if probe.skipped]
+    if skipped:
+        warnings.warn(_skipped_message(skipped, len(maps)), stacklevel=3)
+    return maps
 
+
+def _one_pass(
+    model: nn.Module,
+    inputs: Tensor,
+    objective: Objective,
+    unit_module: nn.Module | None,
+    probes: list[Probe],
+    extract_impl: Extract,
+    aggregate: str,
+    evidence: Evidence,
+) -> dict[str, Tensor]:
     with torch.inference_mode(False), torch.enable_grad(), eval_mode(model), Hooks() as hooks:
         leaf = inputs.detach().clone().requires_grad_(True)
         image = leaf.clone()  # a non-leaf: the model may modify its input in place
         unit_values: list[Tensor] = []
         for probe in probes:
+            if probe.skipped:
+                continue
             if probe.module is None:
-                probe.capture(extract_impl, aggregate, (), image)
+                probe.capture(extract_impl, aggregate, evidence, (), image)
             else:
-                hooks.add(probe.module.register_forward_hook(_capture_hook(probe, extract_impl, aggregate)))
+                hooks.add(probe.module.register_forward_hook(_capture_hook(probe, extract_impl, aggregate, evidence)))
         if objective.unit is not None:
             if unit_module is None:
-                unit_values.append(objective.unit.read(image))
+                unit_values.append(objective.unit.read(image, Layout("nchw", evidence.image)))
             else:
-                hooks.add(unit_module.register_forward_hook(_unit_hook(objective, unit_values)))
+                hooks.add(unit_module.register_forward_hook(_unit_hook(objective, unit_values, evidence)))
 
         output = model(image)
 
-        silent = [probe.name for probe in probes if probe.calls == 0]
-        if silent:
-            raise NormGradError(
-                f"layer(s) {', '.join(map(repr, silent))} never ran in the forward pass; choose layers that compute the output"
-            )
+        for probe in probes:
+            if probe.calls == 0 and not probe.skipped:
+                if probe.explicit:
+                    raise NormGradError(f"layer {probe.name!r} never ran in the forward pass; choose layers that compute the output")
+                probe.skip("never runs in the forward pass")
+        active = [probe for probe in probes if not probe.skipped]
+        if not active:
+            raise NormGradError(_skipped_message(probes, 0))
         if objective.unit is not None and not unit_values:
             raise NormGradError(f"target unit layer {objective.unit.layer!r} never ran in the forward pass")
         scores = objective.scores(output, unit_values[0] if unit_values else None, inputs.shape[0])
         if not scores.requires_grad:
             raise NormGradError("the objective does not depend on the input through autograd")
         del output, unit_values
-        grads = list(torch.autograd.grad(scores.sum(), [probe.edge for probe in probes], allow_unused=True))
+        if needs_batchnorm_guard(model, inputs.shape[0]):
+            guard_batchnorm_backward(scores)
+        grads = list(torch.autograd.grad(scores.sum(), [probe.edge for probe in active], allow_unused=True))
 
     maps: dict[str, Tensor] = {}
-    for index, probe in enumerate(probes):
+    for index, probe in enumerate(active):
         grad, grads[index] = grads[index], None
         if grad is None:  # the layer does not influence the objective
             grad = torch.zeros(probe.output_shape, dtype=probe.output_dtype, device=inputs.device)
@@ -136,25 +204,39 @@ def run_saliency(
     return maps
 
 
-def _capture_hook(probe: Probe, extract: Extract, aggregate: str):
+def _skipped_message(skipped: list[Probe], kept: int) -> str:
+    lines = "; ".join(f"{probe.name}: {probe.skipped}" for probe in skipped[:8])
+    more = f"; and {len(skipped) - 8} more" if len(skipped) > 8 else ""
+    head = f"{len(skipped)} layer(s) matched by type or pattern have no map and were skipped ({kept} kept)"
+    return f"{head}: {lines}{more}" if kept else f"none of the selected layers has a map: {lines}{more}"
+
+
+def _with_grid_suggestion(error: LayoutError, model: nn.Module, inputs: Tensor, probes: list[Probe]) -> NormGradError:
+    """Name a module near the failing layer whose output is on the image grid (one extra no-grad pass, on errors only)."""
+    failing = next((probe.name for probe in probes if f"layer {probe.name!r}" in str(error)), None)
+    suggestion = nearest_grid_layer(model, inputs[:1], failing) if failing else None
+    hint = f"; for example {suggestion!r}, which is on the image grid" if suggestion else ""
+    return NormGradError(f"{error}{hint} (`normgrad layers MODEL` shows every layer's layout)")
+
+
+def _capture_hook(probe: Probe, extract: Extract, aggregate: str, evidence: Evidence):
     def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
-        probe.capture(extract, aggregate, inputs, output)
+        probe.capture(extract, aggregate, evidence, inputs, output)
 
     return hook
 
 
-def _unit_hook(objective: Objective, unit_values: list[Tensor]):
+def _unit_hook(objective: Objective, unit_values: list[Tensor], evidence: Evidence):
     def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
-        assert objective.unit is not None
+        unit = objective.unit
+        assert unit is not None
         if unit_values:
-            raise NormGradError(
-                f"target unit layer {objective.unit.layer!r} runs more than once in one forward pass; pick a module that runs once"
-            )
-        if not isinstance(output, Tensor):
-            raise NormGradError(
-                f"target unit layer {objective.unit.layer!r} outputs a {type(output).__name__}; supported: {SUPPORTED_ACTIVATIONS}"
-            )
-        unit_values.append(objective.unit.read(output))
+            raise NormGradError(f"target unit layer {unit.layer!r} runs more than once in one forward pass; pick a module that runs once")
+        activation = activation_of(output)
+        if activation is None:
+            raise NormGradError(f"target unit layer {unit.layer!r} outputs a {type(output).__name__}; supported: {SUPPORTED_ACTIVATIONS}")
+        layout = decide_layout(activation, module, evidence, f"target unit layer {unit.layer!r}")
+        unit_values.append(unit.read(activation, layout))
 
     return hook
 

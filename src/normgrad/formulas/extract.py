@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from normgrad.errors import NormGradError
 from normgrad.formulas.aggregate import Stats, channel_stats, outer_aggregate, vector_aggregate, working_dtype
-from normgrad.formulas.layout import activation_to_nchw, channels_last_to_nchw
+from normgrad.formulas.layout import Layout
 from normgrad.formulas.patches import CONV3X3, Window, conv_window
 
 EXTRACTS: tuple[str, ...] = ("scaling", "conv1x1", "conv3x3", "depthwise3x3", "bias", "layer")
@@ -36,7 +36,7 @@ EXTRACTS: tuple[str, ...] = ("scaling", "conv1x1", "conv3x3", "depthwise3x3", "b
 
 @dataclass
 class ForwardRecord:
-    """What the forward hook keeps of a layer: the statistics of ``q`` and the layout.
+    """What the forward hook keeps of a layer: the statistics of ``q`` and the layout of the output.
 
     ``elementwise`` records (the ``scaling`` extract) keep ``q`` itself, a copy
     of the activation: ``a ⊙ g`` is then aggregated directly, which needs one
@@ -45,7 +45,7 @@ class ForwardRecord:
 
     q_stats: Stats
     groups: int
-    channels_last: bool = False
+    layout: Layout
     elementwise: bool = False
 
 
@@ -57,13 +57,15 @@ class Extract:
     def check_module(self, name: str, module: nn.Module | None) -> None:
         """Raise a clear error if this extract cannot be applied to ``module``."""
 
-    def forward_record(self, aggregate: str, module: nn.Module | None, inputs: tuple, output: Tensor, where: str) -> ForwardRecord:
+    def forward_record(
+        self, aggregate: str, module: nn.Module | None, inputs: tuple, output: Tensor, layout: Layout, where: str
+    ) -> ForwardRecord:
+        """Statistics of ``q`` from the layer's inputs and output, whose layout the engine decided."""
         raise NotImplementedError
 
     def saliency(self, aggregate: str, record: ForwardRecord, grad_output: Tensor, where: str) -> Tensor:
-        """The (N, 1, h, w) map from the forward record and ``g = ∂J/∂output``."""
-        to_nchw = channels_last_to_nchw if record.channels_last else activation_to_nchw
-        grad = to_nchw(grad_output, where)
+        """The (N, 1, h, w) map from the forward record and ``g = ∂J/∂output`` (same layout as the output)."""
+        grad = record.layout.to_nchw(grad_output)
         if record.elementwise:
             (activation,) = record.q_stats
             return vector_aggregate(aggregate, grad.to(activation.dtype) * activation)
@@ -80,17 +82,20 @@ class VirtualExtract(Extract):
     window: Window
     uses_activation: bool = True
 
-    def forward_record(self, aggregate: str, module: nn.Module | None, inputs: tuple, output: Tensor, where: str) -> ForwardRecord:
-        activation = activation_to_nchw(output, where)
+    def forward_record(
+        self, aggregate: str, module: nn.Module | None, inputs: tuple, output: Tensor, layout: Layout, where: str
+    ) -> ForwardRecord:
+        activation = layout.to_nchw(output)
         groups = activation.shape[1] if self.per_channel else 1
         if self.per_channel and self.window.is_identity:  # scaling: keep a copy of a, aggregate a ⊙ g later
-            return ForwardRecord((activation.to(working_dtype(activation), copy=True),), groups, elementwise=True)
+            copy = activation.untyped_storage().data_ptr() == output.untyped_storage().data_ptr()  # in-place layers may follow
+            return ForwardRecord((activation.to(working_dtype(activation), copy=copy),), groups, layout, elementwise=True)
         if self.uses_activation:
             q_stats = self.window.pool(channel_stats(activation, aggregate, groups), aggregate)
         else:  # the virtual bias multiplies a constant 1
             ones = torch.ones((activation.shape[0], 1, *activation.shape[2:]), dtype=working_dtype(activation), device=activation.device)
             q_stats = channel_stats(ones, aggregate, 1)
-        return ForwardRecord(q_stats, groups)
+        return ForwardRecord(q_stats, groups, layout)
 
 
 class LayerExtract(Extract):
@@ -106,17 +111,21 @@ class LayerExtract(Extract):
                 f"{name!r} is {kind}. Use a virtual extract ({', '.join(e for e in EXTRACTS if e != 'layer')}) there"
             )
 
-    def forward_record(self, aggregate: str, module: nn.Module | None, inputs: tuple, output: Tensor, where: str) -> ForwardRecord:
-        layer_input = inputs[0]
-        if isinstance(module, nn.Linear):
-            q = channels_last_to_nchw(layer_input, where)
-            return ForwardRecord(channel_stats(q, aggregate, 1), 1, channels_last=True)
+    def forward_record(
+        self, aggregate: str, module: nn.Module | None, inputs: tuple, output: Tensor, layout: Layout, where: str
+    ) -> ForwardRecord:
+        layer_input = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
+        if isinstance(module, nn.Linear):  # x and y share their positions: x is read in the layout of y
+            if layer_input is None or layer_input.shape[:-1] != output.shape[:-1]:
+                raise NormGradError(f"{where}: the Linear input does not have the positions of its output {tuple(output.shape)}")
+            return ForwardRecord(channel_stats(layout.to_nchw(layer_input), aggregate, 1), 1, layout)
         assert isinstance(module, nn.Conv2d)
-        if layer_input.dim() != 4:
-            raise NormGradError(f"{where}: Conv2d input of shape {tuple(layer_input.shape)} is not supported; expected (N, C, H, W)")
+        if layer_input is None or layer_input.dim() != 4 or layout.kind != "nchw":
+            shape = None if layer_input is None else tuple(layer_input.shape)
+            raise NormGradError(f"{where}: Conv2d input of shape {shape} is not supported; expected (N, C, H, W)")
         window = conv_window(module, tuple(layer_input.shape[-2:]), tuple(output.shape[-2:]))
         q_stats = window.pool(channel_stats(layer_input, aggregate, module.groups), aggregate)
-        return ForwardRecord(q_stats, module.groups)
+        return ForwardRecord(q_stats, module.groups, layout)
 
 
 _REGISTRY: dict[str, Extract] = {

@@ -46,6 +46,7 @@ from normgrad.gallery import pictures
 DISPLAY_SIDE = 512
 TOP_K = 5
 MAX_PHOTOS, MAX_RESULTS = 16, 32
+DEFAULT_METHOD = "default"  # normgrad explain's default (normgrad.defaults), where the model has one
 NAMED_METHODS = ("normgrad", "selective", "meta", "adversarial", "meta:selective", "gradcam", "gradient", "input_x_gradient",
                  "guided_backprop", "integrated_gradients", "center", "random")  # fmt: skip
 
@@ -90,6 +91,11 @@ class Explorer:
         self.layer_names = layer_names(loaded.model)
         with self.model_lock:
             self.default_layers = list(loaded.default_layers())
+            try:  # the default of `normgrad explain`: its layers, a method per layer, its input size
+                self.defaults = loaded.explain_defaults()
+            except NormGradError:  # e.g. a model without two usable layers: the other methods only
+                self.defaults = None
+        self.preprocess = self.defaults.preprocess if self.defaults is not None else loaded.preprocess
 
     # -- what the page needs first
 
@@ -100,7 +106,10 @@ class Explorer:
         return {
             "model": self.loaded.name,
             "classes": list(self.loaded.class_names),
-            "methods": list(NAMED_METHODS),
+            "methods": ([DEFAULT_METHOD] if self.defaults is not None else []) + list(NAMED_METHODS),
+            "explain_default": None
+            if self.defaults is None
+            else {"layers": list(self.defaults.layers), "methods": dict(self.defaults.methods), "text": self.defaults.describe()},
             "pairs": [f"{e}+{a}" for e in EXTRACTS for a in AGGREGATES],
             "inner_step": ["meta", "adversarial", "meta:selective"],
             "model_free": ["center", "random"],
@@ -128,7 +137,7 @@ class Explorer:
         return self.open_photo(images.load_image(self.listed[index]), self.listed_names[index])
 
     def open_photo(self, photo: Any, name: str) -> dict:
-        x = pipeline.prepare(photo, self.loaded.preprocess)
+        x = pipeline.prepare(photo, self.preprocess)
         with self.model_lock:
             prediction = pipeline.predict(self.loaded.model, x[None].to(self.device))
         if not prediction.finite(0):
@@ -187,7 +196,10 @@ class Explorer:
             if method.needs_model:
                 target = pipeline.resolve_target(target_option, self.loaded.class_names)
                 target = int(opened.prediction.classes[0]) if target is None else target
-                layers = pipeline.resolve_layers(self.loaded, layer_option, opened.x[None]) if method.uses_layers else None
+                if method.name == DEFAULT_METHOD and layer_option is None:
+                    layers = list(self.defaults.layers)
+                else:
+                    layers = pipeline.resolve_layers(self.loaded, layer_option, opened.x[None]) if method.uses_layers else None
                 x = opened.x[None].to(self.device)
                 maps = pipeline.run_method(method, self.loaded.model, x, torch.tensor([target], device=self.device), layers)
             else:
@@ -235,8 +247,12 @@ class Explorer:
     def _method(self, request: dict) -> Any:
         from normgrad.registry import get_method
 
-        name = _text(request, "method", "normgrad")
+        name = _text(request, "method", DEFAULT_METHOD if self.defaults is not None else "normgrad")
         lr, steps = request.get("lr"), request.get("steps")
+        if name == DEFAULT_METHOD and self.defaults is not None:
+            if lr is not None or steps is not None:
+                raise NormGradError("lr and steps only apply to meta/adversarial methods, not the default")
+            return self.defaults.method  # each layer with the default's method for it (selective for other layers)
         for key, value in (("lr", lr), ("steps", steps)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
                 raise NormGradError(f"{key} must be a finite number; got {value!r}")

@@ -43,7 +43,8 @@
     pairs.label = "extract + aggregate";
     info.pairs.forEach((name) => pairs.appendChild(option(name)));
     methods.appendChild(pairs);
-    info.default_layers.forEach((name) => addLayer(name, true));
+    layersFor(methods.value).forEach((name) => addLayer(name, true));
+    state.method = methods.value;
     info.layers.forEach((name) => $("layer-names").appendChild(option(name)));
     info.combine.forEach((name) => $("combine").appendChild(option(name)));
     $("lr").value = info.lr;
@@ -66,6 +67,19 @@
     box.addEventListener("change", later);
     label.append(box, document.createTextNode(" " + name));
     $("layers").appendChild(label);
+  }
+  // the default method (normgrad explain's) has layers of its own; every other method starts from the stage layers
+  const layersFor = (method) => (method === "default" && state.info.explain_default ? state.info.explain_default.layers : state.info.default_layers);
+  function selectLayers(names) {
+    for (const box of $("layers").querySelectorAll("input")) box.checked = names.includes(box.value);
+    names.forEach((name) => addLayer(name, true));
+  }
+  function methodChanged() {
+    const method = $("method").value;
+    if ((method === "default") !== (state.method === "default")) selectLayers(layersFor(method));
+    state.method = method;
+    updateControls();
+    explain();
   }
   const usesLayers = (method) => !state.info.input_level.includes(method);
   const innerStep = (method) => method.startsWith("meta") || method.startsWith("adversarial");
@@ -260,7 +274,7 @@
     for (const item of $("listed").options) item.hidden = !item.textContent.toLowerCase().includes(words);
   });
   $("target").addEventListener("change", explain);
-  $("method").addEventListener("change", () => { updateControls(); explain(); });
+  $("method").addEventListener("change", methodChanged);
   for (const id of ["combine", "lr", "steps"]) $(id).addEventListener("change", later);
   $("layer-add-button").addEventListener("click", () => {
     const name = $("layer-add").value.trim();

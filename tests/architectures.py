@@ -1,0 +1,120 @@
+"""The architecture zoo of the test matrix: torchvision and timm families, random weights, small inputs.
+
+Each entry builds a small member of a family (fewer blocks or channels where
+the family allows it, so that a CPU runs the whole matrix in minutes) and
+gives an input size — non-square wherever the model accepts it, so that a
+transposed grid cannot pass.  ``informative`` re-initialises what families
+initialise to zero or nearly (classifier heads, LayerScale gammas) so that
+the maps are not trivially zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import timm
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+from torchvision.models.maxvit import MaxVit
+from torchvision.models.swin_transformer import SwinTransformer
+from torchvision.models.vision_transformer import VisionTransformer
+
+NUM_CLASSES = 10
+
+
+@dataclass
+class Arch:
+    build: Callable[[], nn.Module]
+    size: tuple[int, int] = (64, 96)
+    target: Any = None  # None: the predicted class; a callable for dict outputs
+    unused_parameters: bool = False  # parameters the eval forward never uses (aux heads, caches)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def _timm(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
+    return lambda: timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES, **kwargs)
+
+
+def _segmentation_target(output: dict) -> torch.Tensor:
+    return output["out"][:, 1].mean((1, 2))
+
+
+ARCHITECTURES: dict[str, Arch] = {
+    # torchvision
+    "tv_resnet18": Arch(lambda: torchvision.models.resnet18(num_classes=NUM_CLASSES)),
+    "tv_regnet_y_400mf": Arch(lambda: torchvision.models.regnet_y_400mf(num_classes=NUM_CLASSES)),
+    "tv_densenet121": Arch(lambda: torchvision.models.densenet121(num_classes=NUM_CLASSES)),
+    "tv_mobilenet_v3_small": Arch(lambda: torchvision.models.mobilenet_v3_small(num_classes=NUM_CLASSES)),
+    "tv_googlenet_aux": Arch(
+        lambda: torchvision.models.googlenet(num_classes=NUM_CLASSES, aux_logits=True, init_weights=False), unused_parameters=True
+    ),
+    "tv_inception_v3_aux": Arch(
+        lambda: torchvision.models.inception_v3(num_classes=NUM_CLASSES, aux_logits=True, init_weights=False),
+        size=(96, 128),
+        unused_parameters=True,
+    ),
+    "tv_convnext": Arch(
+        lambda: ConvNeXt(
+            [CNBlockConfig(24, 48, 2), CNBlockConfig(48, 96, 2), CNBlockConfig(96, 192, 2), CNBlockConfig(192, None, 2)],
+            num_classes=NUM_CLASSES,
+        )
+    ),
+    "tv_swin": Arch(
+        lambda: SwinTransformer([4, 4], 24, [2, 2, 2, 2], [1, 2, 2, 4], [4, 4], stochastic_depth_prob=0.0, num_classes=NUM_CLASSES)
+    ),
+    "tv_vit": Arch(
+        lambda: VisionTransformer(image_size=64, patch_size=16, num_layers=4, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10),
+        size=(64, 64),  # torchvision's ViT takes its image_size only
+    ),
+    "tv_maxvit": Arch(
+        lambda: MaxVit((224, 224), 16, 7, [16, 32, 64, 128], [1, 1, 1, 1], head_dim=8, stochastic_depth_prob=0.0, num_classes=NUM_CLASSES),
+        size=(224, 224),  # every stage must be a multiple of the 7×7 partition
+    ),
+    "tv_lraspp_segmentation": Arch(
+        lambda: torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights_backbone=None, num_classes=5),
+        target=_segmentation_target,
+    ),
+    # timm
+    "timm_vit": Arch(_timm("vit_tiny_patch16_224", img_size=(64, 96), depth=5)),
+    "timm_deit_distilled": Arch(_timm("deit_tiny_distilled_patch16_224", img_size=(64, 96), depth=3)),
+    "timm_vit_registers": Arch(
+        _timm("vit_small_patch14_reg4_dinov2", img_size=(56, 84), depth=3, embed_dim=64, num_heads=2), size=(56, 84)
+    ),
+    "timm_eva02": Arch(_timm("eva02_tiny_patch14_224", img_size=(56, 84), depth=3), size=(56, 84)),
+    "timm_cait": Arch(_timm("cait_xxs24_224", img_size=(64, 96), depth=3)),
+    "timm_swin": Arch(
+        _timm("swin_tiny_patch4_window7_224", img_size=(64, 96), embed_dim=24, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=4)
+    ),
+    "timm_maxvit": Arch(_timm("test_maxvit", img_size=(64, 96))),
+    "timm_coatnet": Arch(_timm("test_coatnet", img_size=(64, 96))),
+    "timm_convnext": Arch(_timm("convnext_atto")),
+    "timm_efficientformer": Arch(_timm("efficientformer_l1"), size=(224, 224)),  # attention biases for 7×7
+    "timm_mobilevit": Arch(_timm("mobilevit_xxs")),
+    "timm_edgenext": Arch(_timm("edgenext_xx_small")),
+    "timm_poolformer": Arch(_timm("poolformerv2_s12")),
+    "timm_levit": Arch(_timm("levit_128s", img_size=(64, 96))),
+    "timm_mambaout": Arch(_timm("test_mambaout")),
+    "timm_pvt_v2": Arch(_timm("pvt_v2_b0")),
+}
+
+FAST = ("tv_swin", "timm_vit", "timm_levit")  # in the default run; the rest are marked slow
+
+
+def informative(model: nn.Module) -> nn.Module:
+    """Re-initialise what families set to zero (or 1e-5) at init, so that random-weight maps carry signal."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.rsplit(".", 1)[-1].startswith("gamma") or "layer_scale" in name:  # LayerScale: 1e-5 or 1e-6 at init
+                parameter.copy_(0.5 + torch.rand(parameter.shape, generator=generator))
+            elif parameter.dim() >= 2 and not parameter.any():  # a zero-initialised head or projection
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_var is not None:
+                module.running_mean.copy_(torch.rand(module.running_mean.shape, generator=generator) - 0.5)
+                module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=generator))
+    return model

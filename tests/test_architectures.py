@@ -1,0 +1,150 @@
+"""The architecture matrix: every method, at the default layers, on torchvision and timm families.
+
+Per architecture (random weights, a small non-square input where the model
+takes one): the default layers lie at more than one depth and never in the
+stem or inside attention; NormGrad, selective, ``extract="layer"`` (on every
+Conv2d and Linear: channels-last and token Linears included), a Unit target
+on a default layer, meta-saliency and Captum's LayerNormGrad give
+(N, 1, h, w) maps whose h × w is a grid of the input, oriented as the input
+(h < w for a wide input); a batch equals its images (float64, so that CPU
+rounding cannot flip a ReLU); the model is bitwise untouched; a layer
+without a map raises a NormGradError that says why and names one that has.
+
+Three cheap architectures run by default; the rest are marked ``slow``
+(``pytest -m slow``).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import normgrad as ng
+from architectures import ARCHITECTURES, FAST, informative
+from normgrad.captum import LayerNormGrad
+from normgrad.engine.layers import auto_layers, describe_layers
+from normgrad.engine.layouts import grid_fit
+from test_engine import assert_untouched, snapshot
+
+PARAMS = [pytest.param(name, marks=() if name in FAST else pytest.mark.slow) for name in ARCHITECTURES]
+
+
+@pytest.fixture(scope="module")
+def built() -> dict:
+    return {}
+
+
+def get(built: dict, name: str) -> tuple[nn.Module, torch.Tensor]:
+    if name not in built:
+        torch.manual_seed(0)
+        model = informative(ARCHITECTURES[name].build()).eval()
+        height, width = ARCHITECTURES[name].size
+        built[name] = (model, torch.randn(2, 3, height, width))
+    return built[name]
+
+
+def assert_maps_on_grid(maps: dict, x: torch.Tensor, where: str, model: nn.Module | None = None) -> None:
+    """(N, 1, h, w) maps on a grid of the input, oriented as the input (a convolution may lose a few more positions)."""
+    n, _, height, width = x.shape
+    modules = dict(model.named_modules()) if model is not None else {}
+    assert maps, where
+    for layer, saliency_map in maps.items():
+        assert saliency_map.dim() == 4 and saliency_map.shape[:2] == (n, 1), f"{where} {layer} {tuple(saliency_map.shape)}"
+        h, w = saliency_map.shape[-2:]
+        if isinstance(modules.get(layer), nn.Conv2d):
+            assert h <= height and w <= width, f"{where} {layer}: {h}×{w}"
+        else:
+            assert grid_fit(h, w, height, width, True), f"{where} {layer}: {h}×{w} is not a grid of {height}×{width}"
+        if height != width and h * w > 1:
+            assert (h <= w) == (height <= width), f"{where} {layer}: {h}×{w} is transposed for a {height}×{width} input"
+        assert torch.isfinite(saliency_map).all(), f"{where} {layer}"
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_every_method_on_the_default_layers(built, name):
+    arch = ARCHITECTURES[name]
+    model, x = get(built, name)
+    before = snapshot(model)
+    caches = {n: dict(m.attention_bias_cache) for n, m in model.named_modules() if hasattr(m, "attention_bias_cache")}
+    layers = auto_layers(model, x[:1])
+    assert len(layers) >= 2, layers
+    assert not any(part in layer for layer in layers for part in ("attn", "attention", "patch_embed", "stem")), layers
+
+    maps = ng.normgrad(model, x, arch.target, layers=layers)
+    assert list(maps) == layers
+    assert_maps_on_grid(maps, x, "normgrad")
+    assert all(m.abs().sum() > 0 for m in maps.values()), "uninformative maps"
+    assert_maps_on_grid(ng.normgrad_selective(model, x, arch.target, layers=layers), x, "selective")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # layers matched by type without a map are skipped with a warning
+        own = ng.normgrad(model, x, arch.target, layers=[nn.Conv2d, nn.Linear], extract="layer")
+    assert_maps_on_grid(own, x, "layer extract", model)
+    modules = dict(model.named_modules())
+    with_maps = [
+        i.name
+        for i in describe_layers(model, x[:1])
+        if i.calls == 1 and i.layout is not None and isinstance(modules.get(i.name), (nn.Conv2d, nn.Linear))
+    ]
+    assert sorted(own) == sorted(with_maps), "every Conv2d and Linear with a map is explained with its own weights"
+
+    unit = ng.normgrad(model, x, ng.Unit(layers[-1], 0, (0, 0)), layers=layers[0])
+    assert_maps_on_grid(unit, x, "unit target")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        meta = ng.meta_saliency(model, x, arch.target, lr=1e-2, layers=layers)
+    assert_maps_on_grid(meta, x, "meta")
+
+    module = dict(model.named_modules())[layers[0]]
+    attribution = LayerNormGrad(model, module).attribute(x, target=arch.target)
+    torch.testing.assert_close(attribution, maps[layers[0]], rtol=0, atol=0)
+    assert_untouched(model, before)
+    for module_name, cache in caches.items():  # timm's eval-mode bias caches: nothing of ours is left in them
+        assert dict(dict(model.named_modules())[module_name].attention_bias_cache).keys() == cache.keys()
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_a_batch_equals_its_images(built, name):
+    """In float64: CPU kernels may round a batch and a single image differently, which float32 ReLUs can amplify."""
+    arch = ARCHITECTURES[name]
+    model, x = get(built, name)
+    model, x = copy.deepcopy(model).double(), x.double()
+    layers = auto_layers(model, x[:1])
+    batch = ng.normgrad(model, x, arch.target, layers=layers)
+    for i in range(x.shape[0]):
+        alone = ng.normgrad(model, x[i : i + 1], arch.target, layers=layers)
+        for layer in layers:
+            scale = alone[layer].abs().max()
+            torch.testing.assert_close(batch[layer][i : i + 1], alone[layer], rtol=1e-5, atol=1e-6 * float(scale), msg=f"{name} {layer}")
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_layers_without_a_map_are_refused_with_a_reason(built, name):
+    model, x = get(built, name)
+    infos = describe_layers(model, x[:1])
+    without = [
+        i for i in infos if i.calls == 1 and i.output_shape and len(i.output_shape) > 2 and i.layout is None and i.note.startswith("no map")
+    ]
+    if not without:
+        pytest.skip("every layer of this architecture has a map")
+    info = without[0]
+    with pytest.raises(ng.NormGradError, match=r"(folds windows|not a grid|no map).*for example '[^']+'"):
+        ng.normgrad(model, x, ARCHITECTURES[name].target, layers=[info.name])
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_meta_saliency_with_unused_parameters(built, name):
+    arch = ARCHITECTURES[name]
+    if not arch.unused_parameters:
+        pytest.skip("every parameter takes part in the loss")
+    model, x = get(built, name)
+    layers = auto_layers(model, x[:1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # some parameters unused is not worth a warning; all unused would be
+        meta = ng.meta_saliency(model, x[:1], arch.target, lr=1e-2, layers=layers[-1:])
+    assert_maps_on_grid(meta, x[:1], "meta")
