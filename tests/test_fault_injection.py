@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from normgrad.cli import main
-from test_output_contract import FAST, SRC, assert_all_dead, children, picture
+from test_output_contract import FAST, SRC, assert_all_dead, children, picture, wait_for_children
 
 SIZES = [(48, 40), (40, 48), (56, 40), (48, 40), (40, 48), (64, 48)]
 
@@ -145,26 +145,31 @@ def test_killed_anywhere_then_resumed(tmp_path, where, nth, capsys):
     killed_at(tmp_path, where, nth, capsys)
 
 
-def random_kills(tmp_path: Path, seed: int, kills: int, capsys) -> None:
-    """Start with two workers, SIGKILL at a random moment once writing has begun, check no worker survives; repeat; resume."""
+def random_kills(tmp_path: Path, seed: int, kills: int, capsys, writers: int = 2) -> None:
+    """Start with two workers, SIGKILL at a random moment once writing has begun, check no worker survives; repeat; resume.
+
+    The model's batches are paced (the readers stay alive) and so is each image's rendering in the writer threads
+    (with ``writers`` ≥ 2, several images are being written when the kill comes)."""
     rng = random.Random(seed)
     folder, out = tmp_path / "photos", tmp_path / "out"
     expected = make_photos(folder)
     slow = textwrap.dedent("""
         import sys, time
         import normgrad.cli.explain as explain
-        original = explain._outputs
-        def paced(*args, **kwargs):
-            time.sleep(0.5)
-            return original(*args, **kwargs)
-        explain._outputs = paced
+        def paced(original, seconds):
+            def slowly(*args, **kwargs):
+                time.sleep(seconds)
+                return original(*args, **kwargs)
+            return slowly
+        explain._outputs = paced(explain._outputs, 0.5)
+        explain.pipeline.explain_batch = paced(explain.pipeline.explain_batch, 0.5)
         from normgrad.cli import main
         sys.exit(main(sys.argv[1:]))
     """)
     for k in range(kills):
-        flags = ["--resume"] if k else []
+        flags = ["--workers", "2", "--writers", str(writers), *(["--resume"] if k else [])]  # given last: they override FAST's
         process = subprocess.Popen(
-            [sys.executable, "-c", slow, *argv(folder, out, *flags)[:-4], "--workers", "2", "--batch-size", "2"],
+            [sys.executable, "-c", slow, *argv(folder, out, *flags)],
             env=environment(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -172,7 +177,7 @@ def random_kills(tmp_path: Path, seed: int, kills: int, capsys) -> None:
         deadline = time.time() + 300
         while time.time() < deadline and not list((out / ".normgrad" / "journal").glob("*.jsonl")) and process.poll() is None:
             time.sleep(0.02)
-        workers = children(process.pid)
+        workers = wait_for_children(process.pid, 2) if k == 0 else children(process.pid)  # the first run: readers started
         time.sleep(rng.uniform(0.0, 1.5))
         workers += children(process.pid)
         process.send_signal(signal.SIGKILL)
@@ -185,6 +190,11 @@ def random_kills(tmp_path: Path, seed: int, kills: int, capsys) -> None:
 
 def test_random_kills_then_resume(tmp_path, capsys):
     random_kills(tmp_path, seed=0, kills=2, capsys=capsys)
+
+
+def test_killed_while_writers_write_concurrently(tmp_path, capsys):
+    """Three writer threads, batches of 2 (so images of two batches are being written at once): killed mid-write, resumed."""
+    random_kills(tmp_path, seed=7, kills=3, capsys=capsys, writers=3)
 
 
 @pytest.mark.slow

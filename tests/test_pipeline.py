@@ -180,3 +180,65 @@ def test_captum_targets_follow_the_target_rules(loaded):
         captum_target(model, x, 7)
     with pytest.raises(ng.NormGradError, match="Unit targets"):
         captum_target(model, x, ng.Unit("features.3", 0))
+
+
+# ----------------------------------------------------------------------------- one pass per batch
+
+
+@pytest.mark.parametrize("name", ["normgrad", "selective", "scaling+sum", "conv3x3+max", "layered"])
+@pytest.mark.parametrize("target", [None, 3])
+def test_explain_batch_takes_predictions_from_the_engine_pass(loaded, name, target):
+    """Engine methods: maps bitwise those of predict → targets → method, predictions to float tolerance, one forward only."""
+    from normgrad.defaults import layered
+
+    layers = ["features.2", "features.7", "features.9"]
+    method = layered({"features.2": "selective", "features.9": "scaling+sum"}) if name == "layered" else get_method(name)
+    assert method.engine
+    x = torch.randn(4, 3, 24, 30)
+    calls = []
+    handle = loaded.model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        usable, prediction, targets, maps = pipeline.explain_batch(method, loaded.model, x, target, layers)
+    finally:
+        handle.remove()
+    assert len(calls) == (2 if name == "layered" else 1)  # the default's two methods: one pass each until the engine mixes them
+    expected_prediction = pipeline.predict(loaded.model, x)
+    expected_targets = pipeline.targets(target, expected_prediction)
+    expected = pipeline.run_method(method, loaded.model, x, expected_targets, layers)
+    assert usable == [0, 1, 2, 3] and torch.equal(targets, expected_targets)
+    torch.testing.assert_close(prediction.logits, expected_prediction.logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(prediction.probabilities, expected_prediction.probabilities, rtol=1e-5, atol=1e-7)
+    assert list(maps) == layers and all(torch.equal(maps[k], expected[k]) for k in layers)
+
+
+@pytest.mark.parametrize("name", ["selective", "gradient", "center"])
+def test_explain_batch_leaves_out_samples_with_non_finite_logits(loaded, name):
+    x = torch.randn(3, 3, 24, 30)
+    x[1] = float("nan")
+    usable, prediction, targets, maps = pipeline.explain_batch(get_method(name), loaded.model, x, None, ["features.7"])
+    assert usable == [0, 2] and prediction.logits.shape == (2, 7) and targets.shape == (2,)
+    if name == "center":
+        assert maps is None
+        return
+    expected = pipeline.run_method(get_method(name), loaded.model, x[[0, 2]], targets, ["features.7"])
+    for key in expected:
+        assert maps[key].shape[0] == 2 and torch.isfinite(maps[key]).all()
+        torch.testing.assert_close(maps[key], expected[key])
+
+
+def test_meta_keeps_the_original_models_prediction(loaded):
+    """Meta-saliency explains the class the *original* model predicts: its predictions come from a forward of its own."""
+    method = get_method("meta", lr=0.5)
+    assert not method.engine
+    x = torch.randn(2, 3, 24, 30)
+    _, prediction, targets, _ = pipeline.explain_batch(method, loaded.model, x, None, ["features.7"])
+    torch.testing.assert_close(prediction.logits, pipeline.predict(loaded.model, x).logits)
+    assert targets.tolist() == pipeline.predict(loaded.model, x).classes.tolist()
+
+
+def test_upsampling_a_batch_equals_each_image_alone():
+    maps = {"a": torch.rand(5, 1, 4, 5), "b": torch.rand(5, 1, 8, 10) - 0.5}
+    together = pipeline.to_image_size(maps, (37, 45), "product", layers=True)
+    for i in range(5):
+        alone = pipeline.to_image_size({k: m[i : i + 1] for k, m in maps.items()}, (37, 45), "product", layers=True)
+        assert all(torch.equal(together[k][i : i + 1], alone[k]) for k in alone)

@@ -105,7 +105,8 @@ def layered(methods: dict[str, str], fallback: str = FINE_METHOD) -> Method:
         return {name: maps[name] for name in names}
 
     title = " × ".join(dict.fromkeys(get_method(m).title for m in methods.values())) or get_method(fallback).title
-    return Method(NAME, function, True, title)
+    engine = all(get_method(m).engine for m in [*methods.values(), fallback])
+    return Method(NAME, function, True, title, engine=engine)
 
 
 def probe(model: nn.Module, example: Tensor) -> list[Stage]:

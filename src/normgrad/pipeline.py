@@ -5,6 +5,7 @@
     photo ──prepare──▶ x (3, H, W) ──predict──▶ Prediction: logits, probabilities, top-k
                                    ──targets──▶ (N,) class indices   ("auto" | index | class name)
     x, targets ──run_method──▶ {layer: (N, 1, h, w)}   detached float32 on the CPU
+    x, target ──explain_batch──▶ prediction, targets and maps of a batch; engine methods in one pass
                ──to_image_size──▶ {layer | "combined": (N, 1, H, W)}
 
 ``to_image_size(maps, size, combine, layers=...)``:
@@ -93,11 +94,70 @@ def predict(model: nn.Module, x: Tensor) -> Prediction:
     """The model's logits and softmax probabilities for ``x`` (eval mode, no gradient)."""
     with torch.no_grad(), eval_mode(model):
         logits = model(x)
+    return prediction_of(logits)
+
+
+def prediction_of(logits: Any) -> Prediction:
+    """A :class:`Prediction` from a model output, which must be class scores (N, K)."""
     if not isinstance(logits, Tensor) or logits.dim() != 2:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise NormGradError(f"the model must output class scores of shape (N, num_classes); got {shape}")
     logits = logits.detach().float().cpu()
     return Prediction(logits, logits.softmax(1))
+
+
+class ClassLogit:
+    """A callable target ``output -> (N,)``: the logit of ``target`` (``None``: each sample's predicted class).
+
+    It is the objective a class target gives (:class:`normgrad.targets.Objective`:
+    ``output.gather(1, classes)``, the same maps bitwise), and it keeps the
+    output it was given: the logits of the method's own forward pass, so that
+    no separate forward is needed for the predictions.
+    """
+
+    def __init__(self, target: int | None) -> None:
+        self.target = target
+        self.logits: Tensor | None = None
+        self.classes: Tensor | None = None
+
+    def __call__(self, output: Any) -> Tensor:
+        if self.logits is None:  # a method of several passes sees the same output each time
+            self.logits = prediction_of(output).logits
+        classes = class_indices(self.target, output)
+        self.classes = classes.detach().cpu()
+        return output.gather(1, classes[:, None])[:, 0]
+
+
+def explain_batch(
+    method: Any, model: nn.Module, x: Tensor, target: int | None, layers: Sequence[str] | None
+) -> tuple[list[int], Prediction, Tensor, dict[str, Tensor] | None]:
+    """One batch: ``(usable, prediction, targets, maps)`` for the samples whose logits are finite (``usable``).
+
+    Engine methods (``method.engine``) take the predictions from the logits
+    of their own pass: one forward and one backward in all.  Other methods
+    (Captum baselines, meta-saliency, whose objective is read off the
+    original model) are preceded by a no-gradient forward, and run on the
+    usable samples only.  ``prediction`` and ``targets`` cover the usable
+    samples; ``maps`` is ``None`` for model-free methods.
+    """
+    if getattr(method, "engine", False):
+        objective = ClassLogit(target)
+        maps = run_method(method, model, x, objective, layers)
+        assert objective.logits is not None and objective.classes is not None
+        prediction, classes = prediction_of(objective.logits), objective.classes
+        usable = [i for i in range(x.shape[0]) if prediction.finite(i)]
+        if len(usable) < x.shape[0]:
+            prediction = Prediction(prediction.logits[usable], prediction.probabilities[usable])
+            classes, maps = classes[usable], {name: m[usable] for name, m in maps.items()}
+        return usable, prediction, classes, maps
+    prediction = predict(model, x)
+    usable = [i for i in range(x.shape[0]) if prediction.finite(i)]
+    if len(usable) < x.shape[0]:
+        x, prediction = x[usable], Prediction(prediction.logits[usable], prediction.probabilities[usable])
+    classes = targets(target, prediction)
+    if not usable or not method.needs_model:
+        return usable, prediction, classes, None
+    return usable, prediction, classes, run_method(method, model, x, classes.to(x.device), layers)
 
 
 def parse_target(option: TargetOption) -> TargetOption:

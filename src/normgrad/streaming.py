@@ -11,7 +11,11 @@
   with NaN/inf pixels become error items (see :mod:`normgrad.images`);
   workers die with the process that started them (Linux: ``PR_SET_PDEATHSIG``);
 * images of equal preprocessed size are batched, at most ``4 × batch_size``
-  waiting in memory (:func:`batches`);
+  waiting in memory (:func:`batches`); on CUDA a batch is stacked into
+  pinned memory and copied without blocking (:func:`to_device`);
+* outputs are encoded and written by background threads (:class:`Writer`:
+  PNG and zlib encoding and file writes release the GIL), results handed
+  back in submission order, at most ``limit`` waiting;
 * under ``torchrun --nproc-per-node N`` (gloo on CPU, NCCL on GPUs) image
   ``i`` goes to rank ``i mod N`` (:class:`Shard`); rank 0 plans and merges.
 """
@@ -22,7 +26,9 @@ import os
 import re
 import signal
 import sys
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -258,6 +264,59 @@ def loader(entries: list[tuple[int, Path, str]], preprocess: Callable, workers: 
 
 def _as_is(item: Item) -> Item:
     return item
+
+
+def to_device(tensors: list[torch.Tensor], device: str | torch.device) -> torch.Tensor:
+    """Stack (C, H, W) tensors into one batch on ``device``; for CUDA through pinned memory, copied without blocking."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return torch.stack(tensors).to(device)
+    pinned = torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype, pin_memory=True)
+    torch.stack(tensors, out=pinned)
+    return pinned.to(device, non_blocking=True)  # torch's caching host allocator keeps `pinned` until the copy is done
+
+
+class Writer:
+    """Runs tasks on ``threads`` background threads (0: at once, in the caller); at most ``limit`` wait.
+
+    ``submit`` and ``drain`` return the finished tasks' futures in submission
+    order (``future.result()`` re-raises a task's exception), so the caller
+    handles results, progress and failures in its own thread.  ``close``
+    waits for the running tasks and cancels the waiting ones: an image is
+    either written completely by its task or not started.
+    """
+
+    def __init__(self, threads: int, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="normgrad-writer") if threads > 0 else None
+        self._pending: deque[Future] = deque()
+
+    def submit(self, task: Callable[..., Any], *args: Any) -> list[Future]:
+        if self._pool is None:
+            future: Future = Future()
+            try:
+                future.set_result(task(*args))
+            except BaseException as error:  # handed to the caller by result()
+                future.set_exception(error)
+            return [future]
+        self._pending.append(self._pool.submit(task, *args))
+        finished = []
+        while self._pending and (len(self._pending) > self.limit or self._pending[0].done()):
+            finished.append(self._pending.popleft())
+        return finished
+
+    def drain(self) -> list[Future]:
+        """Every remaining task, finished, in submission order."""
+        finished = list(self._pending)
+        self._pending.clear()
+        for future in finished:
+            future.exception()  # waits
+        return finished
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pending.clear()
 
 
 @dataclass

@@ -2,15 +2,32 @@
 
 Maps are (H, W) arrays or (1, 1, H, W) / (1, H, W) tensors; they are
 min-max normalised for display and resized to the image if needed.
+
+:func:`overlay` is on ``normgrad explain``'s hot path, so it needs no
+matplotlib: colours come from a 256-entry uint8 lookup table, built exactly
+as matplotlib samples a colormap (``jet`` from its segment data here, any
+other name from matplotlib once), and the blend is integer arithmetic when
+``alpha = 0.5``.  The pixels equal matplotlib's ``colormaps[cmap]`` followed
+by the float blend (tested).
 """
 
 from __future__ import annotations
 
+import math
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import Tensor
+
+COLOURS = 256  # matplotlib's default colormap resolution
+# matplotlib's "jet" (matplotlib/_cm.py): per channel, (x, value) points of a piecewise linear function of [0, 1]
+_JET = {
+    "red": ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
+    "green": ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
+    "blue": ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
+}
 
 
 def as_plane(saliency_map: Any, dtype: Any = np.float32) -> np.ndarray:
@@ -23,11 +40,6 @@ def as_plane(saliency_map: Any, dtype: Any = np.float32) -> np.ndarray:
     return array
 
 
-def _normalised(array: np.ndarray) -> np.ndarray:
-    low, high = float(array.min()), float(array.max())
-    return (array - low) / max(high - low, 1e-12)
-
-
 def _resized(array: np.ndarray, width: int, height: int) -> np.ndarray:
     if array.shape == (height, width):
         return array
@@ -36,23 +48,76 @@ def _resized(array: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(array.astype(np.float32), mode="F").resize((width, height), Image.Resampling.BILINEAR))
 
 
-def colorize(saliency_map: Any, cmap: str = "jet") -> np.ndarray:
-    """(H, W) map → (H, W, 3) uint8 colours, normalised to [0, 1] first."""
-    from matplotlib import colormaps
+def _segment_table(points: tuple[tuple[float, float], ...], n: int = COLOURS) -> np.ndarray:
+    """A piecewise linear channel sampled at ``n`` points, as matplotlib's ``_create_lookup_table`` does (continuous segments)."""
+    x = np.array([p[0] for p in points]) * (n - 1)
+    y = np.array([p[1] for p in points])
+    samples = (n - 1) * np.linspace(0, 1, n)
+    ind = np.searchsorted(x, samples)[1:-1]
+    distance = (samples[1:-1] - x[ind - 1]) / (x[ind] - x[ind - 1])
+    return np.clip(np.concatenate([[y[0]], distance * (y[ind] - y[ind - 1]) + y[ind - 1], [y[-1]]]), 0.0, 1.0)
 
-    rgba = colormaps[cmap](_normalised(as_plane(saliency_map)))
-    return (rgba[..., :3] * 255).astype(np.uint8)
+
+@lru_cache(maxsize=16)
+def colour_table(cmap: str = "jet") -> np.ndarray:
+    """The (256, 3) uint8 colours of a colormap: entry ``i`` is ``(colormaps[cmap](i / 256)[:3] * 255).astype(uint8)``."""
+    if cmap == "jet":
+        rgb = np.stack([_segment_table(_JET[channel]) for channel in ("red", "green", "blue")], axis=1)
+    else:
+        from matplotlib import colormaps
+
+        rgb = colormaps[cmap].resampled(COLOURS)(np.arange(COLOURS))[:, :3]
+    table = (rgb * 255).astype(np.uint8)
+    table.flags.writeable = False
+    return table
+
+
+def colour_indices(normalised: np.ndarray) -> np.ndarray:
+    """Table indices of values in [0, 1], as matplotlib's colormap call computes them: ``int(x · 256)``, 1.0 → 255."""
+    scaled = np.multiply(normalised, COLOURS, dtype=normalised.dtype)
+    scaled[scaled == COLOURS] = COLOURS - 1
+    return np.clip(scaled, 0, COLOURS - 1).astype(np.intp)
+
+
+def colorize(saliency_map: Any, cmap: str = "jet") -> np.ndarray:
+    """(H, W) map → (H, W, 3) uint8 colours, normalised to [0, 1] first (a lookup table; no matplotlib for ``jet``).
+
+    NaN values are black, as matplotlib draws them.
+    """
+    plane = as_plane(saliency_map)
+    low, high = float(plane.min()), float(plane.max())
+    normalised = (plane - low) / max(high - low, 1e-12)
+    if math.isfinite(low) and math.isfinite(high):
+        return colour_table(cmap)[colour_indices(normalised)]
+    bad = np.isnan(normalised)
+    colours = colour_table(cmap)[colour_indices(np.where(bad, 0, normalised))]
+    colours[bad] = 0
+    return colours
+
+
+def overlay_array(base: np.ndarray, saliency_map: Any, *, cmap: str = "jet", alpha: float = 0.5) -> np.ndarray:
+    """The blend ``(1 − alpha)·base + alpha·colours`` of an (H, W, 3) uint8 image and a map, truncated to uint8.
+
+    ``alpha = 0.5`` is exact in integers: ``(base + colours) >> 1``; other
+    values blend in float32 as before.
+    """
+    height, width = base.shape[:2]
+    colours = colorize(_resized(as_plane(saliency_map), width, height), cmap)
+    if alpha == 0.5:
+        blended = base.astype(np.uint16)
+        blended += colours
+        blended >>= 1
+        return blended.astype(np.uint8)
+    mixed = (1 - alpha) * base.astype(np.float32) + alpha * colours.astype(np.float32)
+    return np.clip(mixed, 0, 255).astype(np.uint8)
 
 
 def overlay(image: Any, saliency_map: Any, *, cmap: str = "jet", alpha: float = 0.5) -> Any:
     """The map blended over the image, at the image's own pixel size (a ``PIL.Image``)."""
     from PIL import Image
 
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    height, width = base.shape[:2]
-    colours = colorize(_resized(as_plane(saliency_map), width, height), cmap).astype(np.float32)
-    blended = (1 - alpha) * base + alpha * colours
-    return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
+    base = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    return Image.fromarray(overlay_array(base, saliency_map, cmap=cmap, alpha=alpha))
 
 
 def _pyplot() -> Any:

@@ -18,8 +18,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from normgrad import pipeline, streaming
 from normgrad.cli.common import (
     DEFAULT_LR,
@@ -65,6 +63,7 @@ the same settings and redoes changed inputs, failed images and missing or trunca
 
 
 MIN_SIZE = 16  # the smallest --size: below it most models have no spatial map left
+WRITERS = 2  # background writer threads (docs/benchmarks.md, "explain throughput")
 
 
 class Quiet(Exception):
@@ -110,6 +109,20 @@ def add_parser(subparsers: Any) -> None:
         "--save-layers", action="store_true", help="also write each layer's map (<name>_<layer>.png/.npy) besides the combined one"
     )
     parser.add_argument("--no-gallery", action="store_true", help="do not write the gallery (OUT/index.html and OUT/gallery/)")
+    parser.add_argument(
+        "--writers",
+        type=non_negative_int,
+        default=WRITERS,
+        help=f"background threads rendering, encoding and writing outputs (default: {WRITERS}; 0: none)",
+    )
+    parser.add_argument("--no-overlay", action="store_true", help="do not write the .png overlays")
+    parser.add_argument("--no-npy", action="store_true", help="do not write the .npy maps")
+    parser.add_argument(
+        "--map-dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="number type of the .npy maps (default: float32); float16 halves them, for combined maps in [0, 1] only",
+    )
     parser.add_argument("--resume", action="store_true", help="continue: skip images already explained in --out with the same settings")
     parser.add_argument(
         "--overwrite",
@@ -145,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         layer_names = parse_layers(args.layers)
         target_option = pipeline.parse_target(args.target)
         _check_save_layers(args, method)
+        check_output_options(args)
         precheck_out(args.out)
     except NormGradError:
         if not rank0:
@@ -202,7 +216,7 @@ def _explain(args: argparse.Namespace, method: Any, layer_names: list[str] | Non
             store.close()
     entries = [manifest.entries.get(name, {"status": "missing"}) for name in [w.name for w in plan.work] + plan.done]
     bad = sum(e.get("status") != "ok" for e in entries) + len(plan.skipped)
-    _print_table([e for e in entries if e.get("status") == "ok"], args.out, len(plan.done))
+    _print_table([e for e in entries if e.get("status") == "ok"], args.out, len(plan.done), args)
     if gallery is not None:
         print(f"gallery: {args.out / 'index.html'} (open it in a browser)")
     if bad and shard.distributed:
@@ -239,13 +253,15 @@ def _plan(args: argparse.Namespace, method: Any, loaded: Any, layer_names: list[
         "lr": (DEFAULT_LR if args.lr is None else args.lr) if method.inner_step else None,
         "steps": (DEFAULT_STEPS if args.steps is None else args.steps) if method.inner_step else None,
         **({"save_layers": True} if args.save_layers else {}),  # absent unless given: records of earlier versions still match
+        **output_settings(args),
     }
     per_layer = _per_layer(args, method, layers)
+    suffixes = output_suffixes(args)
 
     def files_of(name: str) -> list[str]:
         stems = [f"{name}_{layer}" for layer in layers] if per_layer else [name]
         stems += [f"{name}_{layer}" for layer in layers] if args.save_layers else []
-        return [f"{stem}{suffix}" for stem in stems for suffix in (".png", ".npy")]
+        return [f"{stem}{suffix}" for stem in stems for suffix in suffixes]
 
     store = OutputStore(args.out, new_run_id())
     try:
@@ -266,6 +282,37 @@ def input_preprocess(loaded: Any, size: int | None) -> Any:
             raise NormGradError(f"--size does not apply to {loaded.name}: its input size is fixed, {fixed[0]}x{fixed[1]}; drop --size")
         return replace(loaded.preprocess, size=size, max_size=None)
     return loaded.explain_defaults().preprocess
+
+
+def check_output_options(args: argparse.Namespace) -> None:
+    """Something must be written; float16 maps only where the map is a combination in [0, 1] (raw maps could overflow)."""
+    if args.no_overlay and args.no_npy:
+        raise NormGradError("--no-overlay with --no-npy leaves nothing to write; drop one of them")
+    if args.no_npy and args.map_dtype != "float32":
+        raise NormGradError("--map-dtype sets the .npy maps' type, but --no-npy writes none; drop one of them")
+    if args.map_dtype == "float16" and args.save_layers:
+        raise NormGradError(
+            "--map-dtype float16 is for combined maps, which lie in [0, 1]; the layer maps of --save-layers are raw "
+            "(they can exceed float16's range or precision): use float32 or drop --save-layers"
+        )
+    if args.map_dtype == "float16" and args.combine == "none":
+        raise NormGradError(
+            "--map-dtype float16 is for combined maps, which lie in [0, 1] (--combine product, geometric or sum); "
+            "raw maps (--combine none) can exceed float16's range or precision: use float32"
+        )
+
+
+def output_settings(args: argparse.Namespace) -> dict:
+    """The output options that differ from the defaults (absent when default: records of earlier runs still match)."""
+    return {
+        **({"overlay": False} if args.no_overlay else {}),
+        **({"npy": False} if args.no_npy else {}),
+        **({"map_dtype": args.map_dtype} if args.map_dtype != "float32" else {}),
+    }
+
+
+def output_suffixes(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(suffix for suffix, off in ((".png", args.no_overlay), (".npy", args.no_npy)) if not off)
 
 
 def check_default_options(args: argparse.Namespace) -> None:
@@ -300,7 +347,13 @@ def _per_layer(args: argparse.Namespace, method: Any, layers: list[str] | None) 
 
 def _explain_share(args: argparse.Namespace, method: Any, loaded: Any, setup: Setup, store: OutputStore, mine: list, shard: Any,
                    gallery: Gallery | None) -> None:  # fmt: skip
-    """Explain this rank's images, writing each one's files and record as soon as its batch is done."""
+    """Explain this rank's images, writing each one's files and record as soon as its batch is done.
+
+    The main thread runs the model and brings the maps to each photo's size;
+    ``--writers`` background threads render, encode and write them and add them
+    to the gallery (:class:`~normgrad.streaming.Writer`), while ``--workers``
+    processes read the next images.
+    """
     run = setup.plan.run
     store.journal.append(
         {"type": "run", "run": run, "rank": shard.rank, "world": shard.world, "settings": setup.settings, "started": _now()}
@@ -317,63 +370,100 @@ def _explain_share(args: argparse.Namespace, method: Any, loaded: Any, setup: Se
             gallery.fail(record)
         progress.update(1)
 
+    def finished(futures: list) -> None:
+        for future in futures:
+            item, error = future.result()  # a StoreError stops the run
+            if error is None:
+                progress.update(1)
+            else:
+                fail(item, error)
+
+    writer = streaming.Writer(args.writers, limit=2 * args.batch_size)
     try:
         entries = [(w.index, Path(w.path), w.name) for w in mine]
         items = streaming.loader(entries, setup.preprocess, args.workers)
         for batch in streaming.batches(items, args.batch_size, lambda item: fail(item, item.error)):
-            x = torch.stack([item.tensor for item in batch]).to(args.device)
-            prediction = pipeline.predict(loaded.model, x)
-            usable = [i for i in range(len(batch)) if prediction.finite(i)]
-            for i in set(range(len(batch))) - set(usable):
+            x = streaming.to_device([item.tensor for item in batch], args.device)
+            usable, prediction, targets, maps = pipeline.explain_batch(method, loaded.model, x, setup.target, setup.layers)
+            for i in sorted(set(range(len(batch))) - set(usable)):
                 fail(batch[i], "the model's output is NaN or infinite for this image")
-            if not usable:
-                continue
-            if len(usable) < len(batch):
-                batch, x = [batch[i] for i in usable], x[usable]
-                prediction = pipeline.Prediction(prediction.logits[usable], prediction.probabilities[usable])
-            targets = pipeline.targets(setup.target, prediction)
-            maps = pipeline.run_method(method, loaded.model, x, targets.to(args.device), setup.layers) if method.needs_model else None
-            for i, item in enumerate(batch):
-                try:
-                    files, record = _outputs(
-                        args, method, loaded, setup, work[item.index], item, maps, i, prediction, int(targets[i]), shard.rank
-                    )
-                    store.save(work[item.index], files, record)
-                except StoreError:
-                    raise
-                except ValueError as error:  # a NormGradError (refused map, file in the way) or a value strict JSON refuses
-                    fail(item, str(error))
+            batch = [batch[i] for i in usable]
+            for i, (item, planes) in enumerate(zip(batch, _at_image_size(args, method, setup, batch, maps))):
+                if isinstance(planes, str):
+                    fail(item, planes)
                     continue
-                if gallery is not None:
-                    gallery.add(record, item.photo, files)
-                progress.update(1)
+                task = (args, loaded, setup, work[item.index], item, planes, prediction, i, int(targets[i]), shard.rank, store, gallery)
+                finished(writer.submit(_write, *task))
             if gallery is not None:
-                gallery.flush()  # the page shows the batch: the open chunk and the index, whatever the total
+                gallery.flush()  # the page shows what is written: the open chunk and the index, whatever the total
+        finished(writer.drain())
+        if gallery is not None:
+            gallery.flush()
     finally:
+        writer.close()
         progress.close()
         store.journal.close()
 
 
-def _outputs(args: argparse.Namespace, method: Any, loaded: Any, setup: Setup, work: Any, item: Any, maps: dict | None, i: int,
-             prediction: Any, target: int, rank: int) -> tuple[dict[str, bytes], dict]:  # fmt: skip
-    """One image's files (``.npy`` map and ``.png`` overlay per output, at the photo's size) and its record."""
-    import normgrad as ng
-
-    width, height = item.photo.size
-    own = {name: m[i : i + 1] for name, m in maps.items()} if maps is not None else pipeline.model_free_maps(method, 1, (height, width))
+def _at_image_size(args: argparse.Namespace, method: Any, setup: Setup, batch: list, maps: dict | None) -> list[dict | str]:
+    """Per image: ``{output: (H, W) float32 array}`` at the photo's size — the combined map first, then each layer's
+    with ``--save-layers``; one output per layer with ``--combine none`` — or why it is refused (a NaN map).
+    Images of the same size are upsampled and combined together."""
     per_layer = _per_layer(args, method, setup.layers)
     mode = args.combine if args.combine != "none" else ("none" if per_layer else "raw")
-    at_size = pipeline.to_image_size(own, (height, width), mode, layers=per_layer or args.save_layers)
-    pipeline.check_finite(at_size)
-    outputs = list(at_size.items()) if per_layer else [("combined", at_size.pop(pipeline.COMBINED)), *at_size.items()]
+    sizes = [(item.photo.size[1], item.photo.size[0]) for item in batch]
+    results: list[dict | str] = [""] * len(batch)
+    for size in dict.fromkeys(sizes):
+        group = [i for i, s in enumerate(sizes) if s == size]
+        if maps is not None:
+            own = {name: m[group] for name, m in maps.items()}
+        else:  # a model-free method, defined on the original image (each image's map is that of an image alone)
+            own = {name: m.expand(len(group), -1, -1, -1) for name, m in pipeline.model_free_maps(method, 1, size).items()}
+        at_size = pipeline.to_image_size(own, size, mode, layers=per_layer or args.save_layers)
+        outputs = list(at_size) if per_layer else [pipeline.COMBINED, *(name for name in at_size if name != pipeline.COMBINED)]
+        for k, i in enumerate(group):
+            try:
+                pipeline.check_finite({name: at_size[name][k] for name in outputs})
+            except NormGradError as error:
+                results[i] = str(error)
+                continue
+            results[i] = {name: at_size[name][k, 0].numpy() for name in outputs}
+    return results
+
+
+def _write(args: argparse.Namespace, loaded: Any, setup: Setup, work: Any, item: Any, planes: dict, prediction: Any, i: int,
+           target: int, rank: int, store: OutputStore, gallery: Gallery | None) -> tuple[Any, str | None]:  # fmt: skip
+    """A writer thread: one image's files and record, committed by the store, then its gallery pictures;
+    ``(item, None)`` or ``(item, why it was skipped)``."""
+    try:
+        files, record = _outputs(args, loaded, setup, work, item, planes, prediction, i, target, rank)
+        store.save(work, files, record)
+    except StoreError:
+        raise
+    except ValueError as error:  # a NormGradError (file in the way) or a value strict JSON refuses
+        return item, str(error)
+    if gallery is not None:
+        gallery.add(record, item.photo, planes)
+    return item, None
+
+
+def _outputs(args: argparse.Namespace, loaded: Any, setup: Setup, work: Any, item: Any, planes: dict, prediction: Any, i: int,
+             target: int, rank: int) -> tuple[dict[str, bytes], dict]:  # fmt: skip
+    """One image's files (``.png`` overlay and ``.npy`` map per output, at the photo's size) and its record."""
+    from normgrad.viz import overlay
+
+    width, height = item.photo.size
     files, listed = {}, []
-    for layer, saliency_map in outputs:
-        stem = f"{work.name}_{layer}" if per_layer or layer != "combined" else work.name
-        plane = saliency_map[0, 0].numpy().astype("float32")
-        files[f"{stem}.npy"] = encode_npy(plane)
-        files[f"{stem}.png"] = encode_png(ng.viz.overlay(item.photo, plane))
-        listed.append({"layer": layer, "png": f"{stem}.png", "npy": f"{stem}.npy",
-                       "png_bytes": len(files[f"{stem}.png"]), "npy_bytes": len(files[f"{stem}.npy"])})  # fmt: skip
+    for layer, plane in planes.items():
+        stem = work.name if layer == pipeline.COMBINED else f"{work.name}_{layer}"
+        entry: dict[str, Any] = {"layer": layer}
+        if not args.no_overlay:
+            files[f"{stem}.png"] = encode_png(overlay(item.photo, plane))
+            entry |= {"png": f"{stem}.png", "png_bytes": len(files[f"{stem}.png"])}
+        if not args.no_npy:
+            files[f"{stem}.npy"] = encode_npy(plane if plane.dtype == args.map_dtype else plane.astype(args.map_dtype))
+            entry |= {"npy": f"{stem}.npy", "npy_bytes": len(files[f"{stem}.npy"])}
+        listed.append(entry)
     record = {
         "type": "image",
         "run": setup.plan.run,
@@ -391,17 +481,18 @@ def _outputs(args: argparse.Namespace, method: Any, loaded: Any, setup: Setup, w
     return files, record
 
 
-def _print_table(records: list[dict], out: Path, already: int) -> None:
+def _print_table(records: list[dict], out: Path, already: int, args: argparse.Namespace) -> None:
     width = max([len(Path(r["image"]).name) for r in records] + [5])
     print(f"{'image':{width}s}  {'prediction':28s} {'p':>6s}  {'explained':24s}  output")
     for r in records:
         best = r["predictions"][0] if r["predictions"] else r["target"]
         print(
             f"{Path(r['image']).name:{width}s}  {best['name'][:28]:28s} {best['probability']:6.1%}  "
-            f"{r['target']['name'][:24]:24s}  {out / r['outputs'][0]['png']}"
+            f"{r['target']['name'][:24]:24s}  {out / (r['outputs'][0].get('png') or r['outputs'][0]['npy'])}"
         )
     earlier = f", {already} of them done earlier" if already else ""
-    print(f"explained {len(records)} image(s) into {out}/{earlier} (PNG overlays, float32 .npy maps, summary.json)")
+    written = [*([] if args.no_overlay else ["PNG overlays"]), *([] if args.no_npy else [f"{args.map_dtype} .npy maps"]), "summary.json"]
+    print(f"explained {len(records)} image(s) into {out}/{earlier} ({', '.join(written)})")
 
 
 def _now() -> str:

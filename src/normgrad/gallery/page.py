@@ -93,7 +93,12 @@ def item(entry: dict, settings: dict | None, status: str, pictures_found: set[st
         "photo": where["photo"] if original else where["overlay_photo"],
         "original": original,
         "maps": [
-            {"layer": o.get("layer", "combined"), "view": view, "png": _url(o["png"]), "npy": _url(o["npy"])}
+            {
+                "layer": o.get("layer", "combined"),
+                "view": view,
+                "png": _url(o["png"]) if "png" in o else None,
+                "npy": _url(o["npy"]) if "npy" in o else None,
+            }
             for o, view in zip(outputs, where["maps"])
         ],  # fmt: skip
         "predictions": entry.get("predictions", []),
@@ -178,10 +183,12 @@ class Gallery:
 
     # -- as results arrive
 
-    def add(self, record: dict, photo: Any, files: dict[str, bytes]) -> None:
-        """One finished image (its journal record and the files explain wrote): make its pictures, queue its item."""
+    def add(self, record: dict, photo: Any, planes: dict[str, np.ndarray]) -> None:
+        """One finished image (its journal record and its ``{layer: (H, W) map}`` as written): make its pictures, queue its item.
+
+        Safe to call from several writer threads at once (each image's pictures are its own files)."""
         shown = item(record, self._settings.get(record.get("run")), "ok")
-        planes = [np.load(io.BytesIO(files[o["npy"]]), allow_pickle=False) for o in _ordered(record)]
+        planes = [planes[o.get("layer", "combined")] for o in _ordered(record)]
         try:
             self._write_pictures(shown, pictures.render(photo, planes))
         except OutputConflict as error:
@@ -261,7 +268,7 @@ class Gallery:
         for entry in progress(missing) if progress and missing else missing:
             try:
                 photo, original = self._source(entry)
-                planes = [self._plane(o["npy"]) for o in _ordered(entry)]
+                planes = [self._plane(o.get("npy")) for o in _ordered(entry)]
                 shown = item(entry, None, "ok")
                 if not original:
                     shown["photo"] = pictures.paths(shown["id"], 0)["overlay_photo"]
@@ -279,12 +286,15 @@ class Gallery:
         path = entry.get("image")
         if path and entry.get("input") and identity(path) == entry["input"]:
             return load_image(path), True
-        overlay = self.store.read(_ordered(entry)[0]["png"], limit=MAX_MAP_BYTES)
+        written = _ordered(entry)[0].get("png")  # None: written with --no-overlay
+        overlay = self.store.read(written, limit=MAX_MAP_BYTES) if written else None
         if overlay is None:
             raise NormGradError("neither the input nor its overlay can be read")
         return to_rgb(Image.open(io.BytesIO(overlay))), False
 
-    def _plane(self, relative: str) -> np.ndarray:
+    def _plane(self, relative: str | None) -> np.ndarray:
+        if relative is None:
+            raise NormGradError("its maps were not written (--no-npy)")
         data = self.store.read(relative, limit=MAX_MAP_BYTES)
         if data is None:
             raise NormGradError(f"{relative} is missing")

@@ -276,6 +276,7 @@
       const line = document.createElement("div");
       line.appendChild(document.createTextNode(m.layer + ": "));
       for (const [label, href] of [["overlay PNG", m.png], ["map NPY", m.npy]]) {
+        if (!href) continue;  // not written (--no-overlay, --no-npy)
         const link = text("a", "", label);
         link.setAttribute("href", href);
         link.setAttribute("download", "");

@@ -1,0 +1,470 @@
+"""``normgrad explain`` end to end: throughput against the engine alone, start-up, per-stage costs, PNG compression.
+
+1. **Photos**: ``--count`` real photos of ``--photo-size`` (400×300), JPEG
+   quality 90, cropped from the packaged photos of the grid benchmark
+   (``make benchmark-photos``; scikit-image's bundled photos otherwise),
+   several crops per photo, each file different.
+2. **Throughput** (interleaved rounds of subprocesses, as a user runs them):
+   ``normgrad explain FOLDER --batch-size B`` (all photos) and the same with
+   one photo; the steady state per image is ``(T_all − T_one) / (count − 1)``.
+   The engine alone: a process that preprocesses the same photos with the
+   same preprocessing, forms the same batches, and times the engine call
+   explain makes (same method, layers and target rule) on them, per image.
+   Ratio = engine per image / explain per image (1.0: explain costs nothing
+   beyond the saliency).  Variants: the output options and thread counts.
+3. **Start-up**: ``python -c "import torch"``, the floor ``import torch`` +
+   model load (one process), ``normgrad --help``, an argument error, and a
+   one-photo ``normgrad explain``.
+4. **Per-stage costs** in this process, per image: CPU milliseconds of each
+   stage run alone on one thread (the engine: wall time with all threads).
+5. **PNG compression**: encode time and size of the overlays per zlib level
+   and strategy (Pillow).
+
+Usage: ``python benchmarks/bench_explain.py [--quick] [--device cuda] [--out docs]``; writes
+``OUT/benchmarks-explain.md`` and ``.json`` and the end-to-end section of ``OUT/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from measure import load_average, machine, write_section  # noqa: E402
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PHOTO_SIZE = (400, 300)
+VARIANTS = {  # name -> extra explain flags, measured once per round after the main configuration
+    "--no-overlay": ["--no-overlay"],
+    "--no-npy": ["--no-npy"],
+    "--map-dtype float16": ["--map-dtype", "float16"],
+    "--writers 0 (writing in the main thread)": ["--writers", "0"],
+    "--writers 1": ["--writers", "1"],
+    "--workers 0 (reading in the main thread)": ["--workers", "0"],
+}
+
+
+# ----------------------------------------------------------------------------- photos
+
+
+def prepare_photos(folder: Path, count: int, size: tuple[int, int] = PHOTO_SIZE, photo_root: Path = Path(".photos")) -> list[Path]:
+    """``count`` different JPEG crops of real photos at ``size`` (width, height) in ``folder``; the scene photos of
+    the grid benchmark when unpacked, scikit-image's bundled photos otherwise."""
+    from PIL import Image
+
+    from normgrad.evaluation.benchmark_photos import photo_files
+    from normgrad.images import load_image
+
+    scenes = [f.path for f in photo_files(photo_root)[0] if f.kind == "scene"]
+    if not scenes:
+        raise SystemExit("no photos found: install scikit-image or run `make benchmark-photos`")
+    folder.mkdir(parents=True, exist_ok=True)
+    width, height = size
+    paths = []
+    for k in range(count):
+        photo = load_image(scenes[k % len(scenes)])
+        variant = k // len(scenes)  # quasi-random crops: every file differs
+        scale = 1.0 - 0.5 * ((variant * 0.618034) % 1.0)
+        fx, fy = (variant * 0.7548777) % 1.0, (variant * 0.5698403) % 1.0
+        w = min(photo.width, photo.height * width / height) * scale
+        h = w * height / width
+        left, top = (photo.width - w) * fx, (photo.height - h) * fy
+        crop = photo.crop((round(left), round(top), round(left + w), round(top + h))).resize(size, Image.Resampling.LANCZOS)
+        path = folder / f"photo{k:04d}.jpg"
+        crop.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+# ----------------------------------------------------------------------------- subprocess timings
+
+
+def environment() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+
+
+def seconds(argv: list[str], check: bool = True) -> float:
+    start = time.perf_counter()
+    run = subprocess.run(argv, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    elapsed = time.perf_counter() - start
+    if check and run.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({run.returncode}): {run.stderr.decode()[-2000:]}")
+    return elapsed
+
+
+def explain_argv(inputs: Path, out: Path, model: list[str], batch_size: int, extra: list[str] = ()) -> list[str]:
+    shutil.rmtree(out, ignore_errors=True)
+    return [sys.executable, "-m", "normgrad", "explain", str(inputs), "--out", str(out), "--batch-size", str(batch_size), *model, *extra]
+
+
+def engine_alone(folder: Path, model: list[str], batch_size: int) -> dict:
+    """The engine alone in a fresh process (see ``--engine-alone``): seconds per image."""
+    argv = [sys.executable, __file__, "--engine-alone", str(folder), "--batch-size", str(batch_size), *model]
+    run = subprocess.run(argv, env=environment(), capture_output=True, text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"engine-alone failed: {run.stderr[-2000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def model_args(args: argparse.Namespace) -> list[str]:
+    return ["--model", args.model, "--weights", args.weights, "--device", args.device]
+
+
+def throughput(args: argparse.Namespace, folder: Path, one: Path, scratch: Path, variants: dict[str, list[str]]) -> dict:
+    """Interleaved rounds: explain (all, one), the engine alone, then each variant; medians and per-round ratios."""
+    model = model_args(args)
+    count = len(list(folder.glob("*.jpg")))
+    rounds: list[dict] = []
+    for r in range(args.repeats):
+        row: dict[str, Any] = {}
+        row["all"] = seconds(explain_argv(folder, scratch / "out-all", model, args.batch_size))
+        row["one"] = seconds(explain_argv(one, scratch / "out-one", model, args.batch_size))
+        row["engine"] = engine_alone(folder, model, args.batch_size)["per_image"]
+        for name, flags in variants.items():
+            row[name] = seconds(explain_argv(folder, scratch / "out-variant", model, args.batch_size, flags))
+        rounds.append(row)
+        steady = (row["all"] - row["one"]) / (count - 1)
+        print(f"  round {r + 1}: explain {row['all']:.1f} s, one photo {row['one']:.1f} s, steady {1000 * steady:.1f} ms/img, "
+              f"engine {1000 * row['engine']:.1f} ms/img, ratio {row['engine'] / steady:.3f}", flush=True)  # fmt: skip
+    median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    per_image = {key: (median[key] - median["one"]) / (count - 1) for key in ["all", *variants]}
+    ratios = [r["engine"] / ((r["all"] - r["one"]) / (count - 1)) for r in rounds]
+    return {"count": count, "rounds": rounds, "median": median, "steady_per_image": per_image, "ratios": ratios,
+            "ratio": statistics.median(ratios), "engine_per_image": median["engine"]}  # fmt: skip
+
+
+def startup(args: argparse.Namespace, one: Path, scratch: Path) -> dict:
+    weights = _weights(args.weights)
+    load = f"import torch; from normgrad.models import load; load({args.model!r}, weights={weights!r}, device={args.device!r})"
+    commands = {
+        "python -c 'import torch'": [sys.executable, "-c", "import torch"],
+        "floor: import torch + model load": [sys.executable, "-c", load],
+        "normgrad --help": [sys.executable, "-m", "normgrad", "--help"],
+        "an argument error (--batch-size 0)": [sys.executable, "-m", "normgrad", "explain", str(one), "--batch-size", "0"],
+        "normgrad explain (one photo)": explain_argv(one, scratch / "out-start", model_args(args), args.batch_size),
+    }
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(args.repeats + 2):
+        for name, argv in commands.items():
+            if name == "normgrad explain (one photo)":
+                argv = explain_argv(one, scratch / "out-start", model_args(args), args.batch_size)
+            times[name].append(seconds(argv, check="error" not in name))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _weights(weights: str) -> str | None:
+    return None if weights.lower() == "none" else weights
+
+
+# ----------------------------------------------------------------------------- in-process stages
+
+
+def setup_model(model: str, weights: str, device: str) -> tuple[Any, Any, Any, list[str]]:
+    """The model, explain's preprocessing, method and layers when no option is given (the default)."""
+    from normgrad.cli.explain import input_preprocess
+    from normgrad.models import load
+
+    loaded = load(model, weights=_weights(weights), device=device)
+    defaults = loaded.explain_defaults()
+    return loaded, input_preprocess(loaded, None), defaults.method, list(defaults.layers)
+
+
+def preprocessed_batches(paths: list[Path], preprocess: Any, batch_size: int) -> list[list[Any]]:
+    """Items read and batched exactly as explain does (in this process)."""
+    from normgrad.streaming import batches, loader
+
+    entries = [(i, path, path.stem) for i, path in enumerate(paths)]
+    return list(batches(loader(entries, preprocess, 0), batch_size, lambda item: None))
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_engine_alone(folder: Path, model: str, weights: str, device: str, batch_size: int) -> dict:
+    """Time the engine call of explain's default on explain's batches, inputs already on the device (one cold pass included)."""
+    loaded, preprocess, method, layers = setup_model(model, weights, device)
+    batches = preprocessed_batches(sorted(folder.glob("*.jpg")), preprocess, batch_size)
+    tensors = [torch.stack([item.tensor for item in batch]).to(device) for batch in batches]
+    count = sum(x.shape[0] for x in tensors)
+    synchronize(device)
+    start = time.perf_counter()
+    for x in tensors:
+        method(loaded.model, x, None, layers=layers)
+    synchronize(device)
+    elapsed = time.perf_counter() - start
+    return {"seconds": elapsed, "images": count, "per_image": elapsed / count}
+
+
+def cpu_ms(fn: Any, count: int, repeats: int = 3) -> float:
+    """Best CPU milliseconds per item of ``fn()`` over ``repeats`` runs (this thread's CPU time)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.thread_time()
+        fn()
+        best = min(best, time.thread_time() - start)
+    return 1000 * best / count
+
+
+def stages(args: argparse.Namespace, paths: list[Path]) -> dict[str, tuple[float, str]]:
+    """CPU ms per image of each stage alone (one thread); the engine in wall ms with the run's threads."""
+    from normgrad import pipeline
+    from normgrad.cli.explain import _outputs
+    from normgrad.images import load_image
+    from normgrad.store import OutputStore, Work, encode_npy, encode_png
+    from normgrad.viz import overlay
+
+    loaded, preprocess, method, layers = setup_model(args.model, args.weights, args.device)
+    sample = paths[: args.batch_size]
+    n = len(sample)
+    threads = torch.get_num_threads()
+    result: dict[str, tuple[float, str]] = {}
+    torch.set_num_threads(1)
+    photos = [load_image(p) for p in sample]
+    result["read and decode (load_image)"] = (cpu_ms(lambda: [load_image(p) for p in sample], n), "reader processes")
+    prepare = lambda: [pipeline.prepare(p, preprocess) for p in photos]  # noqa: E731
+    result["preprocess (resize, normalise, checks)"] = (cpu_ms(prepare, n), "reader processes")
+    x = torch.stack([pipeline.prepare(p, preprocess) for p in photos]).to(args.device)
+
+    from normgrad.streaming import loader
+
+    entries = [(i, p, p.stem) for i, p in enumerate(sample)]
+    start = time.process_time()
+    list(loader(entries, preprocess, 2))
+    result["hand-over from the readers (unpickling)"] = (1000 * (time.process_time() - start) / n, "main thread")
+
+    torch.set_num_threads(threads)
+    usable, prediction, targets, maps = pipeline.explain_batch(method, loaded.model, x, None, layers)  # warm-up
+    synchronize(args.device)
+    start = time.perf_counter()
+    for _ in range(2):
+        pipeline.explain_batch(method, loaded.model, x, None, layers)
+    synchronize(args.device)
+    result[f"engine, with predictions (wall, {threads} threads)"] = (1000 * (time.perf_counter() - start) / (2 * n), "main thread")
+    torch.set_num_threads(1)
+    size = (photos[0].height, photos[0].width)
+    result["upsample and combine"] = (cpu_ms(lambda: pipeline.to_image_size(maps, size, "product"), n), "main thread")
+    planes = pipeline.to_image_size(maps, size, "product")[pipeline.COMBINED][:, 0].numpy()
+    result["overlay (lookup table, blend)"] = (cpu_ms(lambda: [overlay(p, m) for p, m in zip(photos, planes)], n), "writer threads")
+    overlays = [overlay(p, m) for p, m in zip(photos, planes)]
+    result["PNG encoding"] = (cpu_ms(lambda: [encode_png(o) for o in overlays], n), "writer threads")
+    result["NPY encoding, float32"] = (cpu_ms(lambda: [encode_npy(m) for m in planes], n), "writer threads")
+    result["NPY encoding, float16 (instead)"] = (cpu_ms(lambda: [encode_npy(m.astype(np.float16)) for m in planes], n), "writer threads")
+    namespace = argparse.Namespace(no_overlay=False, no_npy=False, map_dtype="float32", top_k=5)
+
+    setup = argparse.Namespace(plan=argparse.Namespace(run="bench"), layers=layers)
+    items = [argparse.Namespace(photo=p, path=path, index=i, identity=None) for i, (p, path) in enumerate(zip(photos, sample))]
+    work = [Work(i, str(path), path.stem, [f"{path.stem}.png", f"{path.stem}.npy"]) for i, path in enumerate(sample)]
+    built = []
+    start = time.thread_time()
+    for i in range(n):
+        planes_i = {pipeline.COMBINED: planes[i]}
+        built.append(_outputs(namespace, loaded, setup, work[i], items[i], planes_i, prediction, i, int(targets[i]), 0))
+    whole = 1000 * (time.thread_time() - start) / n
+    parts = sum(result[k][0] for k in ("overlay (lookup table, blend)", "PNG encoding", "NPY encoding, float32"))
+    result["record (predictions, JSON fields)"] = (max(whole - parts, 0.0), "writer threads")
+    with tempfile.TemporaryDirectory() as folder:
+        store = OutputStore(folder, "bench")
+        try:
+            start = time.thread_time()
+            for i, (files, record) in enumerate(built):
+                store.save(work[i], files, record)
+            result["write (journal claim, 2 atomic files, record)"] = (1000 * (time.thread_time() - start) / n, "writer threads")
+        finally:
+            store.close()
+    torch.set_num_threads(threads)
+    return result
+
+
+def png_levels(paths: list[Path], count: int = 16) -> list[tuple[str, int, float, float]]:
+    """(strategy, level, ms per overlay, KiB) for Pillow's PNG encoder on real overlays."""
+    from normgrad.images import load_image
+    from normgrad.store import encode_png
+    from normgrad.viz import overlay
+
+    rng = np.random.default_rng(0)
+    overlays = []
+    for path in paths[:count]:
+        photo = load_image(path)
+        small = torch.from_numpy(rng.random((1, 1, photo.height // 16, photo.width // 16), dtype=np.float32))
+        overlays.append(overlay(photo, torch.nn.functional.interpolate(small, size=(photo.height, photo.width), mode="bilinear")))
+    rows = []
+    for strategy, kind in (("default", 0), ("Z_RLE", 3)):
+        for level in range(10):
+            sizes = [len(encode_png(o, level, kind)) for o in overlays]
+            encode = lambda level=level, kind=kind: [encode_png(o, level, kind) for o in overlays]  # noqa: E731
+            rows.append((strategy, level, cpu_ms(encode, len(overlays)), statistics.mean(sizes) / 1024))
+    return rows
+
+
+def matplotlib_overlay_ms(paths: list[Path], count: int = 16) -> float:
+    """The previous overlay: matplotlib's colormap and a float blend (for comparison)."""
+    from matplotlib import colormaps
+
+    from normgrad.images import load_image
+
+    photos = [load_image(p) for p in paths[:count]]
+    planes = [np.random.default_rng(i).random((p.height, p.width), dtype=np.float32) for i, p in enumerate(photos)]
+
+    def old() -> None:
+        for photo, plane in zip(photos, planes):
+            colours = (colormaps["jet"](plane)[..., :3] * 255).astype(np.uint8).astype(np.float32)
+            np.clip(0.5 * np.asarray(photo, dtype=np.float32) + 0.5 * colours, 0, 255).astype(np.uint8)
+
+    return cpu_ms(old, len(photos))
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def report(args: argparse.Namespace, results: dict) -> tuple[str, str]:
+    """The full markdown page and the short end-to-end section of benchmarks.md."""
+    t, s, st = results["throughput"], results["startup"], results["stages"]
+    count, device = t["count"], results["device"]
+    command = f"python benchmarks/bench_explain.py{' --device ' + args.device if args.device != 'cpu' else ''}"
+    header = (
+        f"Machine: {results['machine']}; device {device}; load average {results['load'][0]:.2f} before, "
+        f"{results['load'][1]:.2f} after. Command: `{command}` (`make bench`). {count} real photos of "
+        f"{PHOTO_SIZE[0]}×{PHOTO_SIZE[1]} (JPEG), `normgrad explain FOLDER --batch-size {args.batch_size}` with the "
+        f"{args.model} model's default (method, layers, input size: normgrad.defaults); medians of {args.repeats} interleaved rounds."
+    )
+    steady = t["steady_per_image"]["all"]
+    rows = [
+        "| | per image | images/s | vs the engine alone |",
+        "|---|---:|---:|---:|",
+        f"| engine alone (same batches, layers, method; inputs ready) | {1000 * t['engine_per_image']:.1f} ms | "
+        f"{1 / t['engine_per_image']:.1f} | 1.00 |",
+        f"| `normgrad explain`, steady state (defaults: PNG + float32 NPY) | {1000 * steady:.1f} ms | {1 / steady:.1f} | "
+        f"**{t['ratio']:.2f}** (rounds: {', '.join(f'{r:.2f}' for r in t['ratios'])}) |",
+    ]
+    for name in VARIANTS if not args.quick else []:
+        if name in t["steady_per_image"]:
+            v = t["steady_per_image"][name]
+            rows.append(f"| `{name}` | {1000 * v:.1f} ms | {1 / v:.1f} | {t['engine_per_image'] / v:.2f} |")
+    start_rows = ["| command | seconds | vs the floor |", "|---|---:|---:|"]
+    floor = s["floor: import torch + model load"]
+    start_rows += [f"| {name} | {value:.2f} | {value / floor:.2f}× |" for name, value in s.items()]
+    stage_rows = ["| stage | ms per image | runs in |", "|---|---:|---|"]
+    stage_rows += [f"| {name} | {ms:.2f} | {where} |" for name, (ms, where) in st.items()]
+    section = "\n".join(
+        [
+            f"## End to end: `normgrad explain` on a folder ({device})",
+            "",
+            header,
+            "",
+            *rows,
+            "",
+            "Start-up (one photo; the floor is `import torch` plus loading the model in one process):",
+            "",
+            *start_rows,
+            "",
+            "Per-stage costs (CPU ms per image of each stage alone on one thread; the engine: wall time with the run's threads):",
+            "",
+            *stage_rows,
+            "",
+            "Details, PNG compression levels and the commands: [benchmarks-explain.md](benchmarks-explain.md).",
+            "",
+        ]
+    )
+    png = ["| zlib strategy | level | ms per overlay | KiB |", "|---|---:|---:|---:|"]
+    png += [f"| {strategy} | {level} | {ms:.2f} | {kib:.0f} |" for strategy, level, ms, kib in results["png"]]
+    rounds = ["| round | explain, all (s) | explain, one photo (s) | engine alone (ms/img) | ratio |", "|---:|---:|---:|---:|---:|"]
+    rounds += [f"| {i + 1} | {r['all']:.2f} | {r['one']:.2f} | {1000 * r['engine']:.1f} | {q:.3f} |"
+               for i, (r, q) in enumerate(zip(t["rounds"], t["ratios"]))]  # fmt: skip
+    page = "\n".join(
+        [
+            "# Benchmark: `normgrad explain` end to end",
+            "",
+            section.split("\n", 2)[2],
+            "## Rounds",
+            "",
+            *rounds,
+            "",
+            f"Steady state per image = (T(all {count} photos) − T(one photo)) / {count - 1}: start-up, the model's probe and "
+            "the first batch's one-off costs cancel. The engine alone runs in its own process on the same preprocessed "
+            "photos, batched as explain batches them, with the same method, layers and target rule; its inputs are ready "
+            "on the device (explain's reading, hand-over and copies count against explain).",
+            "",
+            "## PNG compression (Pillow, the overlays of real photos)",
+            "",
+            f"The previous overlay (matplotlib's colormap, float blend): {results['matplotlib_overlay']:.2f} ms per photo; "
+            f"the lookup table: {st['overlay (lookup table, blend)'][0]:.2f} ms.",
+            "",
+            *png,
+            "",
+            "## Reproduce",
+            "",
+            "```bash",
+            "make benchmark-photos            # optional: the packaged photos (else scikit-image's)",
+            command + "   # this page and the end-to-end section of benchmarks.md",
+            "```",
+            "",
+        ]
+    )
+    return page, section
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=192, help="photos (default: 192)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--weights", default="default")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--photos", type=Path, default=Path(".photos"), help="where `make benchmark-photos` unpacked the photos")
+    parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 24 photos, one round, no variants")
+    parser.add_argument("--engine-alone", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.engine_alone is not None:
+        print(json.dumps(run_engine_alone(args.engine_alone, args.model, args.weights, args.device, args.batch_size)))
+        return
+    if args.quick:
+        args.count, args.repeats = min(args.count, 24), 1
+    load_before = load_average()
+    with tempfile.TemporaryDirectory(prefix="normgrad-bench-") as tmp:
+        scratch = Path(tmp)
+        paths = prepare_photos(scratch / "photos", args.count, photo_root=args.photos)
+        (scratch / "one").mkdir()
+        shutil.copy(paths[0], scratch / "one" / paths[0].name)
+        print(f"{len(paths)} photos in {scratch / 'photos'}; throughput ...", flush=True)
+        results: dict[str, Any] = {"machine": machine(), "device": _device_name(args.device)}
+        results["throughput"] = throughput(args, scratch / "photos", scratch / "one", scratch, {} if args.quick else VARIANTS)
+        print("start-up ...", flush=True)
+        results["startup"] = startup(args, scratch / "one", scratch)
+        print("stages ...", flush=True)
+        results["stages"] = stages(args, paths)
+        results["png"] = png_levels(paths)
+        results["matplotlib_overlay"] = matplotlib_overlay_ms(paths)
+    results["load"] = (load_before, load_average())
+    page, section = report(args, results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if args.device == "cpu" else "-gpu"
+    (args.out / f"benchmarks-explain{suffix}.md").write_text(page)
+    (args.out / f"benchmarks-explain{suffix}.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_section(args.out / "benchmarks.md", f"explain{suffix}", section)
+    print(page)
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return "CPU"
+
+
+if __name__ == "__main__":
+    main()

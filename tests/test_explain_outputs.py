@@ -1,0 +1,162 @@
+"""What `normgrad explain` writes and how: --no-overlay, --no-npy, --map-dtype, background writers, the one-pass batch."""
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from normgrad.cli import main
+from normgrad.streaming import Writer
+from test_output_contract import picture
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Random ResNet-18 weights in a file: every run of a test explains with the same model."""
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    for i, size in enumerate([(48, 40), (40, 48), (48, 40)]):
+        picture(folder / f"img{i}.png", size=size, seed=i)
+    return folder
+
+
+@pytest.fixture
+def explain(capsys, weights):
+    def run(*argv):
+        code = main(["explain", *map(str, argv), "--model", "torchvision:resnet18", "--weights", str(weights), "--workers", "0",
+                     "--batch-size", "2"])  # fmt: skip
+        return code, *capsys.readouterr()
+
+    return run
+
+
+def files(out):
+    """The outputs and the manifest (not the journal, not the gallery)."""
+    return {
+        p.relative_to(out).as_posix()
+        for p in out.rglob("*")
+        if p.is_file() and not {".normgrad", "gallery"} & set(p.relative_to(out).parts) and p.name != "index.html"
+    }
+
+
+def gallery_pictures(out):
+    return sorted(p.name for p in (out / "gallery").rglob("*.jpg"))
+
+
+def records(out):
+    return json.loads((out / "summary.json").read_text())["images"]
+
+
+def test_no_overlay_and_no_npy_write_only_the_rest_and_resume(photos, tmp_path, explain):
+    for flag, kept in (("--no-overlay", "npy"), ("--no-npy", "png")):
+        out = tmp_path / flag
+        code, stdout, err = explain(photos, "--out", out, "--method", "selective", flag)
+        assert code == 0, err
+        assert files(out) == {f"img{i}.{kept}" for i in range(3)} | {"summary.json"}
+        assert all(set(r["outputs"][0]) == {"layer", kept, f"{kept}_bytes"} for r in records(out))
+        assert f"img0.{kept}" in stdout
+        pictures = gallery_pictures(out)  # the gallery is made from the maps in memory: complete without either file
+        assert len([p for p in pictures if p.endswith(".t.jpg")]) == 3 and len([p for p in pictures if ".m0." in p]) == 3
+        page = "".join(p.read_text() for p in (out / "gallery").rglob("chunk-*.js"))
+        skipped = "png" if kept == "npy" else "npy"
+        assert f'"{kept}":"img0.{kept}"' in page and f'"{skipped}":null' in page  # the page links only what was written
+        code, stdout, err = explain(photos, "--out", out, "--method", "selective", flag, "--resume")
+        assert code == 0 and "3 of them done earlier" in stdout, err
+        code, _, err = explain(photos, "--out", out, "--method", "selective", "--resume")  # other outputs: other settings
+        assert code == 2 and "other settings" in err
+
+
+def test_float16_maps_are_the_float32_maps_rounded(photos, tmp_path, explain):
+    for dtype in ("float32", "float16"):
+        code, _, err = explain(photos, "--out", tmp_path / dtype, "--method", "selective", "--map-dtype", dtype)
+        assert code == 0, err
+    for i in range(3):
+        full, half = np.load(tmp_path / "float32" / f"img{i}.npy"), np.load(tmp_path / "float16" / f"img{i}.npy")
+        assert half.dtype == np.float16 and np.array_equal(half, full.astype(np.float16))
+        assert (tmp_path / "float16" / f"img{i}.png").read_bytes() == (tmp_path / "float32" / f"img{i}.png").read_bytes()
+    assert json.loads((tmp_path / "float16" / "summary.json").read_text())["settings"]["map_dtype"] == "float16"
+    assert "map_dtype" not in json.loads((tmp_path / "float32" / "summary.json").read_text())["settings"]  # earlier records match
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--no-overlay", "--no-npy"], "nothing to write"),
+        (["--no-npy", "--map-dtype", "float16"], "--no-npy writes none"),
+        (["--map-dtype", "float16", "--combine", "none"], "raw maps"),
+        (["--map-dtype", "float16", "--save-layers"], "layer maps of --save-layers are raw"),
+    ],
+)
+def test_output_options_that_make_no_sense_are_errors(photos, tmp_path, explain, flags, message):
+    code, _, err = explain(photos, "--out", tmp_path / "o", *flags)
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("method", ["selective", "gradient", "center"])
+def test_background_writers_write_the_same_files(photos, tmp_path, explain, method):
+    """0, 1 and 3 writer threads: the same bytes in every file and the same records."""
+    for writers in (0, 1, 3):
+        code, _, err = explain(photos, "--out", tmp_path / str(writers), "--method", method, "--writers", writers)
+        assert code == 0, err
+    for writers in (1, 3):
+        assert files(tmp_path / str(writers)) == files(tmp_path / "0")
+        for name in files(tmp_path / "0") - {"summary.json"}:
+            assert (tmp_path / str(writers) / name).read_bytes() == (tmp_path / "0" / name).read_bytes(), name
+        strip = lambda rs: [{k: v for k, v in r.items() if k not in ("run", "input")} for r in rs]  # noqa: E731
+        assert strip(records(tmp_path / str(writers))) == strip(records(tmp_path / "0"))
+
+
+def test_writer_hands_back_results_in_order_and_bounds_the_queue():
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def task(i):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.01 * (i % 3))
+        with lock:
+            running[0] -= 1
+        if i == 7:
+            raise ValueError("seven")
+        return i
+
+    writer = Writer(3, limit=4)
+    done = []
+    try:
+        for i in range(12):
+            done += writer.submit(task, i)
+            assert len(writer._pending) <= 4
+        done += writer.drain()
+    finally:
+        writer.close()
+    assert [f.exception() is not None for f in done].index(True) == 7 and str(done[7].exception()) == "seven"
+    assert [f.result() for k, f in enumerate(done) if k != 7] == [k for k in range(12) if k != 7]
+    assert most[0] <= 3
+    inline = Writer(0, limit=4)
+    (future,) = inline.submit(task, 1)
+    assert future.result() == 1
+
+
+def test_overlay_png_is_the_photo_blended_with_the_map(photos, tmp_path, explain):
+    """The fast PNG encoding is lossless: the decoded overlay equals viz.overlay of the photo and the saved map."""
+    from normgrad import viz
+
+    code, _, err = explain(photos / "img1.png", "--out", tmp_path, "--method", "selective")
+    assert code == 0, err
+    photo = Image.open(photos / "img1.png").convert("RGB")
+    expected = np.asarray(viz.overlay(photo, np.load(tmp_path / "img1.npy")))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "img1.png")), expected)
