@@ -40,10 +40,16 @@ demo: $(STAMP)  ## the main job: compare and explain real photos with the embedd
 screenshots: $(STAMP) browser  ## docs/gallery.png and docs/explorer.png, taken in headless Chromium from real runs
 	$(BIN)/python tools/screenshots.py
 
-bench: $(STAMP)  ## speed and memory benchmarks (ratios, one process per table)
+bench: $(STAMP)  ## speed and memory benchmarks (ratios, one process per table); the accelerator tables too where CUDA is available
 	$(BIN)/python benchmarks/bench_engine.py
 	$(BIN)/python benchmarks/bench_meta.py
 	$(BIN)/python benchmarks/bench_suite.py
+	$(BIN)/python benchmarks/bench_explain.py
+	@if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+	  $(BIN)/python benchmarks/bench_device.py --device cuda && \
+	  $(BIN)/python benchmarks/bench_explain.py --device cuda --model torchvision:resnet50 --weights none --batch-size 64 \
+	    --count 384 --no-variants --explain-args "--workers 8 --writers 4"; \
+	else echo "no CUDA device here: the accelerator tables (benchmarks/bench_device.py, bench_explain.py --device cuda) were not run"; fi
 
 eval: $(STAMP)  ## the evaluation report on real photos (docs/results.md), about 8 minutes
 	$(BIN)/normgrad eval report --out docs

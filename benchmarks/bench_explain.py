@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -104,9 +105,13 @@ def seconds(argv: list[str], check: bool = True) -> float:
     return elapsed
 
 
+EXPLAIN_ARGS: list[str] = []  # --explain-args: given to every explain run (workers, writers)
+
+
 def explain_argv(inputs: Path, out: Path, model: list[str], batch_size: int, extra: list[str] = ()) -> list[str]:
     shutil.rmtree(out, ignore_errors=True)
-    return [sys.executable, "-m", "normgrad", "explain", str(inputs), "--out", str(out), "--batch-size", str(batch_size), *model, *extra]
+    return [sys.executable, "-m", "normgrad", "explain", str(inputs), "--out", str(out), "--batch-size", str(batch_size), *model,
+            *EXPLAIN_ARGS, *extra]  # fmt: skip
 
 
 def engine_alone(folder: Path, model: list[str], batch_size: int) -> dict:
@@ -333,12 +338,13 @@ def matplotlib_overlay_ms(paths: list[Path], count: int = 16) -> float:
 def report(args: argparse.Namespace, results: dict) -> tuple[str, str]:
     """The full markdown page and the short end-to-end section of benchmarks.md."""
     t, s, st = results["throughput"], results["startup"], results["stages"]
+    explain_flags = ["--batch-size", str(args.batch_size), *EXPLAIN_ARGS]
     count, device = t["count"], results["device"]
-    command = f"python benchmarks/bench_explain.py{' --device ' + args.device if args.device != 'cpu' else ''}"
+    command = " ".join(["python benchmarks/bench_explain.py", *map(shlex.quote, sys.argv[1:])])
     header = (
         f"Machine: {results['machine']}; device {device}; load average {results['load'][0]:.2f} before, "
         f"{results['load'][1]:.2f} after. Command: `{command}` (`make bench`). {count} real photos of "
-        f"{PHOTO_SIZE[0]}×{PHOTO_SIZE[1]} (JPEG), `normgrad explain FOLDER --batch-size {args.batch_size}` with the "
+        f"{PHOTO_SIZE[0]}×{PHOTO_SIZE[1]} (JPEG), `normgrad explain FOLDER {' '.join(explain_flags)}` with the "
         f"{args.model} model's default (method, layers, input size: normgrad.defaults); medians of {args.repeats} interleaved rounds."
     )
     steady = t["steady_per_image"]["all"]
@@ -400,8 +406,12 @@ def report(args: argparse.Namespace, results: dict) -> tuple[str, str]:
             "",
             "## PNG compression (Pillow, the overlays of real photos)",
             "",
-            f"The previous overlay (matplotlib's colormap, float blend): {results['matplotlib_overlay']:.2f} ms per photo; "
-            f"the lookup table: {st['overlay (lookup table, blend)'][0]:.2f} ms.",
+            (
+                f"The previous overlay (matplotlib's colormap, float blend): {results['matplotlib_overlay']:.2f} ms per photo; "
+                if results["matplotlib_overlay"] is not None
+                else ""
+            )
+            + f"the lookup table: {st['overlay (lookup table, blend)'][0]:.2f} ms per photo.",
             "",
             *png,
             "",
@@ -428,8 +438,11 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, default=Path(".photos"), help="where `make benchmark-photos` unpacked the photos")
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--quick", action="store_true", help="a smoke run: 24 photos, one round, no variants")
+    parser.add_argument("--no-variants", action="store_true", help="measure the default output options only")
+    parser.add_argument("--explain-args", default="", help="extra options for every explain run, e.g. '--workers 8 --writers 4'")
     parser.add_argument("--engine-alone", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    EXPLAIN_ARGS[:] = args.explain_args.split()
     if args.engine_alone is not None:
         print(json.dumps(run_engine_alone(args.engine_alone, args.model, args.weights, args.device, args.batch_size)))
         return
@@ -443,13 +456,17 @@ def main() -> None:
         shutil.copy(paths[0], scratch / "one" / paths[0].name)
         print(f"{len(paths)} photos in {scratch / 'photos'}; throughput ...", flush=True)
         results: dict[str, Any] = {"machine": machine(), "device": _device_name(args.device)}
-        results["throughput"] = throughput(args, scratch / "photos", scratch / "one", scratch, {} if args.quick else VARIANTS)
+        variants = {} if args.quick or args.no_variants else VARIANTS
+        results["throughput"] = throughput(args, scratch / "photos", scratch / "one", scratch, variants)
         print("start-up ...", flush=True)
         results["startup"] = startup(args, scratch / "one", scratch)
         print("stages ...", flush=True)
         results["stages"] = stages(args, paths)
         results["png"] = png_levels(paths)
-        results["matplotlib_overlay"] = matplotlib_overlay_ms(paths)
+        try:
+            results["matplotlib_overlay"] = matplotlib_overlay_ms(paths)
+        except ImportError:  # an accelerator machine without matplotlib
+            results["matplotlib_overlay"] = None
     results["load"] = (load_before, load_average())
     page, section = report(args, results)
     args.out.mkdir(parents=True, exist_ok=True)

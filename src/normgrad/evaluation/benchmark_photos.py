@@ -179,9 +179,8 @@ def _roots(source: str, photo_root: Path) -> list[Path]:
         found = _package_dir("sklearn")
         return [found / "datasets" / "images"] if found else []
     if source == "matplotlib":
-        import matplotlib
-
-        return [Path(matplotlib.get_data_path()) / "sample_data"]
+        found = _package_dir("matplotlib")  # its sample data, read without importing it
+        return [found / "mpl-data" / "sample_data"] if found else []
     if source in PYPI_PACKAGES:
         roots = [photo_root / "pypi" / source]
         found = _package_dir(source) if importlib.util.find_spec(source) else None  # read as data: the package is never imported

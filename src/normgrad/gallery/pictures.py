@@ -20,12 +20,13 @@ Pictures are never upscaled.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 from typing import Any
 
 import numpy as np
+
+from normgrad.viz import colour_table
 
 THUMB, DISPLAY, QUALITY = 256, 1024, 85
 FOLDER = "gallery/img"
@@ -80,15 +81,8 @@ def colours(plane: np.ndarray, size: tuple[int, int], cmap: str = "jet") -> Any:
         plane = np.asarray(Image.fromarray(plane).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
     levels = np.clip((plane - low) * (256.0 / max(high - low, 1e-12)), 0, 255).astype(np.uint8)  # matplotlib's 256 levels
     image = Image.fromarray(levels)
-    image.putpalette(_table(cmap).tobytes())
+    image.putpalette(colour_table(cmap).tobytes())  # matplotlib's colours, without matplotlib for "jet"
     return image.convert("RGB")
-
-
-@functools.lru_cache(maxsize=4)
-def _table(cmap: str) -> np.ndarray:
-    from matplotlib import colormaps
-
-    return (colormaps[cmap](np.arange(256))[:, :3] * 255).astype(np.uint8)
 
 
 def jpeg(image: Any) -> bytes:
