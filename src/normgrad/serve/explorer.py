@@ -42,6 +42,7 @@ from normgrad.cli.common import DEFAULT_LR, DEFAULT_STEPS
 from normgrad.combine import COMBINE_MODES
 from normgrad.errors import NormGradError
 from normgrad.gallery import pictures
+from normgrad.viz import colour_table
 
 DISPLAY_SIDE = 512
 TOP_K = 5
@@ -120,7 +121,7 @@ class Explorer:
             "lr": DEFAULT_LR,
             "steps": DEFAULT_STEPS,
             "images": self.listed_names,
-            "colormap": pictures._table("jet").tolist(),
+            "colormap": colour_table("jet").tolist(),
             "limits": {"megapixels": images.MAX_PIXELS / 1e6, "aspect_ratio": images.MAX_ASPECT_RATIO},
         }
 
