@@ -69,7 +69,7 @@ def bench_model(key: str, batches: list[int], repeats: int) -> list[tuple]:
     for layers_label, (layers, fn) in workloads(model, with_convs).items():
         for batch in batches:
             x = torch.randn(batch, 3, 224, 224)
-            methods = {"floor": lambda n=layers: floor(model, x, n), "normgrad": lambda f=fn: f(x)}
+            methods = {"floor": lambda n=layers, x=x: floor(model, x, n), "normgrad": lambda f=fn, x=x: f(x)}
             seconds = interleaved(methods, repeats)
             peaks = {name: peak_bytes(f) for name, f in methods.items()}
             row = (label, layers_label, batch, seconds["floor"], seconds["normgrad"], peaks["normgrad"] / peaks["floor"])
@@ -128,8 +128,9 @@ def main() -> None:
     text = (
         "# Models benchmark: NormGrad vs the floor on every supported family, 224², CPU\n\n"
         f"Machine: {machine()}. Command: `python benchmarks/bench_models.py --batches {' '.join(map(str, args.batches))} "
-        f"--repeats {args.repeats}{f' --threads {args.threads}' if args.threads else ''}`. Median of {args.repeats} runs, each method interleaved with its floor (one forward + "
-        "`autograd.grad` to the same layers' outputs); peak memory from the profiler's allocation events. "
+        f"--repeats {args.repeats}{f' --threads {args.threads}' if args.threads else ''}`. Median of {args.repeats} runs, "
+        "each method interleaved with its floor (one forward + `autograd.grad` to the same layers' outputs); "
+        "peak memory from the profiler's allocation events. "
         f"Load average (1, 5, 15 min) on {cores} CPUs: {', '.join(f'{v:.1f}' for v in load_before)} before, "
         f"{', '.join(f'{v:.1f}' for v in load_after)} after.\n\n" + "\n".join(table) + "\n"
     )

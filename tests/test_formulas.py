@@ -128,15 +128,19 @@ def test_chunked_reductions_match_the_brute_force(monkeypatch, chunk):
 def test_by_chunks_splits_samples_or_rows_and_concatenates_tuples(monkeypatch):
     from normgrad.formulas import aggregate as aggregate_module
 
-    values, scale = torch.randn(5, 4, 9, 3), torch.randn(5, 4, 9, 3)
     calls = []
 
     def stats(v, s):
         calls.append(tuple(v.shape))
         return (v * s).sum(1), (v * s).amax(1)
 
-    expected = stats(values, scale)
-    for chunk, shapes in ((300, [(2, 4, 9, 3), (2, 4, 9, 3), (1, 4, 9, 3)]), (130, [(5, 4, 2, 3)] * 4 + [(5, 4, 1, 3)])):
+    cases = (  # batch, chunk, the slices: runs of samples, or rows when one sample (108 values) is larger than a chunk
+        (5, 300, [(2, 4, 9, 3), (2, 4, 9, 3), (1, 4, 9, 3)]),
+        (2, 50, [(2, 4, 2, 3)] * 4 + [(2, 4, 1, 3)]),
+    )
+    for batch, chunk, shapes in cases:
+        values, scale = torch.randn(batch, 4, 9, 3), torch.randn(batch, 4, 9, 3)
+        expected = stats(values, scale)
         monkeypatch.setattr(aggregate_module, "CHUNK_ELEMENTS", chunk)
         calls.clear()
         result = aggregate_module.by_chunks(stats, values, scale)
