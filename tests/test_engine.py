@@ -262,19 +262,3 @@ def test_deepcopied_models_agree():
 def test_maps_are_plain_tensors_detached_from_any_graph():
     maps = ng.saliency(SmallNet(), torch.randn(1, 3, 20, 18), layers=["input", "features.3"], extract="conv3x3", aggregate="max")
     assert all(m.grad_fn is None and not m.requires_grad for m in maps.values())
-
-
-def test_submodules_lists_what_modules_lists():
-    """The fast module walk of the engine: same modules, same order, shared modules once, wrappers' own ``modules`` respected."""
-    import timm
-    import torchvision
-
-    from normgrad.engine.model_state import submodules
-    from normgrad.meta import WithParameters
-
-    shared = nn.Linear(2, 2)
-    models = [torchvision.models.mobilenet_v3_small(), timm.create_model("vit_tiny_patch16_224", depth=2)]
-    models += [nn.Sequential(shared, nn.Sequential(shared, nn.ReLU(), nn.Sequential()), shared)]
-    models += [WithParameters(models[0], {})]
-    for model in models:
-        assert submodules(model) == list(model.modules())

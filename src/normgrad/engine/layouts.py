@@ -51,11 +51,11 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from normgrad.engine.model_state import submodules
 from normgrad.errors import NormGradError
 from normgrad.formulas.layout import Layout
 
 TOKEN_PARAMETERS = ("cls_token", "class_token", "dist_token", "reg_token", "register_tokens")
+_TOKEN_NAMES = frozenset(TOKEN_PARAMETERS)
 UNROLLED_TOKENS = ("Unroll",)  # timm's Hiera: tokens reordered so that pooling is a strided slice, not raster order
 
 _CHANNELS_FIRST = (
@@ -101,16 +101,17 @@ class Evidence:
         channels_last = known_family = False
         all_torch = raster_tokens = True
         token_counts: list[int] = []
-        for module in submodules(model):
+        for module in model.modules():
             attributes = vars(module)  # plain lookups: nn.Module.__getattr__ raises for missing names, which is slow
-            count = attributes.get("num_prefix_tokens")
-            if isinstance(count, int) and declared is None:
-                declared = count
+            if declared is None:
+                count = attributes.get("num_prefix_tokens")
+                declared = count if isinstance(count, int) else None
             fmt = attributes.get("output_fmt")
             torchvision_swin, known, from_torch, unrolled = _type_facts(type(module))
             channels_last = channels_last or torchvision_swin or (fmt is not None and str(getattr(fmt, "value", fmt)) == "NHWC")
-            parameters = attributes.get("_parameters", {})
-            token_counts += [_token_count(parameters[name]) for name in TOKEN_PARAMETERS if parameters.get(name) is not None]
+            parameters = attributes.get("_parameters")
+            if parameters and not _TOKEN_NAMES.isdisjoint(parameters):
+                token_counts += [_token_count(parameters[name]) for name in TOKEN_PARAMETERS if parameters.get(name) is not None]
             known_family = known_family or known
             all_torch = all_torch and from_torch
             raster_tokens = raster_tokens and not unrolled

@@ -18,27 +18,6 @@ from torch.utils.hooks import RemovableHandle
 BIAS_CACHE = "attention_bias_cache"
 
 
-def submodules(model: nn.Module) -> list[nn.Module]:
-    """``list(model.modules())`` — the same modules in the same order, each once — without building their names (5× faster).
-
-    A module whose class overrides ``modules`` or ``named_modules`` (a wrapper
-    such as meta-saliency's ``WithParameters``) gets ``model.modules()`` itself.
-    """
-    found: list[nn.Module] = []
-    seen: set[int] = set()
-    stack = [model]
-    while stack:
-        module = stack.pop()
-        if id(module) in seen:
-            continue
-        if type(module).modules is not nn.Module.modules or type(module).named_modules is not nn.Module.named_modules:
-            return list(model.modules())
-        seen.add(id(module))
-        found.append(module)
-        stack.extend(child for child in reversed(module._modules.values()) if child is not None)  # noqa: SLF001
-    return found
-
-
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """Set ``training=False`` on every submodule; restore each flag on exit.
@@ -52,7 +31,7 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     """
     saved: list[tuple[nn.Module, bool]] = []  # only the flags that change: most models are already in eval mode
     try:
-        for module in submodules(model):
+        for module in model.modules():
             wanted = isinstance(vars(module).get(BIAS_CACHE), dict)  # vars: nn.Module.__getattr__ is slow on missing names
             if module.training != wanted:
                 saved.append((module, module.training))
