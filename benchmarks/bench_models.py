@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,10 +32,21 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 import normgrad as ng  # noqa: E402
 from bench_engine import floor  # noqa: E402
-from measure import interleaved, machine, peak_bytes  # noqa: E402
+from measure import interleaved, machine, peak_bytes, write_section  # noqa: E402
 from normgrad.defaults import explain_defaults  # noqa: E402
 from normgrad.engine.layers import auto_layers  # noqa: E402
 from normgrad.models import Preprocess  # noqa: E402
+
+TITLE = """# Models benchmark: NormGrad vs the floor on every supported family, 224², CPU
+
+Written by `benchmarks/bench_models.py`: the time and peak memory of NormGrad
+(`conv1x1` + `norm`) at each model's default layers and at every `Conv2d`,
+and of the explain default at its layers, each divided by the floor on the
+same layers (one forward + `torch.autograd.grad` to their outputs).  One
+thread (`--threads 1`): on a shared machine, two OpenMP threads competing
+with other work for two cores make small kernels wait on each other, and
+the ratios meaningless.
+"""
 
 MODELS: dict[str, tuple[str, Callable[[], nn.Module], bool]] = {  # key: (label, build, has Conv2d layers worth a row)
     "efficientnet_lite0": ("EfficientNet-Lite0 (timm, embedded weights)", lambda: ng.models.load("efficientnet_lite0").model, True),
@@ -109,6 +121,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--threads", type=int, help="torch threads (1 keeps ratios stable on a shared machine: no OpenMP spin-waits)")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks-models.md"))
+    parser.add_argument("--section", default="current", help="the section of --out to write (others are kept: e.g. a run of older code)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -126,16 +139,18 @@ def main() -> None:
     table += [f"| {m} | {w} | {b} | {f:.3f} | {t:.3f} | {t / f:.2f}× | {r:.2f}× |" for m, w, b, f, t, r in rows]
     cores = os.cpu_count()
     text = (
-        "# Models benchmark: NormGrad vs the floor on every supported family, 224², CPU\n\n"
+        f"## {args.section}\n\n"
         f"Machine: {machine()}. Command: `python benchmarks/bench_models.py --batches {' '.join(map(str, args.batches))} "
-        f"--repeats {args.repeats}{f' --threads {args.threads}' if args.threads else ''}`. Median of {args.repeats} runs, "
-        "each method interleaved with its floor (one forward + `autograd.grad` to the same layers' outputs); "
-        "peak memory from the profiler's allocation events. "
+        f"--repeats {args.repeats}{f' --threads {args.threads}' if args.threads else ''} --section {shlex.quote(args.section)}`. "
+        f"Median of {args.repeats} runs, each method interleaved with its floor (one forward + `autograd.grad` to the same "
+        "layers' outputs); peak memory from the profiler's allocation events. "
         f"Load average (1, 5, 15 min) on {cores} CPUs: {', '.join(f'{v:.1f}' for v in load_before)} before, "
         f"{', '.join(f'{v:.1f}' for v in load_after)} after.\n\n" + "\n".join(table) + "\n"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    if not args.out.exists():
+        args.out.write_text(TITLE)
+    write_section(args.out, f"bench_models {args.section}", text)
     print(f"\nwrote {args.out}")
 
 
