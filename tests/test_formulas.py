@@ -146,3 +146,14 @@ def test_by_chunks_splits_samples_or_rows_and_concatenates_tuples(monkeypatch):
         result = aggregate_module.by_chunks(stats, values, scale)
         assert calls == shapes
         assert all(torch.equal(r, e) for r, e in zip(result, expected, strict=True))
+
+
+def test_by_chunks_leaves_other_devices_whole(monkeypatch):
+    """Only CPU tensors are sliced (a caching allocator, as CUDA's, has no page faults to avoid, only launches to add)."""
+    from normgrad.formulas import aggregate as aggregate_module
+
+    monkeypatch.setattr(aggregate_module, "CHUNK_ELEMENTS", 10)
+    calls = []
+    values = torch.empty(4, 3, 5, 5, device="meta")
+    aggregate_module.by_chunks(lambda v: calls.append(tuple(v.shape)) or v.sum(1), values)
+    assert calls == [(4, 3, 5, 5)]
