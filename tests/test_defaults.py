@@ -9,6 +9,7 @@ import normgrad as ng
 from normgrad.defaults import Stage, choose_layers, explain_defaults, input_policy, layered, probe
 from normgrad.errors import NormGradError
 from normgrad.models import Preprocess, load
+from normgrad.registry import get_method
 from test_engine import assert_untouched, snapshot
 
 
@@ -74,6 +75,69 @@ def test_the_default_method_equals_its_parts():
     assert torch.allclose(pooled[:, 0], cam, atol=1e-5)  # at the layer before global pooling, gradient × activation is CAM
     with pytest.raises(NormGradError, match="layer names"):
         method(model, x, target, layers=[torch.nn.Conv2d])
+
+
+@pytest.mark.parametrize(
+    ("build", "methods", "layers"),
+    [
+        (
+            lambda: torchvision.models.resnet18(),
+            {"layer3": "selective", "layer4.0": "scaling+sum", "layer4": "scaling+sum", "layer2": "normgrad", "layer1": "conv3x3+max"},
+            ["layer1", "layer2", "layer3", "layer4.0", "layer4", "layer3.0"],  # layer3.0: the fallback
+        ),
+        (
+            lambda: timm.create_model("convnext_atto"),
+            {"stages.3.downsample.0": "selective", "stages.3.blocks.0": "scaling+sum", "stages.3": "scaling+sum", "stages.1": "bias+norm"},
+            ["stages.1", "stages.2", "stages.3.downsample.0", "stages.3.blocks.0", "stages.3"],
+        ),
+    ],  # fmt: skip
+)
+def test_the_default_method_takes_one_pass_and_equals_one_pass_per_method(build, methods, layers, monkeypatch):
+    model = build().eval()
+    x, target = torch.randn(2, 3, 64, 64), torch.tensor([3, 7])
+    expected = {name: get_method(methods.get(name, "selective"))(model, x, target, layers=[name])[name] for name in layers}
+    forwards, grads = [], []
+    real_grad = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: grads.append(1) or real_grad(*a, **k))
+    handle = model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        maps = layered(methods)(model, x, target, layers=layers)
+    finally:
+        handle.remove()
+    assert len(forwards) == 1 and len(grads) == 1  # one forward, one backward for five methods
+    assert list(maps) == layers
+    for name in layers:
+        torch.testing.assert_close(maps[name], expected[name], rtol=1e-5, atol=1e-7)
+
+
+def test_the_default_method_keeps_other_methods_in_their_own_calls():
+    model = torchvision.models.resnet18().eval()
+    x, target = torch.randn(2, 3, 64, 64), torch.tensor([3, 7])
+    maps = layered({"layer3": "selective", "layer4": "gradcam"})(model, x, target, layers=["layer4", "layer3"])
+    assert list(maps) == ["layer4", "layer3"]
+    torch.testing.assert_close(maps["layer4"], get_method("gradcam")(model, x, target, layers=["layer4"])["layer4"])
+    torch.testing.assert_close(maps["layer3"], ng.normgrad_selective(model, x, target, layers=["layer3"])["layer3"])
+
+
+def test_per_layer_pairs_in_one_pass_and_their_errors():
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(2, 3, 64, 64)
+    maps = ng.saliency(model, x, 3, layers=["layer2", "layer3"], per_layer={"layer3": ("scaling", "sum")})
+    torch.testing.assert_close(maps["layer2"], ng.normgrad(model, x, 3, layers=["layer2"])["layer2"])  # the default pair
+    torch.testing.assert_close(maps["layer3"], ng.saliency(model, x, 3, layers=["layer3"], extract="scaling", aggregate="sum")["layer3"])
+    with pytest.raises(NormGradError, match=r"unknown extract 'scalling' \(did you mean 'scaling'\?\); valid extracts: scaling, conv1x1"):
+        ng.saliency(model, x, 3, layers=["layer3"], per_layer={"layer3": ("scalling", "sum")})
+    with pytest.raises(NormGradError, match=r"unknown aggregate 'nrm' \(did you mean 'norm'\?\); valid aggregates: norm, positive_norm"):
+        ng.saliency(model, x, 3, layers=["layer3"], per_layer={"layer3": ("scaling", "nrm")})
+    with pytest.raises(NormGradError, match=r"must be an \(extract, aggregate\) pair"):
+        ng.saliency(model, x, 3, layers=["layer3"], per_layer={"layer3": "scaling+sum"})
+    unknown = r"'layer5', which is not among the selected layers \(did you mean 'layer3'\?\); selected: layer3$"
+    with pytest.raises(NormGradError, match=unknown):
+        ng.saliency(model, x, 3, layers=["layer3"], per_layer={"layer5": ("scaling", "sum")})
+    with pytest.raises(NormGradError, match="must map layer names"):
+        ng.saliency(model, x, 3, layers=["layer3"], per_layer=[("layer3", ("scaling", "sum"))])
+    with pytest.raises(NormGradError, match="extract='layer' needs a layer with weights"):  # each layer's own extract is checked
+        ng.saliency(model, x, 3, layers=["layer3"], per_layer={"layer3": ("layer", "norm")})
 
 
 def test_choose_layers_by_stride_and_reach():

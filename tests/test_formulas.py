@@ -101,3 +101,59 @@ def test_float32_precision():
             model.float()
             assert maps.dtype == torch.float32
             torch.testing.assert_close(maps, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("chunk", [40, 260])  # 40: rows of one sample; 260: runs of samples (batch 3 of 126 / 210 values)
+def test_chunked_reductions_match_the_brute_force(monkeypatch, chunk):
+    """Statistics reduced slice by slice (large activations) are those of the whole tensor, for every extract × aggregate."""
+    from normgrad.formulas import aggregate as aggregate_module
+
+    x = torch.randn(3, 3, 7, 6)
+    model = prepared(conv_model(in_channels=3, out_channels=5, kernel_size=3, padding=1, groups=1), x)
+    x = x.double()
+    whole = {(e, a): ng.saliency(model, x, target=[1, 4, 0], layers=["input", "0", "1"], extract=e, aggregate=a)
+             for e in VIRTUAL for a in ng.AGGREGATES}  # fmt: skip
+    monkeypatch.setattr(aggregate_module, "CHUNK_ELEMENTS", chunk)
+    for extract in VIRTUAL + ["layer"]:
+        for aggregate in ng.AGGREGATES:
+            layers = ["0"] if extract == "layer" else ["input", "0", "1"]
+            maps = ng.saliency(model, x, target=[1, 4, 0], layers=layers, extract=extract, aggregate=aggregate)
+            for layer in layers:
+                expected = brute_force_map(model, x, layer, extract, aggregate, target=[1, 4, 0])
+                torch.testing.assert_close(maps[layer], expected.float(), rtol=1e-5, atol=1e-6)
+                if extract != "layer":
+                    torch.testing.assert_close(maps[layer], whole[(extract, aggregate)][layer], rtol=1e-6, atol=1e-7)
+
+
+def test_by_chunks_splits_samples_or_rows_and_concatenates_tuples(monkeypatch):
+    from normgrad.formulas import aggregate as aggregate_module
+
+    calls = []
+
+    def stats(v, s):
+        calls.append(tuple(v.shape))
+        return (v * s).sum(1), (v * s).amax(1)
+
+    cases = (  # batch, chunk, the slices: runs of samples, or rows when one sample (108 values) is larger than a chunk
+        (5, 300, [(2, 4, 9, 3), (2, 4, 9, 3), (1, 4, 9, 3)]),
+        (2, 50, [(2, 4, 2, 3)] * 4 + [(2, 4, 1, 3)]),
+    )
+    for batch, chunk, shapes in cases:
+        values, scale = torch.randn(batch, 4, 9, 3), torch.randn(batch, 4, 9, 3)
+        expected = stats(values, scale)
+        monkeypatch.setattr(aggregate_module, "CHUNK_ELEMENTS", chunk)
+        calls.clear()
+        result = aggregate_module.by_chunks(stats, values, scale)
+        assert calls == shapes
+        assert all(torch.equal(r, e) for r, e in zip(result, expected, strict=True))
+
+
+def test_by_chunks_leaves_other_devices_whole(monkeypatch):
+    """Only CPU tensors are sliced (a caching allocator, as CUDA's, has no page faults to avoid, only launches to add)."""
+    from normgrad.formulas import aggregate as aggregate_module
+
+    monkeypatch.setattr(aggregate_module, "CHUNK_ELEMENTS", 10)
+    calls = []
+    values = torch.empty(4, 3, 5, 5, device="meta")
+    aggregate_module.by_chunks(lambda v: calls.append(tuple(v.shape)) or v.sum(1), values)
+    assert calls == [(4, 3, 5, 5)]

@@ -201,7 +201,7 @@ def test_explain_batch_takes_predictions_from_the_engine_pass(loaded, name, targ
         usable, prediction, targets, maps = pipeline.explain_batch(method, loaded.model, x, target, layers)
     finally:
         handle.remove()
-    assert len(calls) == (2 if name == "layered" else 1)  # the default's two methods: one pass each until the engine mixes them
+    assert len(calls) == 1  # the default's two methods too: one pass
     expected_prediction = pipeline.predict(loaded.model, x)
     expected_targets = pipeline.targets(target, expected_prediction)
     expected = pipeline.run_method(method, loaded.model, x, expected_targets, layers)

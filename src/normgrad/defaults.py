@@ -80,7 +80,7 @@ class ExplainDefaults:
 
     @property
     def method(self) -> Method:
-        """One registry :class:`~normgrad.registry.Method`: each layer with its own method (one pass per method)."""
+        """One registry :class:`~normgrad.registry.Method`: each layer with its own method, all in one engine pass."""
         return layered(self.methods)
 
     def describe(self) -> str:
@@ -90,18 +90,28 @@ class ExplainDefaults:
 
 
 def layered(methods: dict[str, str], fallback: str = FINE_METHOD) -> Method:
-    """A registry method computing each layer with its own method (``{layer: name}``); other layers use ``fallback``."""
+    """A registry method computing each layer with its own method (``{layer: name}``); other layers use ``fallback``.
+
+    The engine's methods (``normgrad``, ``selective``, ``<extract>+<aggregate>``)
+    share one forward/backward pass, each layer with its own pair; any other
+    method runs its own call on its layers.
+    """
 
     def function(model: nn.Module, inputs: Tensor, target: Any = None, *, layers: Any, **options: Any) -> dict[str, Tensor]:
         names = [layers] if isinstance(layers, str) else list(layers)
         if not all(isinstance(name, str) for name in names):
             raise NormGradError("the default method takes layer names (strings); pass --method to select layers otherwise")
-        groups: dict[str, list[str]] = {}
-        for name in names:
-            groups.setdefault(methods.get(name, fallback), []).append(name)
+        chosen = {name: get_method(methods.get(name, fallback)) for name in names}
+        pairs = {} if options else {name: method.pair for name, method in chosen.items() if method.pair is not None}
         maps: dict[str, Tensor] = {}
-        for method, group in groups.items():
-            maps.update(get_method(method)(model, inputs, target, layers=group, **options))
+        if pairs:
+            maps.update(saliency(model, inputs, target, layers=list(pairs), per_layer=pairs))
+        groups: dict[str, list[str]] = {}
+        for name, method in chosen.items():
+            if name not in pairs:
+                groups.setdefault(method.name, []).append(name)
+        for method_name, group in groups.items():
+            maps.update(get_method(method_name)(model, inputs, target, layers=group, **options))
         return {name: maps[name] for name in names}
 
     title = " × ".join(dict.fromkeys(get_method(m).title for m in methods.values())) or get_method(fallback).title

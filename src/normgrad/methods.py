@@ -15,7 +15,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from normgrad.engine.layers import Layers
-from normgrad.engine.single_pass import run_saliency
+from normgrad.engine.single_pass import PerLayer, run_saliency
 from normgrad.targets import Target
 
 
@@ -27,14 +27,17 @@ def saliency(
     layers: Layers,
     extract: str = "conv1x1",
     aggregate: str = "norm",
+    per_layer: PerLayer | None = None,
 ) -> dict[str, Tensor]:
     """Saliency maps of ``layers`` for one extract × aggregate, in one forward/backward pass.
 
     Returns ``{layer name: (N, 1, h, w) float32 map}`` at each layer's own
-    resolution, in the order of ``layers``.  The model runs in eval mode and
-    is left exactly as it was.
+    resolution, in the order of ``layers``.  ``per_layer`` gives some layers
+    their own pair, ``{"layer3": ("scaling", "positive_norm"), "layer4":
+    ("scaling", "sum")}``, still in the same single pass.  The model runs in
+    eval mode and is left exactly as it was.
     """
-    return run_saliency(model, inputs, target, layers, extract, aggregate)
+    return run_saliency(model, inputs, target, layers, extract, aggregate, per_layer)
 
 
 def normgrad(model: nn.Module, inputs: Tensor, target: Target = None, *, layers: Layers, extract: str = "conv1x1") -> dict[str, Tensor]:

@@ -40,6 +40,7 @@ class Method:
     needs_model: bool = True
     inner_step: bool = False  # meta / adversarial: takes lr and steps
     engine: bool = False  # an engine method: its objective sees the logits of the inputs as given (predictions in the same pass)
+    pair: tuple[str, str] | None = None  # (extract, aggregate) of an engine method: several of them share one pass per layer
 
     def __call__(self, model: Any, inputs: Any, target: Any = None, *, layers: Any = None, **options: Any) -> dict:
         if self.uses_layers and layers is None:
@@ -48,8 +49,8 @@ class Method:
 
 
 _FIXED: dict[str, Method] = {
-    "normgrad": Method("normgrad", normgrad, True, "NormGrad", engine=True),
-    "selective": Method("selective", normgrad_selective, True, "NormGrad selective", engine=True),
+    "normgrad": Method("normgrad", normgrad, True, "NormGrad", engine=True, pair=("conv1x1", "norm")),
+    "selective": Method("selective", normgrad_selective, True, "NormGrad selective", engine=True, pair=("scaling", "positive_norm")),
     "gradient": Method("gradient", baselines.gradient, False, "gradient"),
     "input_x_gradient": Method("input_x_gradient", baselines.input_x_gradient, False, "input × gradient"),
     "guided_backprop": Method("guided_backprop", baselines.guided_backprop, False, "guided backprop"),
@@ -86,7 +87,8 @@ def get_method(name: str, *, lr: float = 2.5e-3, steps: int = 1) -> Method:
     if "+" in name:
         extract, _, aggregate = name.partition("+")
         if extract in EXTRACTS and aggregate in AGGREGATES:
-            return Method(name, partial(saliency, extract=extract, aggregate=aggregate), True, f"{extract} + {aggregate}", engine=True)
+            function = partial(saliency, extract=extract, aggregate=aggregate)
+            return Method(name, function, True, f"{extract} + {aggregate}", engine=True, pair=(extract, aggregate))
         hints = [f"{what} {part!r} is unknown{_closest(part, valid)}" for what, part, valid in
                  (("extract", extract, EXTRACTS), ("aggregate", aggregate, AGGREGATES)) if part not in valid]  # fmt: skip
         raise NormGradError(

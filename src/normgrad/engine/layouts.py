@@ -55,6 +55,7 @@ from normgrad.errors import NormGradError
 from normgrad.formulas.layout import Layout
 
 TOKEN_PARAMETERS = ("cls_token", "class_token", "dist_token", "reg_token", "register_tokens")
+_TOKEN_NAMES = frozenset(TOKEN_PARAMETERS)
 UNROLLED_TOKENS = ("Unroll",)  # timm's Hiera: tokens reordered so that pooling is a strided slice, not raster order
 
 _CHANNELS_FIRST = (
@@ -102,18 +103,18 @@ class Evidence:
         token_counts: list[int] = []
         for module in model.modules():
             attributes = vars(module)  # plain lookups: nn.Module.__getattr__ raises for missing names, which is slow
-            count = attributes.get("num_prefix_tokens")
-            if isinstance(count, int) and declared is None:
-                declared = count
+            if declared is None:
+                count = attributes.get("num_prefix_tokens")
+                declared = count if isinstance(count, int) else None
             fmt = attributes.get("output_fmt")
-            source = type(module).__module__
-            torchvision_swin = type(module).__name__ == "SwinTransformer" and source.startswith("torchvision")
-            channels_last = channels_last or str(getattr(fmt, "value", fmt)) == "NHWC" or torchvision_swin
-            parameters = attributes.get("_parameters", {})
-            token_counts += [_token_count(parameters[name]) for name in TOKEN_PARAMETERS if parameters.get(name) is not None]
-            known_family = known_family or source.startswith(("torchvision.models.", "timm.models."))
-            all_torch = all_torch and source.startswith("torch.nn.")
-            raster_tokens = raster_tokens and type(module).__name__ not in UNROLLED_TOKENS
+            torchvision_swin, known, from_torch, unrolled = _type_facts(type(module))
+            channels_last = channels_last or torchvision_swin or (fmt is not None and str(getattr(fmt, "value", fmt)) == "NHWC")
+            parameters = attributes.get("_parameters")
+            if parameters and not _TOKEN_NAMES.isdisjoint(parameters):
+                token_counts += [_token_count(parameters[name]) for name in TOKEN_PARAMETERS if parameters.get(name) is not None]
+            known_family = known_family or known
+            all_torch = all_torch and from_torch
+            raster_tokens = raster_tokens and not unrolled
         prefix = declared if declared is not None else sum(token_counts)
         if channels_last or declared is not None or token_counts:
             family: str | None = "last"
@@ -123,6 +124,15 @@ class Evidence:
             family = None
         height, width = inputs.shape[-2:]
         return cls((int(height), int(width)), int(inputs.shape[0]), prefix, family, raster_tokens)
+
+
+@lru_cache(maxsize=1024)
+def _type_facts(kind: type) -> tuple[bool, bool, bool, bool]:
+    """What a module's class tells: (torchvision's Swin, a torchvision/timm model, a ``torch.nn`` module, reorders tokens)."""
+    source = kind.__module__
+    torchvision_swin = kind.__name__ == "SwinTransformer" and source.startswith("torchvision")
+    known_family = source.startswith(("torchvision.models.", "timm.models."))
+    return torchvision_swin, known_family, source.startswith("torch.nn."), kind.__name__ in UNROLLED_TOKENS
 
 
 def activation_of(output: object) -> torch.Tensor | None:

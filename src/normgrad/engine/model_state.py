@@ -29,10 +29,13 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     current parameters (meta-saliency's stepped ones too) and nothing
     computed here is left cached in the model.
     """
-    saved = [(module, module.training) for module in model.modules()]
+    saved: list[tuple[nn.Module, bool]] = []  # only the flags that change: most models are already in eval mode
     try:
-        for module, _ in saved:
-            module.training = isinstance(getattr(module, BIAS_CACHE, None), dict)
+        for module in model.modules():
+            wanted = isinstance(vars(module).get(BIAS_CACHE), dict)  # vars: nn.Module.__getattr__ is slow on missing names
+            if module.training != wanted:
+                saved.append((module, module.training))
+                module.training = wanted
         yield
     finally:
         for module, training in saved:

@@ -9,11 +9,17 @@
    chosen activations only — no weight gradient, nothing in ``param.grad``.
    Taking the edge captured before an in-place ReLU gives ``∂J/∂a`` of the
    value the hook saw, so in-place layers are safe without copying.
+
+Each layer has its own extract × aggregate (``per_layer``), so maps of
+different methods at different layers (the explain default) still take one
+forward and one backward.
 """
 
 from __future__ import annotations
 
+import difflib
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +32,8 @@ from normgrad.engine.layouts import Evidence, LayoutError, activation_of, decide
 from normgrad.engine.model_state import Hooks, eval_mode
 from normgrad.engine.workarounds import guard_batchnorm_backward, needs_batchnorm_guard
 from normgrad.errors import NormGradError
-from normgrad.formulas.aggregate import check_aggregate
-from normgrad.formulas.extract import Extract, ForwardRecord, get_extract
+from normgrad.formulas.aggregate import AGGREGATES, check_aggregate
+from normgrad.formulas.extract import EXTRACTS, Extract, ForwardRecord, get_extract
 from normgrad.formulas.layout import SUPPORTED_ACTIVATIONS, Layout
 from normgrad.targets import Objective, Target
 
@@ -38,6 +44,8 @@ class Probe:
 
     name: str
     module: nn.Module | None
+    extract: Extract
+    aggregate: str
     explicit: bool = True
     record: ForwardRecord | None = None
     edge: GradientEdge | None = None
@@ -46,7 +54,7 @@ class Probe:
     calls: int = 0
     skipped: str = ""
 
-    def capture(self, extract: Extract, aggregate: str, evidence: Evidence, inputs: tuple, output: Any) -> None:
+    def capture(self, evidence: Evidence, inputs: tuple, output: Any) -> None:
         self.calls += 1
         try:
             if self.calls > 1:
@@ -70,8 +78,8 @@ class Probe:
             layout = decide_layout(output, self.module, evidence, f"layer {self.name!r}")
             detached_inputs = tuple(x.detach() if isinstance(x, Tensor) else x for x in inputs)
             with torch.no_grad():  # statistics are values, not part of the graph
-                self.record = extract.forward_record(
-                    aggregate, self.module, detached_inputs, output.detach(), layout, f"layer {self.name!r}"
+                self.record = self.extract.forward_record(
+                    self.aggregate, self.module, detached_inputs, output.detach(), layout, f"layer {self.name!r}"
                 )
         except NormGradError as error:
             if self.explicit:
@@ -109,6 +117,9 @@ def _not_images_message(shape: tuple[int, ...], model: nn.Module | None) -> str:
     return message
 
 
+PerLayer = Mapping[str, tuple[str, str]]
+
+
 def run_saliency(
     model: nn.Module,
     inputs: Tensor,
@@ -116,16 +127,21 @@ def run_saliency(
     layers: Layers,
     extract: str,
     aggregate: str,
+    per_layer: PerLayer | None = None,
 ) -> dict[str, Tensor]:
-    """The maps of ``layers`` for one extract × aggregate, in one forward/backward pass."""
+    """The maps of ``layers`` in one forward/backward pass: ``extract`` × ``aggregate``, or ``per_layer[name]`` for the layers it names."""
     check_inputs(inputs, model)
     check_aggregate(aggregate)
-    extract_impl = get_extract(extract)
+    get_extract(extract)
     selected = resolve_layers(model, layers)
-    probes = [Probe(chosen.name, chosen.module, chosen.explicit) for chosen in selected]
+    pairs = check_per_layer(per_layer, [chosen.name for chosen in selected])
+    probes = []
+    for chosen in selected:
+        layer_extract, layer_aggregate = pairs.get(chosen.name, (extract, aggregate))
+        probes.append(Probe(chosen.name, chosen.module, get_extract(layer_extract), layer_aggregate, chosen.explicit))
     for probe in probes:
         try:
-            extract_impl.check_module(probe.name, probe.module)
+            probe.extract.check_module(probe.name, probe.module)
         except NormGradError as error:
             if probe.explicit:
                 raise
@@ -136,7 +152,7 @@ def run_saliency(
         [(_, unit_module)] = select_layers(model, [objective.unit.layer])
     evidence = Evidence.of(model, inputs)
     try:
-        maps = _one_pass(model, inputs, objective, unit_module, probes, extract_impl, aggregate, evidence)
+        maps = _one_pass(model, inputs, objective, unit_module, probes, evidence)
     except LayoutError as error:
         raise _with_grid_suggestion(error, model, inputs, probes) from None
     skipped = [probe for probe in probes if probe.skipped]
@@ -151,8 +167,6 @@ def _one_pass(
     objective: Objective,
     unit_module: nn.Module | None,
     probes: list[Probe],
-    extract_impl: Extract,
-    aggregate: str,
     evidence: Evidence,
 ) -> dict[str, Tensor]:
     with torch.inference_mode(False), torch.enable_grad(), eval_mode(model), Hooks() as hooks:
@@ -163,9 +177,9 @@ def _one_pass(
             if probe.skipped:
                 continue
             if probe.module is None:
-                probe.capture(extract_impl, aggregate, evidence, (), image)
+                probe.capture(evidence, (), image)
             else:
-                hooks.add(probe.module.register_forward_hook(_capture_hook(probe, extract_impl, aggregate, evidence)))
+                hooks.add(probe.module.register_forward_hook(_capture_hook(probe, evidence)))
         if objective.unit is not None:
             if unit_module is None:
                 unit_values.append(objective.unit.read(image, Layout("nchw", evidence.image)))
@@ -198,10 +212,41 @@ def _one_pass(
         if grad is None:  # the layer does not influence the objective
             grad = torch.zeros(probe.output_shape, dtype=probe.output_dtype, device=inputs.device)
         assert probe.record is not None
-        saliency_map = extract_impl.saliency(aggregate, probe.record, grad, f"layer {probe.name!r}")
+        saliency_map = probe.extract.saliency(probe.aggregate, probe.record, grad, f"layer {probe.name!r}")
         maps[probe.name] = saliency_map.float().contiguous()
         probe.record = None
     return maps
+
+
+def check_per_layer(per_layer: PerLayer | None, selected: list[str]) -> dict[str, tuple[str, str]]:
+    """``per_layer`` checked: ``{layer name: (extract, aggregate)}`` for selected layers, with known extracts and aggregates."""
+    if per_layer is None:
+        return {}
+    if not isinstance(per_layer, Mapping):
+        raise NormGradError(f"per_layer must map layer names to (extract, aggregate) pairs; got a {type(per_layer).__name__}")
+    pairs: dict[str, tuple[str, str]] = {}
+    for name, pair in per_layer.items():
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(part, str) for part in pair)):
+            raise NormGradError(
+                f"per_layer[{name!r}] must be an (extract, aggregate) pair of names such as ('scaling', 'sum'); got {pair!r}"
+            )
+        extract, aggregate = pair
+        for what, part, valid in (("extract", extract, EXTRACTS), ("aggregate", aggregate, AGGREGATES)):
+            if part not in valid:
+                hint = _closest(part, valid)
+                raise NormGradError(f"per_layer[{name!r}]: unknown {what} {part!r}{hint}; valid {what}s: {', '.join(valid)}")
+        if name not in selected:
+            raise NormGradError(
+                f"per_layer names {name!r}, which is not among the selected layers{_closest(str(name), selected)}; selected: "
+                f"{', '.join(selected[:12])}{', ...' if len(selected) > 12 else ''}"
+            )
+        pairs[name] = (extract, aggregate)
+    return pairs
+
+
+def _closest(name: str, valid: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def _skipped_message(skipped: list[Probe], kept: int) -> str:
@@ -219,9 +264,9 @@ def _with_grid_suggestion(error: LayoutError, model: nn.Module, inputs: Tensor, 
     return NormGradError(f"{error}{hint} (`normgrad layers MODEL` shows every layer's layout)")
 
 
-def _capture_hook(probe: Probe, extract: Extract, aggregate: str, evidence: Evidence):
+def _capture_hook(probe: Probe, evidence: Evidence):
     def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
-        probe.capture(extract, aggregate, evidence, inputs, output)
+        probe.capture(evidence, inputs, output)
 
     return hook
 
@@ -241,4 +286,4 @@ def _unit_hook(objective: Objective, unit_values: list[Tensor], evidence: Eviden
     return hook
 
 
-__all__ = ["Probe", "check_inputs", "run_saliency"]
+__all__ = ["PerLayer", "Probe", "check_inputs", "check_per_layer", "run_saliency"]

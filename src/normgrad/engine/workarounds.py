@@ -27,13 +27,14 @@ def _canonical_batch_stride(grad: Tensor | None) -> Tensor | None:
     return grad.as_strided(grad.shape, (per_sample, *grad.stride()[1:]), grad.storage_offset())
 
 
-def _fix_grad_outputs(grad_outputs: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...]:
-    return tuple(_canonical_batch_stride(grad) for grad in grad_outputs)
+def _fix_grad_outputs(grad_outputs: tuple[Tensor | None, ...]) -> tuple[Tensor | None, ...] | None:
+    fixed = tuple(_canonical_batch_stride(grad) for grad in grad_outputs)
+    return None if all(new is old for new, old in zip(fixed, grad_outputs)) else fixed  # None: unchanged
 
 
 def needs_batchnorm_guard(model: nn.Module, batch: int) -> bool:
     """The bug needs a BatchNorm and a batch of 1 (the per-image steps of meta-saliency, single images)."""
-    return batch == 1 and any("BatchNorm" in type(module).__name__ for module in model.modules())
+    return batch == 1 and any("BatchNorm" in type(module).__name__ for module in model.modules())  # lazy: stops at the first
 
 
 def guard_batchnorm_backward(*roots: Tensor) -> None:
@@ -45,15 +46,16 @@ def guard_batchnorm_backward(*roots: Tensor) -> None:
     are left as they are.
     """
     stack: list[Node] = [root.grad_fn for root in roots if root.grad_fn is not None]
-    seen: set[Node] = set()
+    seen: set[Node] = set(stack)
     while stack:
         node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if "BatchNorm" in node.name() and "Backward" in node.name():
+        name = node.name()
+        if "BatchNorm" in name and "Backward" in name:
             node.register_prehook(_fix_grad_outputs)
-        stack.extend(next_node for next_node, _ in node.next_functions if next_node is not None)
+        for next_node, _ in node.next_functions:
+            if next_node is not None and next_node not in seen:
+                seen.add(next_node)
+                stack.append(next_node)
 
 
 __all__ = ["guard_batchnorm_backward", "needs_batchnorm_guard"]

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from normgrad.errors import NormGradError
-from normgrad.formulas.aggregate import Stats, channel_stats, outer_aggregate, vector_aggregate, working_dtype
+from normgrad.formulas.aggregate import Stats, channel_stats, outer_aggregate, product_aggregate, working_dtype
 from normgrad.formulas.layout import Layout
 from normgrad.formulas.patches import CONV3X3, Window, conv_window
 
@@ -68,7 +68,7 @@ class Extract:
         grad = record.layout.to_nchw(grad_output)
         if record.elementwise:
             (activation,) = record.q_stats
-            return vector_aggregate(aggregate, grad.to(activation.dtype) * activation)
+            return product_aggregate(aggregate, grad, activation)
         p_stats = channel_stats(grad, aggregate, record.groups)
         return outer_aggregate(aggregate, p_stats, record.q_stats)
 
