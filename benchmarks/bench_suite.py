@@ -212,7 +212,8 @@ def main() -> None:
     lines = [
         "# Benchmarks",
         "",
-        f"Machine: {machine()}; no GPU in this run (CUDA numbers: not measured yet). Command: `python benchmarks/bench_suite.py` "
+        f"Machine: {machine()}; CPU (the accelerator tables: bench_device.py, in their own section below). "
+        "Command: `python benchmarks/bench_suite.py` "
         f"(`make bench`). Interleaved medians of {args.repeats} runs in one process; peak memory from the profiler's allocation events. "
         "Engine details: [benchmarks-engine.md](benchmarks-engine.md); meta-saliency: [benchmarks-meta.md](benchmarks-meta.md).",
         "",

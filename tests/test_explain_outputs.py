@@ -160,3 +160,15 @@ def test_overlay_png_is_the_photo_blended_with_the_map(photos, tmp_path, explain
     photo = Image.open(photos / "img1.png").convert("RGB")
     expected = np.asarray(viz.overlay(photo, np.load(tmp_path / "img1.npy")))
     assert np.array_equal(np.asarray(Image.open(tmp_path / "img1.png")), expected)
+
+
+def test_background_threads_follow_the_device(monkeypatch):
+    """Two readers and writers next to a CPU model; three quarters of the cores (shared by torchrun's local processes) on CUDA."""
+    from normgrad.cli.explain import background_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert background_threads("cpu") == 2 and background_threads("cuda") == 12 and background_threads("cuda:1") == 12
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert background_threads("cuda") == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert background_threads("cuda") == 2

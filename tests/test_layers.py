@@ -8,6 +8,7 @@ from torch import nn
 
 import normgrad as ng
 from conftest import SmallNet
+from normgrad.engine.layers import auto_layers, describe_layers
 
 
 def test_selectors():
@@ -105,3 +106,11 @@ def test_layer_listing_shows_layouts():
     assert infos["patch_embed.proj"].layout_text == "(N, C, H, W) 4×6"
     assert infos["blocks.0.attn.q_norm"].layout_text == "no map: not on the image grid"
     assert infos["patch_embed.proj"].takes_image and not infos["blocks.0"].takes_image
+
+
+def test_layers_are_described_on_the_model_device():
+    """A CPU example for a model elsewhere (CUDA in practice; the meta device here): the probe runs where the model is."""
+    model = torchvision.models.resnet18().to("meta")
+    assert auto_layers(model, torch.randn(1, 3, 64, 96)) == ["layer1", "layer2", "layer3", "layer4"]
+    infos = {info.name: info for info in describe_layers(model, torch.randn(1, 3, 64, 96))}
+    assert infos["layer4"].output_shape == (1, 512, 2, 3)

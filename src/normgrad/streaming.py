@@ -26,6 +26,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -235,8 +236,24 @@ def batches(items: Iterator[Item], batch_size: int, on_error: Callable[[Item], N
         yield bucket
 
 
+BACKGROUND_NICE = int(os.environ.get("NORMGRAD_BACKGROUND_NICE", "5"))  # readers and writers yield the CPU to the model
+
+
+def lower_priority() -> None:
+    """This thread (Linux: a thread has its own nice value) runs ``BACKGROUND_NICE`` steps below the model's thread,
+    so that reading and writing fill the CPU the model leaves idle instead of stalling its parallel kernels."""
+    if BACKGROUND_NICE <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE))
+    except OSError:  # not permitted here: run at the same priority
+        pass
+
+
 def die_with_parent(parent: int, worker_id: int = 0) -> None:
-    """A DataLoader ``worker_init_fn``: the worker is killed when its parent dies, even by ``kill -9`` (Linux)."""
+    """A DataLoader ``worker_init_fn``: the worker is killed when its parent dies, even by ``kill -9`` (Linux); lower priority."""
+    lower_priority()
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -288,7 +305,7 @@ class Writer:
 
     def __init__(self, threads: int, limit: int) -> None:
         self.limit = max(1, limit)
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="normgrad-writer") if threads > 0 else None
+        self._pool = ThreadPoolExecutor(threads, "normgrad-writer", initializer=lower_priority) if threads > 0 else None
         self._pending: deque[Future] = deque()
 
     def submit(self, task: Callable[..., Any], *args: Any) -> list[Future]:

@@ -63,7 +63,16 @@ the same settings and redoes changed inputs, failed images and missing or trunca
 
 
 MIN_SIZE = 16  # the smallest --size: below it most models have no spatial map left
-WRITERS = 2  # background writer threads (docs/benchmarks.md, "explain throughput")
+
+
+def background_threads(device: str) -> int:
+    """Default ``--workers`` and ``--writers``: 2 when the model runs on the CPU (it needs the cores; measured on 2 cores),
+    three quarters of the cores on an accelerator, where reading and writing are the bottleneck (measured on 16 cores:
+    12 writers 2.2x faster than 4; docs/benchmarks.md), shared by the processes torchrun starts on this machine."""
+    if not device.startswith("cuda"):
+        return 2
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(2, 3 * (os.cpu_count() or 2) // (4 * processes))
 
 
 class Quiet(Exception):
@@ -104,7 +113,12 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--out", type=Path, default=Path("normgrad-out"), help="output folder (default: normgrad-out)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default: 8)")
     add_meta_options(parser)
-    parser.add_argument("--workers", type=non_negative_int, default=2, help="background processes reading images (default: 2; 0: none)")
+    parser.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=None,
+        help="background processes reading images (default: 2 on the CPU, 3/4 of the cores with --device cuda; 0: none)",
+    )
     parser.add_argument(
         "--save-layers", action="store_true", help="also write each layer's map (<name>_<layer>.png/.npy) besides the combined one"
     )
@@ -112,8 +126,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--writers",
         type=non_negative_int,
-        default=WRITERS,
-        help=f"background threads rendering, encoding and writing outputs (default: {WRITERS}; 0: none)",
+        default=None,
+        help="background threads rendering, encoding and writing outputs (default: as --workers; 0: none)",
     )
     parser.add_argument("--no-overlay", action="store_true", help="do not write the .png overlays")
     parser.add_argument("--no-npy", action="store_true", help="do not write the .npy maps")
@@ -154,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
         if args.size is not None and args.size < MIN_SIZE:
             raise NormGradError(f"--size must be at least {MIN_SIZE} pixels; got {args.size}")
         check_device(args.device)
+        args.workers = background_threads(args.device) if args.workers is None else args.workers
+        args.writers = background_threads(args.device) if args.writers is None else args.writers
         check_weights(args.weights)
         layer_names = parse_layers(args.layers)
         target_option = pipeline.parse_target(args.target)

@@ -169,6 +169,13 @@ class LayerInfo:
         return str(self.layout) if self.layout is not None else self.note
 
 
+def model_device(model: nn.Module, default: torch.device | str = "cpu") -> torch.device:
+    """Where the model's first parameter (or buffer) lives; ``default`` for a model without any."""
+    tensor = next(model.parameters(), None)
+    tensor = next(model.buffers(), None) if tensor is None else tensor
+    return tensor.device if tensor is not None else torch.device(default)
+
+
 def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     """Every submodule with its type, output shape and layout, in execution (post-)order, from one forward pass.
 
@@ -179,7 +186,7 @@ def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     evidence = Evidence.of(model, example)
     seen: dict[str, LayerInfo] = {}
     with torch.inference_mode(False), torch.enable_grad(), eval_mode(model), Hooks() as hooks:
-        image = example.detach().clone().requires_grad_(True).clone()  # a non-leaf, as in the engine
+        image = example.detach().to(model_device(model, example.device)).requires_grad_(True).clone()  # a non-leaf, as in the engine
 
         def make_hook(name: str):
             def hook(module: nn.Module, inputs: tuple, output: object) -> None:
