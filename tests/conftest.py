@@ -62,3 +62,13 @@ def randomize_batchnorm(model: nn.Module) -> nn.Module:
 @pytest.fixture
 def small_net() -> nn.Module:
     return randomize_batchnorm(SmallNet())
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium for the browser tests (tests/web.py), one per test module."""
+    from web import chromium
+
+    driver = chromium()
+    yield driver
+    driver.quit()

@@ -17,16 +17,9 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select
 
 from normgrad.serve import Explorer, create_app
-from web import AWKWARD, chromium, live_server, picture, severe_console_errors, tiny_model, wait
+from web import AWKWARD, live_server, picture, severe_console_errors, tiny_model, wait
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def browser():
-    driver = chromium()
-    yield driver
-    driver.quit()
 
 
 def canvas_digest(browser, css="#main"):

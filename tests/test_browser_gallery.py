@@ -18,16 +18,9 @@ from normgrad.cli import main
 from normgrad.gallery import Gallery
 from normgrad.store import OutputStore
 from test_gallery import MODEL, awkward_inputs, chunks
-from web import chromium, severe_console_errors, wait
+from web import severe_console_errors, wait
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def browser():
-    driver = chromium()
-    yield driver
-    driver.quit()
 
 
 @pytest.fixture(scope="module")

@@ -266,6 +266,25 @@ def test_flattened_maps_and_sequences():
         ng.normgrad(cropped, x, layers=["2"])  # 22 positions: no grid of 16×24
 
 
+class ConvTokens(nn.Module):
+    """LeViT's pattern: conv + BatchNorm, then tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.head = nn.Conv2d(3, 8, 4, stride=4), nn.BatchNorm2d(8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        tokens = self.bn(self.conv(x)).flatten(2).transpose(1, 2)
+        return self.head(F.gelu(tokens).mean(1))
+
+
+def conv_tokens() -> ConvTokens:
+    """A float64 ConvTokens in eval mode with running variances away from 1 (so the BatchNorm backward matters)."""
+    model = ConvTokens().double().eval()
+    model.bn.running_var.uniform_(0.5, 2.0)
+    return model
+
+
 def test_batchnorm_backward_workaround():
     """PyTorch's BatchNorm backward is wrong at batch 1 for a channels-last gradient with a short batch stride."""
     from normgrad.engine.workarounds import guard_batchnorm_backward
@@ -280,17 +299,7 @@ def test_batchnorm_backward_workaround():
     (fixed,) = torch.autograd.grad(y, x, grad)
     torch.testing.assert_close(fixed, expected)
 
-    class ConvTokens(nn.Module):  # LeViT's pattern: conv + BatchNorm, then tokens
-        def __init__(self):
-            super().__init__()
-            self.conv, self.bn, self.head = nn.Conv2d(3, 8, 4, stride=4), nn.BatchNorm2d(8), nn.Linear(8, 3)
-
-        def forward(self, x):
-            tokens = self.bn(self.conv(x)).flatten(2).transpose(1, 2)
-            return self.head(F.gelu(tokens).mean(1))
-
-    model = ConvTokens().double().eval()
-    model.bn.running_var.uniform_(0.5, 2.0)
+    model = conv_tokens()
     images = torch.randn(2, 3, 16, 24, dtype=torch.double)
     batch = ng.normgrad(model, images, 1, layers=["input", "conv"])
     for i in range(2):
@@ -303,17 +312,7 @@ def test_captum_input_baselines_get_the_batchnorm_workaround():
     """Captum's gradient and input x gradient at batch 1 on LeViT's conv + BatchNorm + tokens pattern equal the batch's."""
     pytest.importorskip("captum")
 
-    class ConvTokens(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv, self.bn, self.head = nn.Conv2d(3, 8, 4, stride=4), nn.BatchNorm2d(8), nn.Linear(8, 3)
-
-        def forward(self, x):
-            tokens = self.bn(self.conv(x)).flatten(2).transpose(1, 2)
-            return self.head(F.gelu(tokens).mean(1))
-
-    model = ConvTokens().double().eval()
-    model.bn.running_var.uniform_(0.5, 2.0)
+    model = conv_tokens()
     images = torch.randn(2, 3, 16, 24, dtype=torch.double)
     for method in (ng.baselines.gradient, ng.baselines.input_x_gradient):
         batch = method(model, images, 1)["input"]

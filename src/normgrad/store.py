@@ -334,12 +334,20 @@ class OutputStore:
             os.close(fd)
             raise
 
-    def lstat(self, relative: str) -> os.stat_result | None:
+    def _existing_parent(self, relative: str) -> tuple[int, str] | None:
+        """An fd of the folder holding ``relative`` (the caller closes it) and the entry's name; ``None`` if that folder
+        is absent or not a plain folder below OUT."""
         parent, name = _split(relative)
         try:
-            fd = self._open_dir(parent, create=False) if parent else os.dup(self.fd)
+            return (self._open_dir(parent, create=False) if parent else os.dup(self.fd)), name
         except (OSError, OutputConflict):
             return None
+
+    def lstat(self, relative: str) -> os.stat_result | None:
+        found = self._existing_parent(relative)
+        if found is None:
+            return None
+        fd, name = found
         try:
             return os.stat(name, dir_fd=fd, follow_symlinks=False)
         except OSError:
@@ -588,11 +596,10 @@ class OutputStore:
 
         No symlink is followed, in the folders above it either.
         """
-        parent, name = _split(relative)
-        try:
-            directory = self._open_dir(parent, create=False) if parent else os.dup(self.fd)
-        except (OSError, OutputConflict):
+        found = self._existing_parent(relative)
+        if found is None:
             return None
+        directory, name = found
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), dir_fd=directory)
         except OSError:

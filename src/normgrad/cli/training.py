@@ -10,7 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from normgrad.errors import NormGradError
+from normgrad.cli.common import int_at_least, non_negative_int, positive_int
 
 EXAMPLES = """examples:
   make data                                        # Fashion-MNIST from Debian's dataset-fashion-mnist
@@ -37,15 +37,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--retrain", action="store_true", help="train the model again even if it is cached")
     parser.add_argument("--data", type=Path, default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's)")
-    parser.add_argument("--images", type=int, default=None, help="test images in the per-image study (default: 1000; quick: 40)")
-    parser.add_argument("--roar-seeds", type=int, default=None, help="training seeds per ROAR/KAR point (default: 3)")
+    parser.add_argument(
+        "--images", type=int_at_least(2), default=None, help="test images in the per-image study (default: 1000; quick: 40)"
+    )
+    parser.add_argument("--roar-seeds", type=positive_int, default=None, help="training seeds per ROAR/KAR point (default: 3)")
     parser.add_argument("--no-imagenet", action="store_true", help="skip the second regime (EfficientNet-Lite0 on photos)")
     parser.add_argument("--no-roar", action="store_true", help="skip ROAR/KAR retraining")
     parser.add_argument(
-        "--jobs", type=int, default=None, help="worker processes retraining for ROAR/KAR while the rest runs (default: 1; 0: none)"
+        "--jobs",
+        type=non_negative_int,
+        default=None,
+        help="worker processes retraining for ROAR/KAR while the rest runs (default: 1; 0: none)",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 is much faster on a CPU shared with other work)"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads (default: torch's; 1 is much faster on a CPU shared with other work)",
     )
     parser.set_defaults(run=run)
     return parser
@@ -56,21 +64,13 @@ def run(args: argparse.Namespace) -> int:
 
     config = QUICK if args.quick else StudyConfig()
     if args.images is not None:
-        if args.images < 2:
-            raise NormGradError(f"--images must be at least 2; got {args.images}")
         config = replace(config, images=args.images)
     if args.roar_seeds is not None:
-        if args.roar_seeds < 1:
-            raise NormGradError(f"--roar-seeds must be at least 1; got {args.roar_seeds}")
         config = replace(config, roar_seeds=tuple(range(args.roar_seeds)))
     config = replace(config, imagenet=not args.no_imagenet, roar=not args.no_roar)
     if args.jobs is not None:
-        if args.jobs < 0:
-            raise NormGradError(f"--jobs must be 0 or more; got {args.jobs}")
         config = replace(config, jobs=args.jobs)
     if args.threads is not None:
-        if args.threads < 1:
-            raise NormGradError(f"--threads must be at least 1; got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
