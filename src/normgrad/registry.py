@@ -14,7 +14,6 @@ and returns ``{layer name: (N, 1, h, w) map}``.  Names:
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from functools import partial
 from typing import Any
 
 from normgrad import baselines
-from normgrad.errors import NormGradError
+from normgrad.errors import NormGradError, did_you_mean
 from normgrad.formulas.aggregate import AGGREGATES
 from normgrad.formulas.extract import EXTRACTS
 from normgrad.meta import meta_saliency
@@ -89,7 +88,7 @@ def get_method(name: str, *, lr: float = 2.5e-3, steps: int = 1) -> Method:
         if extract in EXTRACTS and aggregate in AGGREGATES:
             function = partial(saliency, extract=extract, aggregate=aggregate)
             return Method(name, function, True, f"{extract} + {aggregate}", engine=True, pair=(extract, aggregate))
-        hints = [f"{what} {part!r} is unknown{_closest(part, valid)}" for what, part, valid in
+        hints = [f"{what} {part!r} is unknown{did_you_mean(part, valid)}" for what, part, valid in
                  (("extract", extract, EXTRACTS), ("aggregate", aggregate, AGGREGATES)) if part not in valid]  # fmt: skip
         raise NormGradError(
             f"unknown extract+aggregate {name!r}: {'; '.join(hints)}; extracts: {', '.join(EXTRACTS)}; aggregates: {', '.join(AGGREGATES)}"
@@ -100,7 +99,7 @@ def get_method(name: str, *, lr: float = 2.5e-3, steps: int = 1) -> Method:
         "adversarial",
         *(f"{p}:{m}" for p in ("meta", "adversarial") for m in _FIXED if m not in ("center", "random")),
     ]
-    raise NormGradError(f"unknown method {name!r}{_closest(name, spelled)}; valid: {', '.join(method_names())}")
+    raise NormGradError(f"unknown method {name!r}{did_you_mean(name, spelled)}; valid: {', '.join(method_names())}")
 
 
 def check_step(lr: float, steps: int) -> None:
@@ -109,11 +108,6 @@ def check_step(lr: float, steps: int) -> None:
         raise NormGradError(f"lr must be a finite number ≥ 0 (the adversarial methods step up the loss); got {lr}")
     if isinstance(steps, bool) or int(steps) != steps or steps < 0:
         raise NormGradError(f"steps must be an integer ≥ 0; got {steps}")
-
-
-def _closest(name: str, valid: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(name, list(valid), n=4, cutoff=0.6)
-    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def _meta(

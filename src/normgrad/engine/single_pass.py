@@ -17,7 +17,6 @@ forward and one backward.
 
 from __future__ import annotations
 
-import difflib
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from normgrad.engine.layers import Layers, nearest_grid_layer, resolve_layers, s
 from normgrad.engine.layouts import Evidence, LayoutError, activation_of, decide_layout
 from normgrad.engine.model_state import Hooks, eval_mode
 from normgrad.engine.workarounds import guard_batchnorm_backward, needs_batchnorm_guard
-from normgrad.errors import NormGradError
+from normgrad.errors import NormGradError, did_you_mean
 from normgrad.formulas.aggregate import AGGREGATES, check_aggregate
 from normgrad.formulas.extract import EXTRACTS, Extract, ForwardRecord, get_extract
 from normgrad.formulas.layout import SUPPORTED_ACTIVATIONS, Layout
@@ -233,20 +232,15 @@ def check_per_layer(per_layer: PerLayer | None, selected: list[str]) -> dict[str
         extract, aggregate = pair
         for what, part, valid in (("extract", extract, EXTRACTS), ("aggregate", aggregate, AGGREGATES)):
             if part not in valid:
-                hint = _closest(part, valid)
+                hint = did_you_mean(part, valid, n=3)
                 raise NormGradError(f"per_layer[{name!r}]: unknown {what} {part!r}{hint}; valid {what}s: {', '.join(valid)}")
         if name not in selected:
             raise NormGradError(
-                f"per_layer names {name!r}, which is not among the selected layers{_closest(str(name), selected)}; selected: "
+                f"per_layer names {name!r}, which is not among the selected layers{did_you_mean(str(name), selected, n=3)}; selected: "
                 f"{', '.join(selected[:12])}{', ...' if len(selected) > 12 else ''}"
             )
         pairs[name] = (extract, aggregate)
     return pairs
-
-
-def _closest(name: str, valid: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.6)
-    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def _skipped_message(skipped: list[Probe], kept: int) -> str:
