@@ -42,7 +42,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 import normgrad as ng  # noqa: E402
 from bench_engine import floor  # noqa: E402
-from measure import machine, peak_bytes, write_section  # noqa: E402
+from measure import machine, peak_bytes, synchronize, write_section  # noqa: E402
 from normgrad.defaults import explain_defaults  # noqa: E402
 from normgrad.models import Preprocess  # noqa: E402
 
@@ -57,11 +57,6 @@ def models() -> dict[str, tuple[nn.Module, list[str]]]:
         "ResNet-50 (53 Conv2d)": (resnet, [name for name, m in resnet.named_modules() if isinstance(m, nn.Conv2d)]),
         "ViT-B/16 (12 blocks)": (vit, [f"blocks.{i}" for i in range(12)]),
     }
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def seconds(fn: Callable[[], object], device: torch.device) -> float:

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from measure import load_average, machine, write_section  # noqa: E402
+from measure import load_average, machine, synchronize, write_section  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PHOTO_SIZE = (400, 300)
@@ -195,11 +195,6 @@ def preprocessed_batches(paths: list[Path], preprocess: Any, batch_size: int) ->
 
     entries = [(i, path, path.stem) for i, path in enumerate(paths)]
     return list(batches(loader(entries, preprocess, 0), batch_size, lambda item: None))
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def run_engine_alone(folder: Path, model: str, weights: str, device: str, batch_size: int) -> dict:
