@@ -40,11 +40,12 @@ INJECT = textwrap.dedent("""
             return original(self, *args, **kwargs)
         if when == "before":
             die()
-        if when == "torn":  # half a journal line reaches the file
-            line = (store.dumps(args[0]) + "\\n").encode()
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644, dir_fd=self.dir_fd)
-            os.write(fd, line[: len(line) // 2])
-            die()
+        if when == "torn":  # half a journal line reaches the file (under the journal's lock, as in append: no writer
+            line = (store.dumps(args[0]) + "\\n").encode()  # thread can complete another line before the kill)
+            with self._lock:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644, dir_fd=self.dir_fd)
+                os.write(fd, line[: len(line) // 2])
+                die()
         if when == "temporary":  # a temporary file is complete, the rename has not happened
             fd = os.open(f"{self.run}.{self.rank}.{os.getpid()}.killed.tmp", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=self._tmp)
             os.write(fd, b"partial")
