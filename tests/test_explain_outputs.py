@@ -172,3 +172,16 @@ def test_background_threads_follow_the_device(monkeypatch):
     assert background_threads("cuda") == 3
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     assert background_threads("cuda") == 2
+
+
+def test_a_constant_map_is_written_with_a_warning(photos, tmp_path, capsys):
+    """A head of zeros: every gradient is zero, so every map is; explain writes it as computed and says it points nowhere."""
+    model = torchvision.models.resnet18()
+    torch.nn.init.zeros_(model.fc.weight)
+    path = tmp_path / "flat.pth"
+    torch.save(model.state_dict(), path)
+    argv = ["explain", str(photos), "--out", str(tmp_path / "o"), "--model", "torchvision:resnet18", "--weights", str(path)]
+    assert main([*argv, "--method", "normgrad", "--workers", "0"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("map is constant (0 everywhere)") == 3 and "img0.png: the combined map" in err
+    assert not np.load(tmp_path / "o" / "img0.npy").any()

@@ -126,3 +126,13 @@ def test_class_token_is_left_out_of_the_grid(monkeypatch):
     x = torch.randn(2, 3, 16, 16)
     assert ng.normgrad(model, x, layers=["norm"])["norm"].shape == (2, 1, 4, 4)
     check_all(model, x, ["norm", "mlp.1"], ["mlp.0", "mlp.2"], target=3)
+
+
+def test_random_weights_are_the_same_in_every_load_and_leave_the_callers_random_state():
+    """weights=None twice: identical models (a resumed run explains with the same model); torch's RNG as it was."""
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    first, second = (ng.models.load("torchvision:resnet18", weights=None) for _ in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()))
+    assert torch.equal(torch.rand(3), expected)

@@ -202,9 +202,10 @@ def input_policy(model: nn.Module, preprocess: Any, max_scale: int = MAX_SCALE) 
     return replace(preprocess, max_size=max_scale * preprocess.size)
 
 
-def explain_defaults(model: nn.Module, preprocess: Any) -> ExplainDefaults:
-    """The defaults for a model and its preprocessing (probed once, at the model's own input size)."""
-    policy = input_policy(model, preprocess)
+def explain_defaults(model: nn.Module, preprocess: Any, policy: Any = None) -> ExplainDefaults:
+    """The defaults for a model and its preprocessing (probed once, at the model's own input size); ``policy``: the
+    :func:`input_policy` when already known."""
+    policy = input_policy(model, preprocess) if policy is None else policy
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(1, 3, *preprocess.example_size, generator=generator)
     stages = probe(model, example)  # in eval mode, the model left as it was (the engine's guarantee)

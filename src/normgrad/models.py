@@ -36,6 +36,7 @@ EMBEDDED = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT = "default"
+RANDOM_WEIGHTS_SEED = 0  # weights=None: random weights, the same in every process
 
 
 @dataclass(frozen=True)
@@ -107,13 +108,23 @@ class LoadedModel:
     class_names: list[str]
     _layers: dict[tuple, list[str]] = field(default_factory=dict, repr=False)
     _explain_defaults: Any = field(default=None, repr=False)
+    _input_policy: Preprocess | None = field(default=None, repr=False)
+
+    def input_policy(self) -> Preprocess:
+        """The preprocessing ``normgrad explain`` uses without ``--size`` (:func:`normgrad.defaults.input_policy`: one
+        forward pass, no layer probe), computed once."""
+        if self._input_policy is None:
+            from normgrad.defaults import input_policy
+
+            self._input_policy = input_policy(self.model, self.preprocess)
+        return self._input_policy
 
     def explain_defaults(self) -> Any:
         """Default method per layer, layers, combination and input size of ``normgrad explain`` (:mod:`normgrad.defaults`)."""
         if self._explain_defaults is None:
             from normgrad.defaults import explain_defaults
 
-            self._explain_defaults = explain_defaults(self.model, self.preprocess)
+            self._explain_defaults = explain_defaults(self.model, self.preprocess, self.input_policy())
         return self._explain_defaults
 
     def default_layers(self, example: Tensor | None = None) -> list[str]:
@@ -157,21 +168,30 @@ def load(
         raise NormGradError(
             f"num_classes={num_classes} needs weights= a local file (or None): the default weights have 1000 ImageNet classes"
         )
+    if weights is None:  # the same random weights every run (a resumed run explains with the same model); the caller's RNG untouched
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            loaded = _build(name, weights, num_classes)
+    else:
+        loaded = _build(name, weights, num_classes)
+    loaded.model.to(device).eval()
+    return loaded
+
+
+def _build(name: str, weights: str | Path | None, num_classes: int | None) -> LoadedModel:
+    """The model called ``name`` with ``weights`` (the default, a file or ``None``), on the CPU."""
     if name == EMBEDDED:
         if num_classes not in (None, 1000):
             raise NormGradError("the embedded EfficientNet-Lite0 has 1000 classes; use torchvision:<arch> or timm:<name> for other heads")
-        loaded = _embedded(weights)
-    elif name.startswith("torchvision:"):
-        loaded = _torchvision(name.split(":", 1)[1], weights, num_classes)
-    elif name.startswith("timm:"):
-        loaded = _timm(name.split(":", 1)[1], weights, num_classes)
-    else:
-        raise NormGradError(
-            f"unknown model {name!r}; valid: {EMBEDDED!r} (embedded, offline), 'torchvision:<arch>' (e.g. torchvision:resnet50), "
-            "'timm:<name>'; a local checkpoint is given with weights='file.pth'"
-        )
-    loaded.model.to(device).eval()
-    return loaded
+        return _embedded(weights)
+    if name.startswith("torchvision:"):
+        return _torchvision(name.split(":", 1)[1], weights, num_classes)
+    if name.startswith("timm:"):
+        return _timm(name.split(":", 1)[1], weights, num_classes)
+    raise NormGradError(
+        f"unknown model {name!r}; valid: {EMBEDDED!r} (embedded, offline), 'torchvision:<arch>' (e.g. torchvision:resnet50), "
+        "'timm:<name>'; a local checkpoint is given with weights='file.pth'"
+    )
 
 
 def _embedded(weights: str | Path | None) -> LoadedModel:

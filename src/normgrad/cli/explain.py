@@ -297,7 +297,7 @@ def input_preprocess(loaded: Any, size: int | None) -> Any:
         if fixed is not None:
             raise NormGradError(f"--size does not apply to {loaded.name}: its input size is fixed, {fixed[0]}x{fixed[1]}; drop --size")
         return replace(loaded.preprocess, size=size, max_size=None)
-    return loaded.explain_defaults().preprocess
+    return loaded.input_policy()
 
 
 def check_output_options(args: argparse.Namespace) -> None:
@@ -408,6 +408,11 @@ def _explain_share(args: argparse.Namespace, method: Any, loaded: Any, setup: Se
                 if isinstance(planes, str):
                     fail(item, planes)
                     continue
+                constant = [name for name, plane in planes.items() if plane.min() == plane.max()]
+                if constant:  # written as computed, but it points nowhere: say so
+                    value = float(planes[constant[0]].flat[0])
+                    say(f"normgrad: warning: {item.path}: the {', '.join(constant)} map is constant ({value:g} everywhere): "
+                        "no location moves the objective there (in a product, one layer's map is zero)")  # fmt: skip
                 task = (args, loaded, setup, work[item.index], item, planes, prediction, i, int(targets[i]), shard.rank, store, gallery)
                 finished(writer.submit(_write, *task))
             if gallery is not None:
