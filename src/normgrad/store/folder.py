@@ -20,11 +20,9 @@ from typing import TYPE_CHECKING
 from normgrad.store import plan as planning
 from normgrad.store.journal import JsonLines, dumps
 from normgrad.store.layout import (
-    FORMAT,
     GALLERY,
     INTERNAL,
     MANIFEST,
-    VERSION,
     OutputConflict,
     StoreError,
     classify,
@@ -34,7 +32,7 @@ from normgrad.store.layout import (
     split_relative,
     unlink_quietly,
 )
-from normgrad.store.manifest import Manifest
+from normgrad.store.manifest import Manifest, parse_manifest
 
 if TYPE_CHECKING:
     from normgrad.store.plan import Plan, Work
@@ -161,19 +159,7 @@ class OutputStore:
         except OSError as error:
             raise StoreError(f"{self.out / MANIFEST} is not a plain file ({error.strerror}); pass --overwrite to replace it") from None
         with os.fdopen(fd, "rb") as file:
-            data = file.read()
-        try:
-            manifest = json.loads(data)
-        except ValueError:
-            manifest = None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise StoreError(
-                f"{self.out / MANIFEST} is not a {FORMAT} manifest (another program's, or an older normgrad's); "
-                "pass --overwrite to start the folder afresh, or choose another --out"
-            )
-        if manifest.get("version", 0) > VERSION:
-            raise StoreError(f"{self.out / MANIFEST} was written by a newer normgrad (version {manifest['version']}); upgrade normgrad")
-        return manifest
+            return parse_manifest(file.read(), self.out / MANIFEST)
 
     def write_manifest(self, manifest: dict) -> None:
         self.write(MANIFEST, (json.dumps(manifest, indent=1, allow_nan=False, ensure_ascii=False) + "\n").encode(), replace=True)

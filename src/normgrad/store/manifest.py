@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from normgrad.store.layout import FORMAT, VERSION
+from normgrad.store.layout import FORMAT, VERSION, StoreError
+from normgrad.store.schema import line_problem, manifest_problem
 
 
 @dataclass
@@ -30,7 +33,7 @@ class Manifest:
     def apply(self, lines: Iterable[dict], only_run: str | None = None) -> None:
         """Fold journal lines in: a claim marks the image interrupted (its files owned), a record replaces the entry."""
         for line in lines:
-            if not isinstance(line, dict) or (only_run is not None and line.get("run") != only_run):
+            if line_problem(line) is not None or (only_run is not None and line.get("run") != only_run):  # as if torn
                 continue
             kind, run = line.get("type"), line.get("run")
             if kind == "run":
@@ -87,3 +90,26 @@ def entry_files(entry: dict) -> set[str]:
     for output in entry.get("outputs", []):
         files |= {output.get("png"), output.get("npy")} - {None}
     return files
+
+
+def parse_manifest(data: bytes, where: Path) -> dict:
+    """A manifest's bytes as a dict, checked (:mod:`normgrad.store.schema`); one StoreError naming ``where`` and the field.
+
+    Another program's file (no ``format``) and a newer normgrad's are told apart from a damaged one.
+    """
+    try:
+        manifest = json.loads(data)
+    except ValueError:
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise StoreError(
+            f"{where} is not a {FORMAT} manifest (another program's, or an older normgrad's); "
+            "pass --overwrite to start the folder afresh, or choose another --out"
+        )
+    version = manifest.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
+        raise StoreError(f"{where} was written by a newer normgrad (version {version}); upgrade normgrad")
+    problem = manifest_problem(manifest)
+    if problem is not None:
+        raise StoreError(f"{where} is damaged: {problem}; pass --overwrite to start the folder afresh, or choose another --out")
+    return manifest
