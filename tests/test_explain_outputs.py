@@ -1,6 +1,7 @@
 """What `normgrad explain` writes and how: --no-overlay, --no-npy, --map-dtype, background writers, the one-pass batch."""
 
 import json
+import os
 import threading
 import time
 
@@ -185,3 +186,19 @@ def test_a_constant_map_is_written_with_a_warning(photos, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("map is constant (0 everywhere)") == 3 and "img0.png: the combined map" in err
     assert not np.load(tmp_path / "o" / "img0.npy").any()
+
+
+def test_resume_notices_weights_replaced_by_a_file_of_the_same_size_and_mtime(photos, tmp_path, explain, weights):
+    out = tmp_path / "out"
+    code, _, err = explain(photos, "--out", out, "--method", "selective", "--no-overlay")
+    assert code == 0, err
+    original, info = weights.read_bytes(), os.stat(weights)
+    try:
+        torch.manual_seed(1)
+        torch.save(torchvision.models.resnet18().state_dict(), weights)  # another model, same size
+        os.utime(weights, ns=(info.st_atime_ns, info.st_mtime_ns))
+        assert os.stat(weights).st_size == info.st_size and os.stat(weights).st_mtime_ns == info.st_mtime_ns
+        code, _, err = explain(photos, "--out", out, "--method", "selective", "--no-overlay", "--resume")
+        assert code == 2 and "other settings" in err
+    finally:
+        weights.write_bytes(original)  # the module's other tests explain with the first model

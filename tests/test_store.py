@@ -16,6 +16,7 @@ from normgrad.store import (
     identity,
     output_names,
     precheck,
+    weights_identity,
 )
 
 
@@ -289,3 +290,18 @@ def test_save_commits_claim_then_files_then_record(tmp_path):
         assert record["type"] == "image" and (tmp_path / "out" / "a.npy").read_bytes() == b"npy"
     finally:
         store.close()
+
+
+def test_a_replaced_weights_file_of_the_same_size_with_its_mtime_kept_is_noticed(tmp_path):
+    weights = tmp_path / "model.pth"
+    weights.write_bytes(b"first model" * 100)
+    before, info = weights_identity(weights), os.stat(weights)
+    weights.write_bytes(b"other model" * 100)  # same size
+    os.utime(weights, ns=(info.st_atime_ns, info.st_mtime_ns))  # mtime put back (rsync -t, archives)
+    assert os.stat(weights).st_size == info.st_size and os.stat(weights).st_mtime_ns == info.st_mtime_ns
+    assert weights_identity(weights) != before
+    replacement = tmp_path / "new.pth"
+    replacement.write_bytes(b"first model" * 100)
+    os.replace(replacement, weights)  # the first bytes back, as another file: the same weights
+    assert weights_identity(weights) == before
+    assert weights_identity("none") == "none" and weights_identity(None) == "none" and weights_identity("default") == "default"

@@ -69,7 +69,7 @@ manifest), :mod:`~normgrad.store.identity` (file identities),
 
 from normgrad.store.encode import PNG_COMPRESS_LEVEL, PNG_COMPRESS_TYPE, encode_npy, encode_png
 from normgrad.store.folder import OutputStore, precheck
-from normgrad.store.identity import identity
+from normgrad.store.identity import file_digest, identity, weights_identity
 from normgrad.store.journal import JsonLines, atomic_write, dumps, new_run_id
 from normgrad.store.layout import (
     FORMAT,
@@ -113,8 +113,10 @@ __all__ = [
     "encode_npy",
     "encode_png",
     "fatal",
+    "file_digest",
     "identity",
     "new_run_id",
     "output_names",
     "precheck",
+    "weights_identity",
 ]
