@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -112,15 +111,11 @@ def weights_option(weights: str) -> str | None:
 
 
 def weights_identity(weights: str) -> Any:
-    """How the settings record the weights: 'default', 'none', or the file with its size and mtime."""
-    value = weights_option(weights)
-    if value in (None, "default"):
-        return "none" if value is None else "default"
-    try:
-        info = os.stat(value)
-    except OSError:
-        return os.path.abspath(value)
-    return {"path": os.path.abspath(value), "bytes": info.st_size, "mtime_ns": info.st_mtime_ns}
+    """How the settings record the weights: 'default', 'none', or the file with its size and content hash
+    (:func:`normgrad.store.weights_identity`)."""
+    from normgrad.store import weights_identity as identity_of
+
+    return identity_of(weights_option(weights))
 
 
 def check_weights(weights: str) -> None:
