@@ -12,6 +12,7 @@ from normgrad.formulas.aggregate import AGGREGATES
 from normgrad.formulas.extract import EXTRACTS
 from normgrad.meta import WithParameters, meta_saliency
 from normgrad.methods import normgrad, normgrad_selective, saliency
+from normgrad.store.reader import open_run
 from normgrad.targets import TrainingLoss, Unit
 
 __version__ = "0.1.0"
@@ -44,6 +45,7 @@ __all__ = [
     "normalize",
     "normgrad",
     "normgrad_selective",
+    "open_run",
     "saliency",
     "select_layers",
     "upsample",

@@ -63,12 +63,15 @@ Parts, one job each: :mod:`~normgrad.store.layout` (fixed names, errors),
 (JSON lines, atomic single files), :mod:`~normgrad.store.manifest` (the
 manifest), :mod:`~normgrad.store.identity` (file identities),
 :mod:`~normgrad.store.folder` (:class:`OutputStore`: the folder, the lock),
-:mod:`~normgrad.store.plan` (what a run does), :mod:`~normgrad.store.encode`
+:mod:`~normgrad.store.lock` (one run at a time), :mod:`~normgrad.store.plan`
+(what a run does), :mod:`~normgrad.store.schema` (records checked on
+reading), :mod:`~normgrad.store.shards` (compact map storage),
+:mod:`~normgrad.store.reader` (``open_run``), :mod:`~normgrad.store.encode`
 (``.npy`` and PNG bytes).
 """
 
 from normgrad.store.encode import PNG_COMPRESS_LEVEL, PNG_COMPRESS_TYPE, encode_npy, encode_png
-from normgrad.store.folder import OutputStore, precheck
+from normgrad.store.folder import OutputStore
 from normgrad.store.identity import file_digest, identity, weights_identity
 from normgrad.store.journal import JsonLines, atomic_write, dumps, new_run_id
 from normgrad.store.layout import (
@@ -85,9 +88,12 @@ from normgrad.store.layout import (
     StoreError,
     fatal,
 )
+from normgrad.store.lock import precheck
 from normgrad.store.manifest import Manifest
 from normgrad.store.names import output_names
 from normgrad.store.plan import Plan, Work
+from normgrad.store.reader import Record, Run, open_run
+from normgrad.store.shards import STORAGES
 
 __all__ = [
     "FORMAT",
@@ -100,12 +106,15 @@ __all__ = [
     "PNG_COMPRESS_LEVEL",
     "PNG_COMPRESS_TYPE",
     "RESERVED",
+    "STORAGES",
     "VERSION",
     "JsonLines",
     "Manifest",
     "OutputConflict",
     "OutputStore",
     "Plan",
+    "Record",
+    "Run",
     "StoreError",
     "Work",
     "atomic_write",
@@ -116,6 +125,7 @@ __all__ = [
     "file_digest",
     "identity",
     "new_run_id",
+    "open_run",
     "output_names",
     "precheck",
     "weights_identity",

@@ -10,13 +10,13 @@ import contextlib
 import itertools
 import json
 import os
-import socket
 import stat
-import time
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from normgrad.errors import NormGradError, did_you_mean
 from normgrad.store import plan as planning
 from normgrad.store.journal import JsonLines, dumps
 from normgrad.store.layout import (
@@ -32,7 +32,9 @@ from normgrad.store.layout import (
     split_relative,
     unlink_quietly,
 )
+from normgrad.store.lock import take_lock
 from normgrad.store.manifest import Manifest, parse_manifest
+from normgrad.store.shards import SHARDS, STORAGES, ShardAppender, decode_map, read_range, shard_name, split_npy
 
 if TYPE_CHECKING:
     from normgrad.store.plan import Plan, Work
@@ -43,13 +45,19 @@ class OutputStore:
 
     ``OutputStore(out, run, rank)`` attaches to a folder (creating it);
     :meth:`begin` (rank 0) takes the lock and plans the run, :meth:`finish`
-    merges the run's journals into the manifest.
+    merges the run's journals into the manifest.  ``storage="shards"``
+    writes the ``.npy`` maps into this rank's shard instead of a file each
+    (:mod:`normgrad.store.shards`); every rank of a run uses the same storage.
     """
 
-    def __init__(self, out: str | Path, run: str, rank: int = 0) -> None:
-        self.out, self.run, self.rank = Path(out), run, rank
+    def __init__(self, out: str | Path, run: str, rank: int = 0, storage: str = "files") -> None:
+        if storage not in STORAGES:
+            raise NormGradError(f"unknown storage {storage!r}{did_you_mean(str(storage), STORAGES)}; valid: {', '.join(STORAGES)}")
+        self.out, self.run, self.rank, self.storage = Path(out), run, rank, storage
         self._counter = itertools.count()
         self._lock_fd: int | None = None
+        self._shard: ShardAppender | None = None
+        self._shard_lock = threading.Lock()
         try:
             if self.out.exists() and not self.out.is_dir():
                 raise StoreError(f"--out {self.out} is a file; give a folder")
@@ -145,10 +153,63 @@ class OutputStore:
         unplanned = sorted(set(files) - set(work.files))
         if unplanned:
             raise OutputConflict(f"{unplanned[0]} is not among the files planned for {work.name}")
-        self.journal.append({"type": "claim", "run": self.run, "name": work.name, "image": record.get("image"), "files": work.files})
+        maps = {relative: split_npy(data) for relative, data in files.items() if self.in_shard(relative)}
+        claimed = [f for f in work.files if not self.in_shard(f)] + ([shard_name(self.run, self.rank)] if maps else [])
+        self.journal.append({"type": "claim", "run": self.run, "name": work.name, "image": record.get("image"), "files": claimed})
         for relative, data in files.items():
-            self.write(relative, data, replace=relative in work.replace)
+            if relative not in maps:
+                self.write(relative, data, replace=relative in work.replace)
+        if maps:
+            record = self._in_shard(record, maps)
         self.journal.append(record)
+
+    def in_shard(self, relative: str) -> bool:
+        """``relative`` names a map this store keeps in its shard, not in a file of its own."""
+        return self.storage == "shards" and relative.endswith(".npy")
+
+    def _in_shard(self, record: dict, maps: dict) -> dict:
+        """Append the maps to this rank's shard; the record with each ``npy`` output replaced by where its bytes are."""
+        shard = self._appender()
+        where = {relative: shard.append(array) for relative, array in maps.items()}
+        outputs = []
+        for output in record.get("outputs", []):
+            placed = where.get(output.get("npy"))
+            if placed is not None:
+                output = (
+                    {k: v for k, v in output.items() if k not in ("npy", "npy_bytes")} | {"shard": shard_name(self.run, self.rank)} | placed
+                )
+            outputs.append(output)
+        return {**record, "outputs": outputs}
+
+    def _appender(self) -> ShardAppender:
+        with self._shard_lock:
+            if self._shard is None:
+                relative = shard_name(self.run, self.rank)
+                try:
+                    self._shard = ShardAppender(self._open_dir(SHARDS, create=True), PurePosixPath(relative).name)
+                except OutputConflict as conflict:
+                    raise StoreError(str(conflict)) from None
+                except OSError as error:
+                    raise fatal(error, self.out / relative) from None
+            return self._shard
+
+    def read_map(self, output: dict, limit: int | None = None) -> Any:
+        """The map of one output of a record, from its ``.npy`` file or its shard, checked (:func:`decode_map`)."""
+        if output.get("shard") is not None:
+            if limit is not None and output.get("bytes", 0) > limit:
+                raise NormGradError(f"{self.out / output['shard']}: a map of {output['bytes']} bytes is over the limit of {limit}")
+            found = self._existing_parent(output["shard"])
+            data = None
+            if found is not None:
+                directory, name = found
+                try:
+                    data = read_range(directory, name, output["offset"], output["bytes"])
+                finally:
+                    os.close(directory)
+            return decode_map(data, output, self.out / output["shard"])
+        if output.get("npy") is None:
+            raise NormGradError("its maps were not written (--no-npy)")
+        return decode_map(self.read(output["npy"], limit=limit), output, self.out / output["npy"])
 
     def read_manifest(self) -> dict | None:
         """The manifest, ``None`` if absent; a StoreError if it is not one of ours (or damaged)."""
@@ -168,25 +229,7 @@ class OutputStore:
 
     def lock(self) -> None:
         """Take the folder's exclusive lock (non-blocking); a StoreError naming the holder if another run has it."""
-        import fcntl
-
-        fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644, dir_fd=self._internal)
-        for attempt in range(5):  # a moment's patience: a starting run may be probing the lock (see precheck)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if attempt < 4:
-                    time.sleep(0.05)
-        else:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
-            os.close(fd)
-            raise StoreError(
-                f"another normgrad run is writing into {self.out} ({holder or 'holder unknown'}); wait for it or choose another --out"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"run {self.run}, pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        self._lock_fd = fd
+        self._lock_fd = take_lock(self._internal, self.out, self.run)
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -297,6 +340,10 @@ class OutputStore:
     def close(self) -> None:
         self.journal.close()
         self.unlock()
+        with self._shard_lock:
+            if self._shard is not None:
+                self._shard.close()
+                self._shard = None
         for fd in (self._tmp, self._journals, self._internal, self.fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -330,30 +377,3 @@ class OutputStore:
         """Remove what killed runs left half-written in ``.normgrad/tmp``."""
         for name in os.listdir(self._tmp):
             unlink_quietly(name, self._tmp)
-
-
-def precheck(out: str | Path) -> None:
-    """Read-only checks before a model loads: OUT is a folder (or can be made), writable, and no run holds its lock."""
-    import fcntl
-
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise StoreError(f"--out {out} is a file; give a folder")
-    existing = next(p for p in [out, *out.absolute().parents] if p.exists())
-    if os.statvfs(existing).f_flag & os.ST_RDONLY:
-        raise StoreError(f"cannot write into {out}: the file system is read-only")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise StoreError(f"cannot write into {out}: permission denied")
-    try:
-        fd = os.open(out / INTERNAL / "lock", os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
-        raise StoreError(
-            f"another normgrad run is writing into {out} ({holder or 'holder unknown'}); wait for it or choose another --out"
-        ) from None
-    finally:
-        os.close(fd)

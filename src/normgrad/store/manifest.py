@@ -88,11 +88,14 @@ def entry_files(entry: dict) -> set[str]:
     """The files an entry claims or lists as outputs (paths relative to OUT)."""
     files = set(entry.get("files", []))
     for output in entry.get("outputs", []):
-        files |= {output.get("png"), output.get("npy")} - {None}
+        files |= {output.get("png"), output.get("npy"), output.get("shard")} - {None}
     return files
 
 
-def parse_manifest(data: bytes, where: Path) -> dict:
+START_AFRESH = "pass --overwrite to start the folder afresh, or choose another --out"
+
+
+def parse_manifest(data: bytes, where: Path, advice: str = START_AFRESH) -> dict:
     """A manifest's bytes as a dict, checked (:mod:`normgrad.store.schema`); one StoreError naming ``where`` and the field.
 
     Another program's file (no ``format``) and a newer normgrad's are told apart from a damaged one.
@@ -102,14 +105,11 @@ def parse_manifest(data: bytes, where: Path) -> dict:
     except ValueError:
         manifest = None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise StoreError(
-            f"{where} is not a {FORMAT} manifest (another program's, or an older normgrad's); "
-            "pass --overwrite to start the folder afresh, or choose another --out"
-        )
+        raise StoreError(f"{where} is not a {FORMAT} manifest (another program's, or an older normgrad's); {advice}")
     version = manifest.get("version")
     if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
         raise StoreError(f"{where} was written by a newer normgrad (version {version}); upgrade normgrad")
     problem = manifest_problem(manifest)
     if problem is not None:
-        raise StoreError(f"{where} is damaged: {problem}; pass --overwrite to start the folder afresh, or choose another --out")
+        raise StoreError(f"{where} is damaged: {problem}; {advice}")
     return manifest

@@ -61,6 +61,8 @@ def begin(
     other settings) raise one StoreError saying how many and the first one.
     ``gallery``: claim ``index.html`` and ``gallery/`` (see :func:`claim_gallery`).
     """
+    if store.storage != "files":  # part of the settings: records made in the other storage are "other settings"
+        settings = {**settings, "storage": store.storage}
     try:
         store.lock()
         store.clear_tmp()
@@ -163,7 +165,7 @@ def decide(store: OutputStore, state: Manifest, runs_settings: dict, owned: set[
     entry = state.entries.get(name)
     absolute = os.path.abspath(path)
     first = store.out / files[0]
-    existing = [f for f in files if store.lstat(f) is not None]
+    existing = [f for f in files if not store.in_shard(f) and store.lstat(f) is not None]
     if entry is not None and entry.get("input") and entry["input"].get("path") != absolute and not overwrite:
         return f"{first} belongs to another image ({entry.get('image')}); choose another --out, or pass --overwrite"
     if entry is not None and not resume and not overwrite:
@@ -183,13 +185,16 @@ def decide(store: OutputStore, state: Manifest, runs_settings: dict, owned: set[
 
 
 def still_valid(store: OutputStore, entry: dict, absolute: str) -> bool:
-    """The input is unchanged (path, size, mtime, ctime) and every output file has its recorded size."""
+    """The input is unchanged (path, size, mtime, ctime) and every output file has its recorded size (a map in a
+    shard: the shard still holds its bytes)."""
     if identity(absolute) != entry.get("input"):
         return False
     for output in entry.get("outputs", []):
         for kind in OUTPUT_KINDS:
             if kind in output and store.file_size(output[kind]) != output.get(f"{kind}_bytes"):
                 return False
+        if "shard" in output and (store.file_size(output["shard"]) or 0) < output.get("offset", 0) + output.get("bytes", 0):
+            return False
     return True
 
 

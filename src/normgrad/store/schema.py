@@ -136,8 +136,8 @@ def _output(output: Any, where: str) -> None:
         _optional_integer(output, key, f"{where}.")
     if output.get("shard") is not None:
         shape = output.get("shape")
-        if not (isinstance(shape, list) and len(shape) == 2 and all(_integer(s) and s >= 0 for s in shape)):
-            raise Shape(f"{where}.shape", "[height, width] (two integers)")
+        if not (isinstance(shape, list) and shape and all(_integer(s) and s >= 0 for s in shape)):
+            raise Shape(f"{where}.shape", "a list of integers (the map's shape)")
         if output.get("dtype") not in ("float16", "float32"):
             raise Shape(f"{where}.dtype", "'float16' or 'float32'")
         for key in ("offset", "bytes"):
