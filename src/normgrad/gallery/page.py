@@ -268,7 +268,7 @@ class Gallery:
         for entry in progress(missing) if progress and missing else missing:
             try:
                 photo, original = self._source(entry)
-                planes = [self._plane(o.get("npy")) for o in _ordered(entry)]
+                planes = [self.store.read_map(o, limit=MAX_MAP_BYTES) for o in _ordered(entry)]
                 shown = item(entry, None, "ok")
                 if not original:
                     shown["photo"] = pictures.paths(shown["id"], 0)["overlay_photo"]
@@ -291,17 +291,6 @@ class Gallery:
         if overlay is None:
             raise NormGradError("neither the input nor its overlay can be read")
         return to_rgb(Image.open(io.BytesIO(overlay))), False
-
-    def _plane(self, relative: str | None) -> np.ndarray:
-        if relative is None:
-            raise NormGradError("its maps were not written (--no-npy)")
-        data = self.store.read(relative, limit=MAX_MAP_BYTES)
-        if data is None:
-            raise NormGradError(f"{relative} is missing")
-        plane = np.load(io.BytesIO(data), allow_pickle=False)
-        if plane.ndim != 2 or not np.isfinite(plane).all():
-            raise NormGradError(f"{relative} is not a finite (H, W) map")
-        return plane
 
     def _warn(self, error: Any) -> None:
         if not self._warned:
