@@ -202,3 +202,36 @@ def test_resume_notices_weights_replaced_by_a_file_of_the_same_size_and_mtime(ph
         assert code == 2 and "other settings" in err
     finally:
         weights.write_bytes(original)  # the module's other tests explain with the first model
+
+
+def test_maps_in_shards_equal_the_npy_files_and_resume(photos, tmp_path, explain):
+    import normgrad as ng
+
+    half = ["--method", "selective", "--map-dtype", "float16"]
+    code, _, err = explain(photos, "--out", tmp_path / "files", *half)
+    assert code == 0, err
+    code, stdout, err = explain(photos, "--out", tmp_path / "shards", *half, "--storage", "shards")
+    assert code == 0, err
+    assert "float16 maps in shards/" in stdout
+    assert files(tmp_path / "shards") == {f"img{i}.png" for i in range(3)} | {"summary.json"} | {
+        p.relative_to(tmp_path / "shards").as_posix() for p in (tmp_path / "shards" / "shards").iterdir()
+    }
+    assert len(list((tmp_path / "shards" / "shards").iterdir())) == 1
+    as_files, in_shards = ng.open_run(tmp_path / "files"), ng.open_run(tmp_path / "shards")
+    assert as_files.names == in_shards.names == [f"img{i}" for i in range(3)] and in_shards.storage == "shards"
+    assert as_files.predictions == in_shards.predictions
+    for name in as_files.names:
+        assert in_shards.map(name).dtype == np.float16 and np.array_equal(as_files.map(name), in_shards.map(name))
+        assert np.array_equal(in_shards.map(name), np.load(tmp_path / "files" / f"{name}.npy"))
+    code, stdout, err = explain(photos, "--out", tmp_path / "shards", *half, "--storage", "shards", "--resume")
+    assert code == 0 and "3 of them done earlier" in stdout, err
+    removed = list((tmp_path / "shards" / "gallery").rglob("*.m0.*"))
+    for path in removed:
+        path.unlink()  # the gallery's map pictures, made again from the maps in the shard
+    assert len(removed) == 3
+    assert main(["gallery", str(tmp_path / "shards")]) == 0
+    assert len([p for p in gallery_pictures(tmp_path / "shards") if ".m0." in p]) == 3
+    code, _, err = explain(photos, "--out", tmp_path / "shards", *half, "--resume")
+    assert code == 2 and "other settings" in err  # the maps are in shards: a resume into files is another run's settings
+    code, _, err = explain(photos, "--out", tmp_path / "none", "--storage", "shards", "--no-npy")
+    assert code == 2 and "--no-npy writes none" in err and err.count("\n") == 1

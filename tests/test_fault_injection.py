@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import normgrad as ng
 from normgrad.cli import main
 from test_output_contract import FAST, SRC, assert_all_dead, children, picture, wait_for_children
 
@@ -26,7 +27,7 @@ INJECT = textwrap.dedent("""
     import normgrad.store as store
     where, nth, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     owner, name, when = where.split(":")
-    cls = {"journal": store.JsonLines, "store": store.OutputStore}[owner]
+    cls = {"journal": store.JsonLines, "store": store.OutputStore, "shard": store.shards.ShardAppender}[owner]
     original = getattr(cls, name)
     calls = 0
 
@@ -100,18 +101,33 @@ def check_complete(out: Path, expected: dict[str, tuple[int, int]]) -> None:
     assert not list((out / ".normgrad" / "tmp").iterdir()) and not list((out / ".normgrad" / "journal").iterdir())
 
 
-def killed_at(tmp_path: Path, where: str, nth: int, capsys) -> None:
+def check_complete_in_shards(out: Path, expected: dict[str, tuple[int, int]]) -> None:
+    """As :func:`check_complete` for ``--storage shards``: no .npy file, the maps in shards, each image once in the reader."""
+    relative = [p.relative_to(out) for p in out.rglob("*") if p.is_file()]
+    files = {r.as_posix() for r in relative if r.parts[0] not in (".normgrad", "gallery")}
+    assert {f for f in files if not f.startswith("shards/")} == {f"{name}.png" for name in expected} | {"summary.json", "index.html"}
+    run = ng.open_run(out)
+    assert run.names == sorted(expected) and run.failed == [] and run.interrupted == []
+    for name, (width, height) in expected.items():
+        saliency = run.map(name)  # its bytes checked against the recorded length and CRC-32
+        assert saliency.shape == (height, width) and np.isfinite(saliency).all()
+        assert Image.open(out / f"{name}.png").size == (width, height)
+    assert {o["shard"] for r in run for o in r.outputs} <= {f for f in files if f.startswith("shards/")}
+    assert not list((out / ".normgrad" / "tmp").iterdir()) and not list((out / ".normgrad" / "journal").iterdir())
+
+
+def killed_at(tmp_path: Path, where: str, nth: int, capsys, *flags: str, check=check_complete) -> None:
     folder, out = tmp_path / "photos", tmp_path / "out"
     expected = make_photos(folder)
     run = subprocess.run(
-        [sys.executable, "-c", INJECT, where, str(nth), *argv(folder, out)], env=environment(), capture_output=True, timeout=600
+        [sys.executable, "-c", INJECT, where, str(nth), *argv(folder, out, *flags)], env=environment(), capture_output=True, timeout=600
     )
     assert run.returncode == -signal.SIGKILL, run.stderr.decode()[-2000:]
     if where.endswith(":torn"):
         (journal,) = (out / ".normgrad" / "journal").glob("*.jsonl")
         assert not journal.read_bytes().endswith(b"\n")  # the fault happened: a line cut in half
-    assert main(argv(folder, out, "--resume")) == 0, capsys.readouterr().err
-    check_complete(out, expected)
+    assert main(argv(folder, out, *flags, "--resume")) == 0, capsys.readouterr().err
+    check(out, expected)
 
 
 @pytest.mark.parametrize(
@@ -123,6 +139,31 @@ def killed_at(tmp_path: Path, where: str, nth: int, capsys) -> None:
 )
 def test_killed_then_resumed(tmp_path, where, nth, capsys):
     killed_at(tmp_path, where, nth, capsys)
+
+
+@pytest.mark.parametrize(
+    "where, nth",
+    [
+        ("shard:append:after", 2),  # the 2nd map's bytes in the shard, no record yet: redone into the next run's shard
+        ("journal:append:torn", 5),  # the 2nd image's record (pointing into the shard) cut in half
+    ],
+)
+def test_killed_then_resumed_with_maps_in_shards(tmp_path, where, nth, capsys):
+    killed_at(tmp_path, where, nth, capsys, "--storage", "shards", check=check_complete_in_shards)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "where, nth",
+    [
+        ("shard:append:before", 1),  # the first map, before any byte reaches the shard
+        ("shard:append:after", 6),  # the last map written, no record
+        ("store:write:after", 3),  # an overlay written, its map not yet
+        ("store:write_manifest:after", 2),  # merged, journals not yet removed
+    ],
+)
+def test_killed_anywhere_then_resumed_with_maps_in_shards(tmp_path, where, nth, capsys):
+    killed_at(tmp_path, where, nth, capsys, "--storage", "shards", check=check_complete_in_shards)
 
 
 @pytest.mark.slow
@@ -146,7 +187,7 @@ def test_killed_anywhere_then_resumed(tmp_path, where, nth, capsys):
     killed_at(tmp_path, where, nth, capsys)
 
 
-def random_kills(tmp_path: Path, seed: int, kills: int, capsys, writers: int = 2) -> None:
+def random_kills(tmp_path: Path, seed: int, kills: int, capsys, writers: int = 2, *flags: str, check=check_complete) -> None:
     """Start with two workers, SIGKILL at a random moment once writing has begun, check no worker survives; repeat; resume.
 
     The model's batches are paced (the readers stay alive) and so is each image's rendering in the writer threads
@@ -168,9 +209,9 @@ def random_kills(tmp_path: Path, seed: int, kills: int, capsys, writers: int = 2
         sys.exit(main(sys.argv[1:]))
     """)
     for k in range(kills):
-        flags = ["--workers", "2", "--writers", str(writers), *(["--resume"] if k else [])]  # given last: they override FAST's
+        given = ["--workers", "2", "--writers", str(writers), *flags, *(["--resume"] if k else [])]  # given last: they override FAST's
         process = subprocess.Popen(
-            [sys.executable, "-c", slow, *argv(folder, out, *flags)],
+            [sys.executable, "-c", slow, *argv(folder, out, *given)],
             env=environment(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -185,8 +226,8 @@ def random_kills(tmp_path: Path, seed: int, kills: int, capsys, writers: int = 2
         assert process.wait() in ((-signal.SIGKILL,) if k == 0 else (-signal.SIGKILL, 0))  # killed mid-run (later runs may finish)
         assert workers or k, "no DataLoader worker was running"
         assert_all_dead(workers)
-    assert main(argv(folder, out, "--resume")) == 0, capsys.readouterr().err
-    check_complete(out, expected)
+    assert main(argv(folder, out, *flags, "--resume")) == 0, capsys.readouterr().err
+    check(out, expected)
 
 
 def test_random_kills_then_resume(tmp_path, capsys):
@@ -196,6 +237,11 @@ def test_random_kills_then_resume(tmp_path, capsys):
 def test_killed_while_writers_write_concurrently(tmp_path, capsys):
     """Three writer threads, batches of 2 (so images of two batches are being written at once): killed mid-write, resumed."""
     random_kills(tmp_path, seed=7, kills=3, capsys=capsys, writers=3)
+
+
+def test_killed_while_writers_append_to_one_shard(tmp_path, capsys):
+    """Three writer threads appending maps to one shard, killed at random moments, resumed: each map once, intact."""
+    random_kills(tmp_path, 11, 3, capsys, 3, "--storage", "shards", check=check_complete_in_shards)
 
 
 @pytest.mark.slow
