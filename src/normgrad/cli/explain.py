@@ -137,6 +137,13 @@ def add_parser(subparsers: Any) -> None:
         default="float32",
         help="number type of the .npy maps (default: float32); float16 halves them, for combined maps in [0, 1] only",
     )
+    parser.add_argument(
+        "--storage",
+        choices=["files", "shards"],
+        default="files",
+        help="where the maps go: a .npy file per map (default), or shards: each process's maps in one file OUT/shards/*.bin "
+        "(for datasets; read them with normgrad.open_run)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue: skip images already explained in --out with the same settings")
     parser.add_argument(
         "--overwrite",
@@ -211,7 +218,7 @@ def _explain(args: argparse.Namespace, method: Any, layer_names: list[str] | Non
             if setup is None:
                 raise Quiet(2)
             loaded = load_model(args)
-            store = OutputStore(args.out, setup.plan.run, shard.rank)
+            store = OutputStore(args.out, setup.plan.run, shard.rank, storage=args.storage)
             gallery = Gallery(store, live=False) if setup.plan.gallery else None
         if setup.default_methods is not None:
             method = layered(setup.default_methods)
@@ -279,7 +286,7 @@ def _plan(args: argparse.Namespace, method: Any, loaded: Any, layer_names: list[
         stems += [f"{name}_{layer}" for layer in layers] if args.save_layers else []
         return [f"{stem}{suffix}" for stem in stems for suffix in suffixes]
 
-    store = OutputStore(args.out, new_run_id())
+    store = OutputStore(args.out, new_run_id(), storage=args.storage)
     try:
         paths = [(str(i.path), str(i.root)) for i in inputs]
         plan = store.begin(settings, paths, files_of, resume=args.resume, overwrite=args.overwrite, world=world,
@@ -304,6 +311,8 @@ def check_output_options(args: argparse.Namespace) -> None:
     """Something must be written; float16 maps only where the map is a combination in [0, 1] (raw maps could overflow)."""
     if args.no_overlay and args.no_npy:
         raise NormGradError("--no-overlay with --no-npy leaves nothing to write; drop one of them")
+    if args.no_npy and args.storage != "files":
+        raise NormGradError("--storage shards keeps the maps in shards, but --no-npy writes none; drop one of them")
     if args.no_npy and args.map_dtype != "float32":
         raise NormGradError("--map-dtype sets the .npy maps' type, but --no-npy writes none; drop one of them")
     if args.map_dtype == "float16" and args.save_layers:
@@ -509,10 +518,11 @@ def _print_table(records: list[dict], out: Path, already: int, args: argparse.Na
         best = r["predictions"][0] if r["predictions"] else r["target"]
         print(
             f"{Path(r['image']).name:{width}s}  {best['name'][:28]:28s} {best['probability']:6.1%}  "
-            f"{r['target']['name'][:24]:24s}  {out / (r['outputs'][0].get('png') or r['outputs'][0]['npy'])}"
+            f"{r['target']['name'][:24]:24s}  {out / next(r['outputs'][0][k] for k in ('png', 'npy', 'shard') if k in r['outputs'][0])}"
         )
     earlier = f", {already} of them done earlier" if already else ""
-    written = [*([] if args.no_overlay else ["PNG overlays"]), *([] if args.no_npy else [f"{args.map_dtype} .npy maps"]), "summary.json"]
+    maps = f"{args.map_dtype} maps in shards/" if args.storage == "shards" else f"{args.map_dtype} .npy maps"
+    written = [*([] if args.no_overlay else ["PNG overlays"]), *([] if args.no_npy else [maps]), "summary.json"]
     print(f"explained {len(records)} image(s) into {out}/{earlier} ({', '.join(written)})")
 
 
