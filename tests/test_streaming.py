@@ -138,3 +138,25 @@ def test_any_reader_failure_skips_that_image_only(tmp_path):
     item = ImageFiles([(0, path, "img00")], broken)[0]
     assert item.tensor is None and "RuntimeError: a decoder bug" in item.error
     assert item.identity["bytes"] == path.stat().st_size  # what was read is still identified
+
+
+def test_torchrun_with_maps_in_shards_one_shard_per_rank_then_resume(tmp_path):
+    import normgrad as ng
+
+    folder = make_folder(tmp_path / "photos", 4)
+    out = tmp_path / "maps"
+    run = torchrun(*small_model_args(folder, out, "--workers", "0", "--storage", "shards", "--no-overlay"), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    shards = sorted(p.name for p in (out / "shards").iterdir())
+    assert len(shards) == 2 and [s.split(".")[-2] for s in shards] == ["rank0", "rank1"] and not list(out.rglob("*.npy"))
+    reader = ng.open_run(out)
+    assert reader.names == ["a/img01", "a/img03", "b/img00", "b/img02"]
+    assert sorted(r.outputs[0]["shard"].split(".")[-2] for r in reader) == ["rank0", "rank0", "rank1", "rank1"]  # each rank its own
+    assert all(reader.map(r.name).shape == r.size[::-1] == ((40, 48) if int(r.name[-2:]) % 3 else (48, 40)) for r in reader)
+    rank1 = out / "shards" / shards[1]
+    os.truncate(rank1, rank1.stat().st_size - 1)  # the last map of rank 1 damaged after the run: redone, the rest kept
+    run = torchrun(*small_model_args(folder, out, "--workers", "0", "--storage", "shards", "--no-overlay", "--resume"), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    reader = ng.open_run(out)
+    assert len(list((out / "shards").iterdir())) == 3  # the redone map went into the new run's own shard
+    assert all(reader.map(r.name).shape == r.size[::-1] == ((40, 48) if int(r.name[-2:]) % 3 else (48, 40)) for r in reader)
