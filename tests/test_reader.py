@@ -182,3 +182,22 @@ def test_a_killed_run_is_read_as_far_as_its_journal_goes(tmp_path):
     run = ng.open_run(tmp_path / "out")
     assert run.names == ["a", "b", "c"] and run.map("c").shape == size_of("c")[::-1]
     assert (tmp_path / "out" / ".normgrad" / "journal" / "run1.rank0.jsonl").exists()  # read, not merged
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+def test_a_writer_may_hand_the_store_arrays(tmp_path, storage):
+    """The writer gives the map itself (no .npy encoding of its own): the store encodes it, or appends it to the shard."""
+    plane = np.arange(12, dtype=np.float32).reshape(3, 4) / 12
+    store = OutputStore(tmp_path / "out", "run1", storage=storage)
+    try:
+        (work,) = store.begin(SETTINGS, photos(tmp_path / "in", ["a"]), files_of, resume=False, overwrite=False).work
+        outputs = [{"layer": "combined", "npy": "a.npy", "npy_bytes": 0}]
+        store.save(work, {"a.npy": plane}, {"type": "image", "run": "run1", "name": "a", "size": [4, 3], "outputs": outputs})
+        store.journal.close()
+        store.finish(1)
+    finally:
+        store.close()
+    run = ng.open_run(tmp_path / "out")
+    assert np.array_equal(run.map("a"), plane) and run.map("a").dtype == np.float32
+    if storage == "files":
+        assert run["a"].outputs[0]["npy_bytes"] == (tmp_path / "out" / "a.npy").stat().st_size

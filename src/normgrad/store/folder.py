@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from normgrad.errors import NormGradError, did_you_mean
 from normgrad.store import plan as planning
+from normgrad.store.encode import encode_npy
 from normgrad.store.journal import JsonLines, dumps
 from normgrad.store.layout import (
     GALLERY,
@@ -139,21 +140,30 @@ class OutputStore:
         finally:
             os.close(directory)
 
-    def save(self, work: Work, files: dict[str, bytes], record: dict) -> None:
+    def save(self, work: Work, files: dict[str, Any], record: dict) -> None:
         """Commit one image: a claim of its files in the journal, each file written atomically, then its record.
 
         A record in a journal therefore always means complete files, and a
         claim makes the files normgrad's even if the run dies halfway.  Only
         ``work.files`` can be written and only ``work.replace`` replaced.
-        Thread-safe; raises :class:`OutputConflict` (skip this image) or
-        :class:`StoreError` (stop the run); ``ValueError`` for a record strict
-        JSON refuses (NaN), before anything is written.
+        ``files`` maps each file to its bytes; a ``.npy`` map may be given as
+        its bytes or as the NumPy array (encoded here, its record's
+        ``npy_bytes`` filled in).  With ``storage="shards"`` the ``.npy`` maps
+        go into this rank's shard instead, and the record's output says where
+        (:mod:`normgrad.store.shards`).  Thread-safe; raises
+        :class:`OutputConflict` (skip this image) or :class:`StoreError` (stop
+        the run); ``ValueError`` for a record strict JSON refuses (NaN),
+        before anything is written.
         """
         dumps(record)
         unplanned = sorted(set(files) - set(work.files))
         if unplanned:
             raise OutputConflict(f"{unplanned[0]} is not among the files planned for {work.name}")
         maps = {relative: split_npy(data) for relative, data in files.items() if self.in_shard(relative)}
+        arrays = {r for r, data in files.items() if r not in maps and not isinstance(data, (bytes, bytearray, memoryview))}
+        if arrays:
+            files = {relative: encode_npy(data) if relative in arrays else data for relative, data in files.items()}
+            record = with_npy_bytes(record, {relative: len(files[relative]) for relative in arrays})
         claimed = [f for f in work.files if not self.in_shard(f)] + ([shard_name(self.run, self.rank)] if maps else [])
         self.journal.append({"type": "claim", "run": self.run, "name": work.name, "image": record.get("image"), "files": claimed})
         for relative, data in files.items():
@@ -377,3 +387,9 @@ class OutputStore:
         """Remove what killed runs left half-written in ``.normgrad/tmp``."""
         for name in os.listdir(self._tmp):
             unlink_quietly(name, self._tmp)
+
+
+def with_npy_bytes(record: dict, sizes: dict[str, int]) -> dict:
+    """``record`` with the ``npy_bytes`` of the outputs whose ``npy`` file is in ``sizes``."""
+    outputs = [o | {"npy_bytes": sizes[o["npy"]]} if o.get("npy") in sizes else o for o in record.get("outputs", [])]
+    return {**record, "outputs": outputs} if "outputs" in record else record
