@@ -5,6 +5,8 @@ Layout (format ``normgrad-explain``, version 1)::
     OUT/summary.json                        the manifest: each run's settings, one entry per image
     OUT/<name>.png, OUT/<name>.npy          overlay and float32 map of an image (--combine none:
                                             <name>_<layer>.png/.npy per layer)
+    OUT/shards/<run>.rank<R>.bin            with storage="shards": the maps of run <run> (rank R), appended
+                                            (:mod:`normgrad.store.shards`), instead of the .npy files
     OUT/.normgrad/lock                      held with flock(2) by the run writing into OUT
     OUT/.normgrad/journal/<run>.rank<R>.jsonl   what run <run> (rank R) has done so far
     OUT/.normgrad/tmp/                      files being written, renamed into place when complete
@@ -43,9 +45,14 @@ image a ``claim`` (the files it is about to write) and an ``image``
 never swallows the next.  At the end rank 0 merges the journals of *its*
 run (the run id fences off stale ones) into ``summary.json``; journals left
 by a killed run are merged, entry by entry and checked, by the next run.
+Both are checked on reading (:mod:`normgrad.store.schema`): a manifest of
+the wrong shape stops the run with one line naming the field, a journal line
+of the wrong shape is skipped like a torn one.  :func:`open_run` reads a
+folder back (records without their maps; maps by name or index).
 
 **Resume** (``--resume``): an image is skipped when its entry succeeded with
-the same settings, for the same input path, the input's size, mtime and
+the same settings (the weights file identified by its content:
+:func:`weights_identity`), for the same input path, the input's size, mtime and
 ctime (``os.stat``; a replaced file changes its ctime even when its mtime is
 preserved) are those recorded, and every output file exists with its
 recorded byte size.  Otherwise it is redone: failed and interrupted images
