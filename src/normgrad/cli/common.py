@@ -13,8 +13,9 @@ from typing import Any
 import torch
 
 from normgrad.errors import NormGradError
+from normgrad.meta import PAPER_LR as DEFAULT_LR
+from normgrad.meta import PAPER_STEPS as DEFAULT_STEPS
 
-DEFAULT_LR, DEFAULT_STEPS = 2.5e-3, 1
 
 
 class Parser(argparse.ArgumentParser):

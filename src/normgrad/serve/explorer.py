@@ -38,10 +38,11 @@ import numpy as np
 import torch
 
 from normgrad import images, pipeline
-from normgrad.cli.common import DEFAULT_LR, DEFAULT_STEPS
 from normgrad.combine import COMBINE_MODES
 from normgrad.errors import NormGradError
 from normgrad.gallery import pictures
+from normgrad.meta import PAPER_LR as DEFAULT_LR
+from normgrad.meta import PAPER_STEPS as DEFAULT_STEPS
 from normgrad.viz import colour_table
 
 DISPLAY_SIDE = 512
