@@ -10,6 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 import normgrad as ng
+from normgrad import pipeline
 from normgrad.cli import main
 
 SETTINGS = {"model": "torchvision:resnet18", "weights": "none", "method": "normgrad", "layers": "layer3,layer4", "workers": 0}
@@ -140,3 +141,20 @@ def test_a_bad_item_is_skipped_with_its_reason(tmp_path):
     result = ng.explain([good, torch.randn(3, 40, 48) * 3], **SETTINGS, verbose=False)
     assert len(result.images) == 1 and len(result.failed) == 1
     assert "a float image must hold pixel values in [0, 1]" in result.failed[0]["error"]
+
+
+def test_predictions_come_from_the_models_own_size_and_the_maps_explain_that_class(tmp_path):
+    """scikit-image's astronaut: 'bobsled' at the embedded model's 224 × 224, 'football helmet' at the 448 × 448 explained."""
+    skimage = pytest.importorskip("skimage.data")
+    path = tmp_path / "astronaut.png"
+    ng.images.from_array(skimage.astronaut()).save(path)
+    loaded = ng.models.load()
+    own = ng.explain(path, model=loaded, verbose=False).images[0]
+    enlarged = ng.explain(path, model=loaded, predict_at="explained", verbose=False).images[0]
+    assert own.predicted_at == (224, 224) and own.explained_at == (448, 448) == enlarged.predicted_at
+    assert own.predictions[0]["name"] == "bobsled" and enlarged.predictions[0]["name"] == "football helmet"
+    assert own.target["class"] == own.predictions[0]["class"]  # auto: the model's prediction at its own size
+    expected = pipeline.predict(loaded.model, pipeline.prepare(ng.images.load_image(path), loaded.preprocess)[None])
+    assert own.predictions[0]["probability"] == pytest.approx(float(expected.probabilities[0, 450]), abs=1e-6)
+    same_class = ng.explain(path, model=loaded, predict_at="explained", target=own.target["class"], verbose=False).images[0]
+    np.testing.assert_array_equal(own.map, same_class.map)  # the maps explain that class at the explained size
