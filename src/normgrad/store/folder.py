@@ -24,6 +24,7 @@ from normgrad.store.layout import (
     GALLERY,
     INTERNAL,
     MANIFEST,
+    OUTPUT_KINDS,
     OutputConflict,
     StoreError,
     classify,
@@ -172,6 +173,17 @@ class OutputStore:
         if maps:
             record = self._in_shard(record, maps)
         self.journal.append(record)
+
+    def outputs_intact(self, entry: dict) -> bool:
+        """Every output of a record is still there as recorded: each file with its byte size, each map's range in its
+        shard (shards only grow: a shard at least that long)."""
+        for output in entry.get("outputs", []):
+            for kind in OUTPUT_KINDS:
+                if kind in output and self.file_size(output[kind]) != output.get(f"{kind}_bytes"):
+                    return False
+            if "shard" in output and (self.file_size(output["shard"]) or 0) < output.get("offset", 0) + output.get("bytes", 0):
+                return False
+        return True
 
     def in_shard(self, relative: str) -> bool:
         """``relative`` names a map this store keeps in its shard, not in a file of its own."""

@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from normgrad.store.identity import identity
-from normgrad.store.layout import GALLERY, GALLERY_CLAIM, INDEX, MANIFEST, OUTPUT_KINDS, StoreError, fatal, now
+from normgrad.store.layout import GALLERY, GALLERY_CLAIM, INDEX, MANIFEST, StoreError, fatal, now
 from normgrad.store.manifest import Manifest, entry_files
 from normgrad.store.names import output_names
 
@@ -187,15 +187,7 @@ def decide(store: OutputStore, state: Manifest, runs_settings: dict, owned: set[
 def still_valid(store: OutputStore, entry: dict, absolute: str) -> bool:
     """The input is unchanged (path, size, mtime, ctime) and every output file has its recorded size (a map in a
     shard: the shard still holds its bytes)."""
-    if identity(absolute) != entry.get("input"):
-        return False
-    for output in entry.get("outputs", []):
-        for kind in OUTPUT_KINDS:
-            if kind in output and store.file_size(output[kind]) != output.get(f"{kind}_bytes"):
-                return False
-        if "shard" in output and (store.file_size(output["shard"]) or 0) < output.get("offset", 0) + output.get("bytes", 0):
-            return False
-    return True
+    return identity(absolute) == entry.get("input") and store.outputs_intact(entry)
 
 
 def place_inside(path: str, out: str) -> str | None:
