@@ -201,3 +201,19 @@ def test_a_writer_may_hand_the_store_arrays(tmp_path, storage):
     assert np.array_equal(run.map("a"), plane) and run.map("a").dtype == np.float32
     if storage == "files":
         assert run["a"].outputs[0]["npy_bytes"] == (tmp_path / "out" / "a.npy").stat().st_size
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+def test_a_dataset_explained_into_a_folder_reads_back_as_in_memory(tmp_path, storage):
+    from test_run_api import SETTINGS as RUN
+    from test_run_api import Tensors
+    from test_run_api import photos as pictures
+
+    dataset = Tensors(pictures(tmp_path / "photos"))
+    in_memory = ng.explain(dataset, **RUN)
+    ng.explain(dataset, tmp_path / "out", storage=storage, verbose=False, **RUN)
+    run = ng.open_run(tmp_path / "out")
+    assert run.storage == storage and sorted(e.name for e in in_memory.images) == run.names
+    for explained in in_memory.images:
+        np.testing.assert_array_equal(run.map(explained.name), explained.map)
+        assert run[explained.name].predictions == explained.predictions
