@@ -217,3 +217,14 @@ def test_a_dataset_explained_into_a_folder_reads_back_as_in_memory(tmp_path, sto
     for explained in in_memory.images:
         np.testing.assert_array_equal(run.map(explained.name), explained.map)
         assert run[explained.name].predictions == explained.predictions
+
+
+def test_a_run_goes_to_dataloader_workers(tmp_path):
+    """Pickled (a spawned worker), the reader opens the folder again; maps read from several threads agree."""
+    import pickle
+
+    written = write_run(tmp_path / "out", photos(tmp_path / "in", ["a", "b", "c"]), "shards")
+    run = pickle.loads(pickle.dumps(ng.open_run(tmp_path / "out")))
+    with ThreadPoolExecutor(3) as pool:
+        maps = dict(zip("abc", pool.map(run.map, "abc")))
+    assert all(np.array_equal(maps[name], written[name]["combined"]) for name in "abc")

@@ -71,7 +71,11 @@ class Record:
 
 class Run:
     """A run folder, read lazily: :attr:`settings`, the records (``len``, iteration, ``run[i]``, ``run["name"]``),
-    :attr:`predictions`, and :meth:`map`; :attr:`failed` and :attr:`interrupted` list the images without a map."""
+    :attr:`predictions`, and :meth:`map`; :attr:`failed` and :attr:`interrupted` list the images without a map.
+
+    Thread-safe (maps are read with ``pread``), and it can be handed to DataLoader workers: a forked worker shares
+    its descriptors, a spawned one opens the folder again (pickling keeps only the path).
+    """
 
     def __init__(self, out: str | Path) -> None:
         self.out = Path(out)
@@ -237,6 +241,9 @@ class Run:
     def __del__(self) -> None:
         if getattr(self, "_fd", -1) >= 0:
             self.close()
+
+    def __reduce__(self) -> tuple:
+        return (open_run, (str(self.out),))
 
     def __repr__(self) -> str:
         return f"<normgrad run {self.out}: {len(self)} image(s), {self.settings.get('method')}, {self.storage}>"
