@@ -217,6 +217,12 @@ def test_a_dataset_explained_into_a_folder_reads_back_as_in_memory(tmp_path, sto
     for explained in in_memory.images:
         np.testing.assert_array_equal(run.map(explained.name), explained.map)
         assert run[explained.name].predictions == explained.predictions
+    maps = sorted(p for p in (tmp_path / "out").rglob("*") if p.suffix in (".npy", ".bin"))
+    before = {p: p.stat().st_mtime_ns for p in maps}
+    ng.explain(dataset, tmp_path / "out", storage=storage, resume=True, verbose=False, **RUN)  # every image done: none rewritten
+    assert sorted(p for p in (tmp_path / "out").rglob("*") if p.suffix in (".npy", ".bin")) == maps
+    assert {p: p.stat().st_mtime_ns for p in maps} == before
+    assert ng.open_run(tmp_path / "out").names == run.names
 
 
 def test_a_run_goes_to_dataloader_workers(tmp_path):
