@@ -1,6 +1,7 @@
 """normgrad.open_run: a run folder read lazily (settings, records, predictions, maps by name, index and layer), the same
 in both storages, every map checked, one clear error for what is not a run."""
 
+import errno
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -234,3 +235,38 @@ def test_a_run_goes_to_dataloader_workers(tmp_path):
     with ThreadPoolExecutor(3) as pool:
         maps = dict(zip("abc", pool.map(run.map, "abc")))
     assert all(np.array_equal(maps[name], written[name]["combined"]) for name in "abc")
+
+
+def test_a_full_disk_while_appending_to_a_shard_stops_the_run(tmp_path, monkeypatch):
+    from normgrad.store import StoreError
+
+    store = OutputStore(tmp_path / "out", "run1", storage="shards")
+    try:
+        (work,) = store.begin(SETTINGS, photos(tmp_path / "in", ["a"]), files_of, resume=False, overwrite=False).work
+
+        def full(fd, data, offset):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "pwrite", full)
+        with pytest.raises(StoreError, match="the disk is full"):
+            commit(store, work, (4, 3))
+        monkeypatch.undo()
+        assert [line["type"] for line in store.journal.read()] == ["claim"]  # no record: the image is redone by --resume
+    finally:
+        store.close()
+
+
+def test_a_symlink_in_place_of_the_shards_folder_is_never_written_through(tmp_path):
+    from normgrad.store import StoreError
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out" / "shards").symlink_to(tmp_path / "elsewhere")
+    store = OutputStore(tmp_path / "out", "run1", storage="shards")
+    try:
+        (work,) = store.begin(SETTINGS, photos(tmp_path / "in", ["a"]), files_of, resume=False, overwrite=False).work
+        with pytest.raises(StoreError, match="not a plain folder"):
+            commit(store, work, (4, 3))
+    finally:
+        store.close()
+    assert not list((tmp_path / "elsewhere").iterdir())

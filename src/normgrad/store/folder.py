@@ -192,7 +192,10 @@ class OutputStore:
     def _in_shard(self, record: dict, maps: dict) -> dict:
         """Append the maps to this rank's shard; the record with each ``npy`` output replaced by where its bytes are."""
         shard = self._appender()
-        where = {relative: shard.append(array) for relative, array in maps.items()}
+        try:
+            where = {relative: shard.append(array) for relative, array in maps.items()}
+        except OSError as error:
+            raise classify(error, self.out / shard_name(self.run, self.rank)) from None
         outputs = []
         for output in record.get("outputs", []):
             placed = where.get(output.get("npy"))
