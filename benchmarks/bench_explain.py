@@ -54,6 +54,8 @@ VARIANTS = {  # name -> extra explain flags, measured once per round after the m
     "--writers 0 (writing in the main thread)": ["--writers", "0"],
     "--writers 1": ["--writers", "1"],
     "--workers 0 (reading in the main thread)": ["--workers", "0"],
+    "--workers 1 --writers 1": ["--workers", "1", "--writers", "1"],
+    "--predict-at explained (no forward at the model's own size)": ["--predict-at", "explained"],
 }
 
 
