@@ -75,8 +75,8 @@ class Inputs:
 
 def collect(inputs: Any, exclude: str | Path | None = None) -> Inputs:
     """Classify ``inputs`` (see the module table); an empty or unknown kind is one error."""
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
+    if isinstance(inputs, (str, os.PathLike, np.ndarray)) or type(inputs).__module__.startswith("PIL"):
+        inputs = [inputs]  # one path or one image
     if isinstance(inputs, torch.Tensor):
         if inputs.dim() not in (3, 4):
             raise NormGradError(f"a tensor of images must be (N, C, H, W) (or one (C, H, W) image); got shape {tuple(inputs.shape)}")
