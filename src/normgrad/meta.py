@@ -21,8 +21,10 @@ as if alone; ``per_sample=False`` takes one step on the batch's mean loss,
 as a training minibatch would.
 
 The model is never stepped: θ' lives in a dict of tensors and the method
-runs on :class:`WithParameters`, whose forward is
-``torch.func.functional_call(model, θ', ...)``; module names, hooks and
+runs on :class:`WithParameters`, whose forward swaps θ' into the model's
+parameter slots for the call only (like ``torch.func.functional_call``, but
+per slot: a module registered under two names, or a weight tied between two
+modules, is swapped once and restored exactly); module names, hooks and
 layers are the model's own.
 """
 
@@ -36,12 +38,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 
-from normgrad.engine.model_state import eval_mode
+from normgrad.engine.model_state import TensorSlots, eval_mode
 from normgrad.engine.single_pass import check_inputs
 from normgrad.engine.workarounds import guard_batchnorm_backward, needs_batchnorm_guard
-from normgrad.errors import NormGradError
+from normgrad.errors import NormGradError, did_you_mean
 from normgrad.methods import normgrad
 from normgrad.targets import Target, TrainingLoss, class_indices
 
@@ -51,18 +53,19 @@ Parameters = dict[str, Tensor]
 class WithParameters(nn.Module):
     """``model`` evaluated with other parameter values, under the model's own module names.
 
-    ``forward`` is ``functional_call(model, parameters, ...)``: the model's
-    modules (and any hooks on them) run, its parameters are swapped for the
-    call only, and nothing of the model is written.
+    ``forward`` runs the model's modules (and any hooks on them) with its
+    parameters swapped for the call only (:class:`TensorSlots`); nothing of
+    the model is written.
     """
 
     def __init__(self, model: nn.Module, parameters: Mapping[str, Tensor]) -> None:
         super().__init__()
         object.__setattr__(self, "wrapped", model)  # not registered: names stay the model's own
         object.__setattr__(self, "parameter_values", dict(parameters))
+        object.__setattr__(self, "slots", TensorSlots(model))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return functional_call(self.wrapped, self.parameter_values, args, kwargs)
+        return self.slots(self.parameter_values, *args, **kwargs)
 
     def named_modules(self, *args: Any, **kwargs: Any):  # type: ignore[override]
         return self.wrapped.named_modules(*args, **kwargs)
@@ -230,17 +233,22 @@ def _label_maps(labels: Any, logits: Tensor) -> Tensor:
 
 
 def _trainable(model: nn.Module, params: Iterable[str] | Callable[[str, nn.Parameter], bool] | None) -> Parameters:
+    """The parameters that step, under their ``named_parameters()`` names (a shared one once, whichever alias chose it)."""
     named = dict(model.named_parameters())
     if params is None:
         chosen = {name: p for name, p in named.items() if p.requires_grad}
     elif callable(params):
         chosen = {name: p for name, p in named.items() if params(name, p)}
     else:
+        aliases = dict(model.named_parameters(remove_duplicate=False))
+        canonical = {id(p): name for name, p in named.items()}
         wanted = list(params)
-        unknown = [name for name in wanted if name not in named]
+        unknown = [name for name in wanted if name not in aliases]
         if unknown:
-            raise NormGradError(f"unknown parameter names {unknown[:5]}; names come from model.named_parameters()")
-        chosen = {name: named[name] for name in wanted}
+            raise NormGradError(
+                f"unknown parameter names {unknown[:5]}; names come from model.named_parameters()" + did_you_mean(unknown[0], list(aliases))
+            )
+        chosen = {canonical[id(aliases[name])]: aliases[name] for name in wanted}
     if not chosen:
         raise NormGradError("no parameter to step: the model has no trainable parameters (or params= selects none)")
     return {name: p.detach() for name, p in chosen.items()}
@@ -254,9 +262,10 @@ def _shared_steps(
     A parameter the loss does not depend on keeps its value; if none does,
     a warning says so (the maps are then the plain maps).
     """
+    call = TensorSlots(model)
     for index in range(step.steps):
         leaves = {name: p.detach().requires_grad_(True) for name, p in parameters.items()}
-        output = functional_call(model, leaves, (inputs,))
+        output = call(leaves, inputs)
         if index == 0:
             target, labels = _labels_from(_detached(output), target, labels, step)
         value = step.value(output, labels)
@@ -289,9 +298,10 @@ def _vmapped_steps(
     """Each image's own ``steps`` SGD steps, per-sample gradients vectorised with ``torch.func.vmap``."""
     if not isinstance(labels, Tensor):
         raise NormGradError("vectorised steps need tensor labels")
+    call = TensorSlots(model)
 
     def one_image_loss(params: Parameters, image: Tensor, label: Tensor) -> Tensor:
-        return step.value(functional_call(model, params, (image[None],)), label[None])
+        return step.value(call(params, image[None]), label[None])
 
     per_sample_grad = grad(one_image_loss)
     current = {name: p.expand(inputs.shape[0], *p.shape) for name, p in parameters.items()}
