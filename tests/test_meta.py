@@ -377,3 +377,47 @@ def test_meta_leaves_timm_coat_untouched():
     assert_untouched(model, before)
     after = model.named_parameters(remove_duplicate=False)
     assert all(type(p) is nn.Parameter and p.requires_grad == r for (_, _, r, _), (_, p) in zip(state, after))
+
+
+NESTED = ["meta:meta", "adversarial:meta", "meta:adversarial", "adversarial:adversarial", "meta:meta:selective", "meta:adversarial:gradcam"]
+
+
+@pytest.mark.parametrize("name", NESTED)
+def test_nested_inner_step_methods_are_refused_by_name(name):
+    from normgrad.registry import get_method
+
+    with pytest.raises(ng.NormGradError, match="inner steps do not nest"):
+        get_method(name)
+
+
+@pytest.mark.parametrize("inner", ["registry meta", "meta_saliency", "partial of meta_saliency"])
+def test_meta_saliency_refuses_a_meta_method_inside(model, inner):
+    import functools
+
+    from normgrad.registry import get_method
+
+    method = {"registry meta": get_method("meta"), "meta_saliency": ng.meta_saliency,
+              "partial of meta_saliency": functools.partial(ng.meta_saliency, lr=0.1)}[inner]  # fmt: skip
+    with pytest.raises(ng.NormGradError, match="cannot wrap another meta-saliency"):
+        ng.meta_saliency(model, torch.randn(1, 3, 20, 18), method=method, layers=["features.3"])
+
+
+@pytest.mark.parametrize("lr", [1e308, 3.5e38, 10**400, float("inf"), float("nan"), -1.0, True])
+def test_lr_outside_float32_range_is_refused_up_front(model, lr):
+    from normgrad.registry import get_method
+
+    with pytest.raises(ng.NormGradError, match="lr must be a finite number"):
+        ng.meta_saliency(model, torch.randn(1, 3, 20, 18), lr=lr, layers=["features.3"])
+    with pytest.raises(ng.NormGradError, match="lr must be a finite number"):
+        get_method("meta", lr=lr)
+
+
+@pytest.mark.parametrize("steps", [101, 10**6, 2.5, -1, float("nan")])
+def test_steps_are_bounded(model, steps):
+    with pytest.raises(ng.NormGradError, match="steps must be an integer from 0 to 100"):
+        ng.meta_saliency(model, torch.randn(1, 3, 20, 18), lr=0.1, steps=steps, layers=["features.3"])
+
+
+def test_a_hundred_tiny_steps_are_accepted(model):
+    maps = ng.meta_saliency(model, torch.randn(1, 3, 20, 18), lr=1e-30, steps=100, layers=["features.3"])
+    assert torch.isfinite(maps["features.3"]).all()

@@ -131,6 +131,13 @@ def test_methods_targets_and_meta_step(client):
         (b'{"image": "TOKEN", "method": "meta", "lr": -1}', 400, "lr must be a finite number"),
         (b'{"image": "TOKEN", "method": "meta", "lr": 1e999}', 400, "finite"),
         (b'{"image": "TOKEN", "method": "meta", "steps": 1.5}', 400, "steps must be an integer"),
+        (b'{"image": "TOKEN", "method": "meta", "lr": 1e308}', 400, "at most 3.403e+38"),
+        (b'{"image": "TOKEN", "method": "meta", "lr": 1' + b"0" * 400 + b"}", 400, "at most 3.403e+38"),  # a 400-digit JSON integer
+        (b'{"image": "TOKEN", "method": "meta", "steps": 1000000}', 400, "steps must be an integer from"),
+        (b'{"image": "TOKEN", "method": "meta", "steps": 0}', 400, "steps must be an integer from 1 to 100"),
+        (b'{"image": "TOKEN", "method": "adversarial", "steps": NaN}', 400, "steps must be an integer from"),
+        (b'{"image": "TOKEN", "method": "meta:meta"}', 400, "inner steps do not nest"),
+        (b'{"image": "TOKEN", "method": "adversarial:meta:selective"}', 400, "inner steps do not nest"),
         (b'{"image": "TOKEN", "method": "gradient", "layers": ["stage1"]}', 400, "takes no layers"),
         (b'{"image": "TOKEN", "combine": "max"}', 400, "unknown combine"),
         (b'{"image": "TOKEN", "colour": "red"}', 400, "unknown field(s) colour"),

@@ -33,6 +33,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -48,6 +49,26 @@ from normgrad.methods import normgrad
 from normgrad.targets import Target, TrainingLoss, class_indices
 
 Parameters = dict[str, Tensor]
+
+MAX_LR = float(torch.finfo(torch.float32).max)  # lr·g must be a float32 for float32 parameters; larger is never a step
+MAX_STEPS = 100  # every input has a bound: one request cannot hold the model for hours (the method's step is 1)
+
+
+def check_step(lr: float, steps: int) -> None:
+    """The inner step's ``lr``: a number in [0, 3.4e38] (adversarial methods step up the loss); ``steps``: an integer in [0, 100]."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr <= MAX_LR:
+        raise NormGradError(
+            f"lr must be a finite number ≥ 0 and at most {MAX_LR:.4g} (float32's largest; adversarial methods step up the loss); got {lr}"
+        )
+    if isinstance(steps, bool) or not isinstance(steps, (int, float)) or not 0 <= steps <= MAX_STEPS or int(steps) != steps:
+        raise NormGradError(f"steps must be an integer from 0 to {MAX_STEPS}; got {steps}")
+
+
+def takes_inner_step(method: Any) -> bool:
+    """Whether ``method`` is itself meta-saliency (a registry meta method, :func:`meta_saliency`, or a partial of either)."""
+    while isinstance(method, partial):
+        method = method.func
+    return bool(getattr(method, "inner_step", False))
 
 
 class WithParameters(nn.Module):
@@ -105,10 +126,12 @@ def meta_saliency(
     ``chunk_size`` images at a time.  ``lr=0`` gives the plain maps.
     """
     check_inputs(inputs, model)
-    if steps < 0 or int(steps) != steps:
-        raise NormGradError(f"steps must be a non-negative integer; got {steps}")
-    if not lr >= 0:
-        raise NormGradError(f"lr must be non-negative (use adversarial=True to step up the loss); got {lr}")
+    check_step(lr, steps)
+    if takes_inner_step(method):
+        raise NormGradError(
+            "meta-saliency cannot wrap another meta-saliency (meta:meta, adversarial:meta, ...): its inner step would be taken "
+            "on a model it cannot step; use steps=N for several inner steps"
+        )
     if loss is not None and not callable(loss):
         raise NormGradError(f"loss must be a callable (output, labels) -> per-sample losses; got {type(loss).__name__}")
     if lr == 0 or steps == 0:
@@ -128,6 +151,9 @@ def meta_saliency(
             for i, (updated, sample_target) in enumerate(updates)
         ]
     return _concatenate(results)
+
+
+meta_saliency.inner_step = True  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

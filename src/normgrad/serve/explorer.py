@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 import secrets
 import threading
 import time
@@ -246,6 +245,7 @@ class Explorer:
     # -- helpers
 
     def _method(self, request: dict) -> Any:
+        from normgrad.meta import MAX_STEPS, check_step
         from normgrad.registry import get_method
 
         name = _text(request, "method", DEFAULT_METHOD if self.defaults is not None else "normgrad")
@@ -254,14 +254,13 @@ class Explorer:
             if lr is not None or steps is not None:
                 raise NormGradError("lr and steps only apply to meta/adversarial methods, not the default")
             return self.defaults.method  # each layer with the default's method for it (selective for other layers)
-        for key, value in (("lr", lr), ("steps", steps)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
-                raise NormGradError(f"{key} must be a finite number; got {value!r}")
-        method = get_method(name, lr=DEFAULT_LR if lr is None else float(lr), steps=DEFAULT_STEPS if steps is None else steps)
-        if (lr is not None or steps is not None) and not method.inner_step:
+        lr, steps = DEFAULT_LR if lr is None else lr, DEFAULT_STEPS if steps is None else steps
+        check_step(lr, steps)  # bounded before any conversion: a JSON integer of 400 digits is refused, not a 500
+        if steps < 1:
+            raise NormGradError(f"steps must be an integer from 1 to {MAX_STEPS}; got {steps!r}")
+        method = get_method(name, lr=float(lr), steps=int(steps))
+        if (request.get("lr") is not None or request.get("steps") is not None) and not method.inner_step:
             raise NormGradError(f"lr and steps only apply to meta/adversarial methods, not {method.name}")
-        if steps is not None and (int(steps) != steps or steps < 1):
-            raise NormGradError(f"steps must be an integer ≥ 1; got {steps!r}")
         return method
 
     def _at_size(self, result: Result, size: tuple[int, int]) -> dict[str, torch.Tensor]:
