@@ -157,3 +157,49 @@ def test_by_chunks_leaves_other_devices_whole(monkeypatch):
     values = torch.empty(4, 3, 5, 5, device="meta")
     aggregate_module.by_chunks(lambda v: calls.append(tuple(v.shape)) or v.sum(1), values)
     assert calls == [(4, 3, 5, 5)]
+
+
+class Scale(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+
+# (activation scale A, gradient scale B): the true map is about A·B, from 1e-35 to 1e35, all inside float32's range
+EXTREMES = {
+    "huge activation": (1e25, 1.0),
+    "tiny activation": (1e-25, 1.0),
+    "huge gradient": (1.0, 1e25),
+    "tiny gradient": (1.0, 1e-25),
+    "both huge": (1e20, 1e15),
+    "both tiny": (1e-20, 1e-15),
+    "huge and tiny": (1e30, 1e-28),
+}
+
+
+@pytest.mark.parametrize("aggregate", ["norm", "positive_norm"])  # the aggregates with a closed form sqrt(Σp²·Σq²)
+@pytest.mark.parametrize("extract", VIRTUAL + ["layer"])
+@pytest.mark.parametrize("extreme", list(EXTREMES))
+def test_maps_are_finite_and_exact_wherever_the_true_value_is_a_float32(extreme, extract, aggregate):
+    """No over- or underflow of Σg²·Σa² inside float32's range: the float32 maps match the float64 brute force."""
+    activation_scale, gradient_scale = EXTREMES[extreme]
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        Scale(activation_scale),
+        nn.Conv2d(4, 5, 3, padding=1),
+        Scale(gradient_scale),
+        nn.Flatten(),
+        nn.Linear(5 * 36, 3),
+    ).eval()
+    x = torch.randn(2, 3, 6, 6)
+    layer = "2" if extract == "layer" else "1"  # the layer extract reads the scaled input of conv 2
+    maps = ng.saliency(model, x, target=[0, 2], layers=[layer], extract=extract, aggregate=aggregate)[layer]
+    expected = brute_force_map(model.double(), x.double(), layer, extract, aggregate, target=[0, 2])
+    model.float()
+    assert torch.isfinite(maps).all() and maps.abs().amax() > 0
+    scale = expected.abs().amax().item()
+    torch.testing.assert_close(maps.double(), expected, rtol=1e-4, atol=1e-5 * scale)

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from torch import nn
 
 import normgrad as ng
 from conftest import SmallNet, randomize_batchnorm
@@ -264,3 +265,159 @@ def test_unused_parameters_keep_their_values_and_all_unused_warns():
     with pytest.warns(UserWarning, match="no stepped parameter takes part in the loss"):
         only_aux = ng.meta_saliency(model, x, segment_score, lr=0.1, params=["aux.weight", "aux.bias"], layers="body")
     torch.testing.assert_close(only_aux["body"], ng.normgrad(model, x, segment_score, layers="body")["body"])
+
+
+class SharedModule(nn.Module):
+    """One conv registered under two names (``pos`` and ``block.0``), like timm CoaT's shared position encodings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = nn.Conv2d(3, 4, 3, padding=1)
+        self.block = nn.Sequential(self.pos, nn.BatchNorm2d(4), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+
+    def forward(self, x):
+        return self.head(self.block(x) + self.pos(x))
+
+
+class TiedWeights(nn.Module):
+    """Two linear layers holding the same weight Parameter (an encoder/decoder tie), distinct biases."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.encode = nn.Linear(6, 6)
+        self.decode = nn.Linear(6, 6)
+        self.decode.weight = self.encode.weight
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.decode(torch.relu(self.encode(self.features(x))))))
+
+
+class UsedTwice(nn.Module):
+    """One block registered once and called twice in a row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+
+    def forward(self, x):
+        return self.head(self.block(self.block(self.stem(x))))
+
+
+class SharedAtTwoDepths(nn.Module):
+    """A whole sub-block shared between two stages at different depths; one of its parameters frozen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        shared = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+        shared[0].bias.requires_grad_(False)
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.stage1 = nn.Sequential(shared)
+        self.stage2 = nn.Sequential(nn.Sequential(nn.Identity(), shared))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+
+    def forward(self, x):
+        return self.head(self.stage2(self.stage1(self.stem(x))))
+
+
+SHARING = {
+    "shared module": (SharedModule, ["input", "block"]),
+    "tied weights": (TiedWeights, ["features.0", "encode"]),
+    "used twice": (UsedTwice, ["input", "stem"]),
+    "shared at two depths": (SharedAtTwoDepths, ["stem", "stage1"]),
+}
+
+
+def parameter_state(model):
+    return [(name, type(p), p.requires_grad, p.detach().clone()) for name, p in model.named_parameters(remove_duplicate=False)]
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+@pytest.mark.parametrize("per_sample", [True, False])
+@pytest.mark.parametrize("pattern", list(SHARING))
+def test_meta_leaves_a_model_with_shared_parameters_bitwise_untouched(pattern, per_sample, vectorize):
+    build, layers = SHARING[pattern]
+    model = randomize_batchnorm(build())
+    before, state = snapshot(model), parameter_state(model)
+    ng.meta_saliency(model, torch.randn(2, 3, 12, 12), lr=0.5, steps=2, per_sample=per_sample, vectorize=vectorize, layers=layers)
+    assert_untouched(model, before)
+    for (name, kind, requires_grad, value), (_, p) in zip(state, model.named_parameters(remove_duplicate=False)):
+        assert type(p) is kind is nn.Parameter and p.requires_grad == requires_grad and torch.equal(p, value), name
+
+
+@pytest.mark.parametrize("pattern", list(SHARING))
+def test_meta_with_shared_parameters_equals_stepping_a_copy(pattern):
+    """A shared parameter takes one step with the gradient of all its uses, as torch.optim.SGD on a deep copy does."""
+    build, layers = SHARING[pattern]
+    model = randomize_batchnorm(build())
+    x, labels = torch.randn(2, 3, 12, 12), torch.tensor([1, 3])
+    got = ng.meta_saliency(model, x, labels, lr=0.5, per_sample=False, layers=layers)
+    assert_maps_close(got, literal_meta(model, x, labels, lr=0.5, layers=layers))
+
+
+def test_meta_params_accepts_any_alias_of_a_shared_parameter():
+    model = SharedModule()
+    x, labels = torch.randn(1, 3, 12, 12), torch.tensor([2])
+    by_alias = ng.meta_saliency(model, x, labels, lr=0.5, params=["block.0.weight"], layers=["block"])
+    by_name = ng.meta_saliency(model, x, labels, lr=0.5, params=["pos.weight"], layers=["block"])
+    assert_maps_close(by_alias, by_name, rtol=0)
+
+
+def test_meta_leaves_timm_coat_untouched():
+    """CoaT registers its ConvPosEnc / ConvRelPosEnc under several names."""
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("coat_lite_tiny", pretrained=False, img_size=64).eval()
+    assert len(list(model.named_parameters(remove_duplicate=False))) > len(list(model.named_parameters()))
+    before, state = snapshot(model), parameter_state(model)
+    ng.meta_saliency(model, torch.randn(1, 3, 64, 64), lr=0.1, layers=["patch_embed2.proj"])
+    assert_untouched(model, before)
+    after = model.named_parameters(remove_duplicate=False)
+    assert all(type(p) is nn.Parameter and p.requires_grad == r for (_, _, r, _), (_, p) in zip(state, after))
+
+
+NESTED = ["meta:meta", "adversarial:meta", "meta:adversarial", "adversarial:adversarial", "meta:meta:selective", "meta:adversarial:gradcam"]
+
+
+@pytest.mark.parametrize("name", NESTED)
+def test_nested_inner_step_methods_are_refused_by_name(name):
+    from normgrad.registry import get_method
+
+    with pytest.raises(ng.NormGradError, match="inner steps do not nest"):
+        get_method(name)
+
+
+@pytest.mark.parametrize("inner", ["registry meta", "meta_saliency", "partial of meta_saliency"])
+def test_meta_saliency_refuses_a_meta_method_inside(model, inner):
+    import functools
+
+    from normgrad.registry import get_method
+
+    method = {"registry meta": get_method("meta"), "meta_saliency": ng.meta_saliency,
+              "partial of meta_saliency": functools.partial(ng.meta_saliency, lr=0.1)}[inner]  # fmt: skip
+    with pytest.raises(ng.NormGradError, match="cannot wrap another meta-saliency"):
+        ng.meta_saliency(model, torch.randn(1, 3, 20, 18), method=method, layers=["features.3"])
+
+
+@pytest.mark.parametrize("lr", [1e308, 3.5e38, 10**400, float("inf"), float("nan"), -1.0, True])
+def test_lr_outside_float32_range_is_refused_up_front(model, lr):
+    from normgrad.registry import get_method
+
+    with pytest.raises(ng.NormGradError, match="lr must be a finite number"):
+        ng.meta_saliency(model, torch.randn(1, 3, 20, 18), lr=lr, layers=["features.3"])
+    with pytest.raises(ng.NormGradError, match="lr must be a finite number"):
+        get_method("meta", lr=lr)
+
+
+@pytest.mark.parametrize("steps", [101, 10**6, 2.5, -1, float("nan")])
+def test_steps_are_bounded(model, steps):
+    with pytest.raises(ng.NormGradError, match="steps must be an integer from 0 to 100"):
+        ng.meta_saliency(model, torch.randn(1, 3, 20, 18), lr=0.1, steps=steps, layers=["features.3"])
+
+
+def test_a_hundred_tiny_steps_are_accepted(model):
+    maps = ng.meta_saliency(model, torch.randn(1, 3, 20, 18), lr=1e-30, steps=100, layers=["features.3"])
+    assert torch.isfinite(maps["features.3"]).all()

@@ -132,6 +132,13 @@ def test_methods_targets_and_meta_step(client):
         (b'{"image": "TOKEN", "method": "meta", "lr": -1}', 400, "lr must be a finite number"),
         (b'{"image": "TOKEN", "method": "meta", "lr": 1e999}', 400, "finite"),
         (b'{"image": "TOKEN", "method": "meta", "steps": 1.5}', 400, "steps must be an integer"),
+        (b'{"image": "TOKEN", "method": "meta", "lr": 1e308}', 400, "at most 3.403e+38"),
+        (b'{"image": "TOKEN", "method": "meta", "lr": 1' + b"0" * 400 + b"}", 400, "at most 3.403e+38"),  # a 400-digit JSON integer
+        (b'{"image": "TOKEN", "method": "meta", "steps": 1000000}', 400, "steps must be an integer from"),
+        (b'{"image": "TOKEN", "method": "meta", "steps": 0}', 400, "steps must be an integer from 1 to 100"),
+        (b'{"image": "TOKEN", "method": "adversarial", "steps": NaN}', 400, "steps must be an integer from"),
+        (b'{"image": "TOKEN", "method": "meta:meta"}', 400, "inner steps do not nest"),
+        (b'{"image": "TOKEN", "method": "adversarial:meta:selective"}', 400, "inner steps do not nest"),
         (b'{"image": "TOKEN", "method": "gradient", "layers": ["stage1"]}', 400, "takes no layers"),
         (b'{"image": "TOKEN", "combine": "max"}', 400, "unknown combine"),
         (b'{"image": "TOKEN", "colour": "red"}', 400, "unknown field(s) colour"),
@@ -232,3 +239,162 @@ def test_serve_refuses_a_taken_port_in_one_line(capsys):
     from normgrad.cli import build_parser
 
     assert build_parser().parse_args(["serve"]).host == "127.0.0.1"
+
+
+def big_png(side: int = 8192) -> bytes:
+    """An 8192² photo that compresses to a small upload (a smooth gradient): 200 MB once decoded."""
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, side, dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(np.stack([np.broadcast_to(ramp, (side, side))] * 3, axis=-1)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def big_upload():
+    return big_png()
+
+
+def test_photos_keep_no_full_size_picture_and_the_caches_are_bounded_in_bytes(explorer, big_upload, monkeypatch):
+    from normgrad.serve import explorer as explorer_module
+
+    roomy = TestClient(create_app(explorer, max_upload_bytes=len(big_upload) + 1), raise_server_exceptions=False)
+    tokens = [upload(roomy, big_upload)["image"] for _ in range(3)]
+    for token in tokens:
+        kept = explorer._photos[token]
+        assert kept.size == (8192, 8192) and kept.nbytes < 2 << 20  # the model input, a display JPEG, the upload's bytes
+        assert not any(isinstance(value, __import__("PIL").Image.Image) for value in vars(kept).values())
+    monkeypatch.setattr(explorer_module, "MAX_PHOTO_BYTES", explorer._photos[tokens[-1]].nbytes * 2)
+    newest = upload(roomy, big_upload)["image"]
+    assert sum(p.nbytes for p in explorer._photos.values()) <= explorer_module.MAX_PHOTO_BYTES
+    assert client_answer(roomy, tokens[0]).status_code == 404  # the oldest expired
+    assert client_answer(roomy, newest).status_code == 200
+
+
+def client_answer(client, token):
+    return client.post("/api/explain", json={"image": token, "method": "normgrad", "layers": ["stage2"]})
+
+
+def test_a_full_size_download_decodes_the_upload_again(client, explorer, big_upload):
+    roomy = TestClient(create_app(explorer, max_upload_bytes=len(big_upload) + 1), raise_server_exceptions=False)
+    token = upload(roomy, png_bytes((300, 200)))["image"]
+    result = client_answer(roomy, token).json()["result"]
+    png = roomy.get(f"/api/result/{result}/0.png")
+    from PIL import Image
+
+    assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).size == (300, 200)
+
+
+def test_too_many_layers_are_refused(client):
+    token = upload(client)["image"]
+    answer = client.post("/api/explain", json={"image": token, "method": "normgrad", "layers": ["stage1"] * 65})
+    assert answer.status_code == 400 and "at most 64" in answer.json()["error"]
+
+
+def test_a_cancelled_explanation_stops_at_once_and_frees_the_model(explorer):
+    """A client that has gone: the meta step stops at the model's next module, hooks removed, the next request runs."""
+    from normgrad.serve import Cancelled
+
+    token = explorer.open_upload(png_bytes(), "a.png")["image"]
+    cancel, calls = threading.Event(), []
+
+    def count(*_):
+        calls.append(1)
+        cancel.set()  # the client goes away during the first forward pass
+
+    handle = explorer.loaded.model.register_forward_hook(count)
+    hooks_before = [len(m._forward_pre_hooks) for m in explorer.loaded.model.modules()]
+    try:
+        with pytest.raises(Cancelled):
+            explorer.explain({"image": token, "method": "meta", "steps": 100, "layers": ["stage2"]}, cancel)
+    finally:
+        handle.remove()
+    assert len(calls) == 1  # 101 forward passes without the cancellation
+    assert [len(m._forward_pre_hooks) for m in explorer.loaded.model.modules()] == hooks_before
+    assert explorer.explain({"image": token, "method": "normgrad", "layers": ["stage2"]})["maps"]
+    with pytest.raises(Cancelled):  # cancelled before its turn: never runs
+        explorer.explain({"image": token, "method": "normgrad", "layers": ["stage2"]}, cancel)
+
+
+def test_the_app_cancels_the_work_of_a_client_that_disconnects(explorer):
+    import asyncio
+
+    token = explorer.open_upload(png_bytes(), "a.png")["image"]
+    body = json_bytes({"image": token, "method": "meta", "steps": 100, "layers": ["stage2"]})
+    calls = []
+    handle = explorer.loaded.model.register_forward_hook(lambda *_: calls.append(1))
+    sent = []
+
+    async def receive():
+        if not sent:
+            sent.append(1)
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        pass
+
+    scope = {"type": "http", "method": "POST", "path": "/api/explain", "raw_path": b"/api/explain", "query_string": b"",
+             "headers": [(b"content-type", b"application/json"), (b"host", b"testserver")], "scheme": "http",
+             "server": ("testserver", 80), "client": ("127.0.0.1", 1), "http_version": "1.1", "root_path": ""}  # fmt: skip
+    try:
+        asyncio.run(create_app(explorer)(scope, receive, send))
+    finally:
+        handle.remove()
+    assert len(calls) < 101  # stopped long before the 101 forward passes
+    assert explorer.model_lock.acquire(timeout=5)
+    explorer.model_lock.release()
+
+
+def json_bytes(value) -> bytes:
+    import json
+
+    return json.dumps(value).encode()
+
+
+def test_a_stopping_server_cancels_running_work(explorer):
+    from normgrad.cli.serve import server
+    from normgrad.serve import Cancelled
+
+    uvicorn = pytest.importorskip("uvicorn")
+    token = explorer.open_upload(png_bytes(), "a.png")["image"]
+    try:
+        server(uvicorn.Config(create_app(explorer)), explorer).handle_exit(15, None)  # the first SIGTERM
+        with pytest.raises(Cancelled):
+            explorer.explain({"image": token, "method": "meta", "steps": 100, "layers": ["stage2"]})
+    finally:
+        explorer.stopping.clear()
+
+
+@pytest.mark.parametrize("path, body, kind", [("/api/upload", None, "image/png"), ("/api/open/0", b"", "application/x-www-form-urlencoded"),
+                                              ("/api/explain", b'{"image": "x"}', "application/json")])  # fmt: skip
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://testserver.evil.example", "https://testserver"])
+def test_requests_from_another_origin_are_refused(client, path, body, kind, origin):
+    answer = client.post(path, content=png_bytes() if body is None else body, headers={"content-type": kind, "origin": origin})
+    assert answer.status_code == 403 and "not from the explorer's own page" in answer.json()["error"]
+
+
+def test_requests_from_its_own_page_or_without_origin_are_served(client):
+    for headers in ({"origin": "http://testserver"}, {}):
+        answer = client.post("/api/upload", content=png_bytes(), headers={"content-type": "image/png", **headers})
+        assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.parametrize("host, allowed", [("127.0.0.1", True), ("127.0.0.2", True), ("127.1.2.3", True), ("localhost", True),
+                                           ("::1", True), ("0.0.0.0", False), ("192.168.1.5", False), ("::", False)])  # fmt: skip
+def test_every_loopback_address_keeps_the_host_check(host, allowed):
+    from normgrad.cli.serve import allowed_hosts
+
+    hosts = allowed_hosts(host)
+    assert (hosts is not None) == allowed
+    if allowed:
+        assert (f"[{host}]" if ":" in host else host) in hosts and "attacker.example" not in hosts
+
+
+def test_serve_on_another_loopback_address_checks_the_host_and_does_not_warn(explorer):
+    from normgrad.cli.serve import allowed_hosts
+
+    guarded = TestClient(create_app(explorer, allowed_hosts=allowed_hosts("127.0.0.2")), base_url="http://127.0.0.2")
+    assert guarded.get("/api/info").status_code == 200
+    assert guarded.get("/api/info", headers={"host": "attacker.example"}).status_code == 400

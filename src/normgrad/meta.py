@@ -21,8 +21,10 @@ as if alone; ``per_sample=False`` takes one step on the batch's mean loss,
 as a training minibatch would.
 
 The model is never stepped: θ' lives in a dict of tensors and the method
-runs on :class:`WithParameters`, whose forward is
-``torch.func.functional_call(model, θ', ...)``; module names, hooks and
+runs on :class:`WithParameters`, whose forward swaps θ' into the model's
+parameter slots for the call only (like ``torch.func.functional_call``, but
+per slot: a module registered under two names, or a weight tied between two
+modules, is swapped once and restored exactly); module names, hooks and
 layers are the model's own.
 """
 
@@ -31,17 +33,18 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 
-from normgrad.engine.model_state import eval_mode
+from normgrad.engine.model_state import TensorSlots, eval_mode
 from normgrad.engine.single_pass import check_inputs
 from normgrad.engine.workarounds import guard_batchnorm_backward, needs_batchnorm_guard
-from normgrad.errors import NormGradError
+from normgrad.errors import NormGradError, did_you_mean
 from normgrad.methods import normgrad
 from normgrad.targets import Target, TrainingLoss, class_indices
 
@@ -49,22 +52,43 @@ PAPER_LR, PAPER_STEPS = 2.5e-3, 1  # the paper's inner step: one SGD step of lea
 
 Parameters = dict[str, Tensor]
 
+MAX_LR = float(torch.finfo(torch.float32).max)  # lr·g must be a float32 for float32 parameters; larger is never a step
+MAX_STEPS = 100  # every input has a bound: one request cannot hold the model for hours (the method's step is 1)
+
+
+def check_step(lr: float, steps: int) -> None:
+    """The inner step's ``lr``: a number in [0, 3.4e38] (adversarial methods step up the loss); ``steps``: an integer in [0, 100]."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr <= MAX_LR:
+        raise NormGradError(
+            f"lr must be a finite number ≥ 0 and at most {MAX_LR:.4g} (float32's largest; adversarial methods step up the loss); got {lr}"
+        )
+    if isinstance(steps, bool) or not isinstance(steps, (int, float)) or not 0 <= steps <= MAX_STEPS or int(steps) != steps:
+        raise NormGradError(f"steps must be an integer from 0 to {MAX_STEPS}; got {steps}")
+
+
+def takes_inner_step(method: Any) -> bool:
+    """Whether ``method`` is itself meta-saliency (a registry meta method, :func:`meta_saliency`, or a partial of either)."""
+    while isinstance(method, partial):
+        method = method.func
+    return bool(getattr(method, "inner_step", False))
+
 
 class WithParameters(nn.Module):
     """``model`` evaluated with other parameter values, under the model's own module names.
 
-    ``forward`` is ``functional_call(model, parameters, ...)``: the model's
-    modules (and any hooks on them) run, its parameters are swapped for the
-    call only, and nothing of the model is written.
+    ``forward`` runs the model's modules (and any hooks on them) with its
+    parameters swapped for the call only (:class:`TensorSlots`); nothing of
+    the model is written.
     """
 
     def __init__(self, model: nn.Module, parameters: Mapping[str, Tensor]) -> None:
         super().__init__()
         object.__setattr__(self, "wrapped", model)  # not registered: names stay the model's own
         object.__setattr__(self, "parameter_values", dict(parameters))
+        object.__setattr__(self, "slots", TensorSlots(model))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return functional_call(self.wrapped, self.parameter_values, args, kwargs)
+        return self.slots(self.parameter_values, *args, **kwargs)
 
     def named_modules(self, *args: Any, **kwargs: Any):  # type: ignore[override]
         return self.wrapped.named_modules(*args, **kwargs)
@@ -104,10 +128,12 @@ def meta_saliency(
     ``chunk_size`` images at a time.  ``lr=0`` gives the plain maps.
     """
     check_inputs(inputs, model)
-    if steps < 0 or int(steps) != steps:
-        raise NormGradError(f"steps must be a non-negative integer; got {steps}")
-    if not lr >= 0:
-        raise NormGradError(f"lr must be non-negative (use adversarial=True to step up the loss); got {lr}")
+    check_step(lr, steps)
+    if takes_inner_step(method):
+        raise NormGradError(
+            "meta-saliency cannot wrap another meta-saliency (meta:meta, adversarial:meta, ...): its inner step would be taken "
+            "on a model it cannot step; use steps=N for several inner steps"
+        )
     if loss is not None and not callable(loss):
         raise NormGradError(f"loss must be a callable (output, labels) -> per-sample losses; got {type(loss).__name__}")
     if lr == 0 or steps == 0:
@@ -127,6 +153,9 @@ def meta_saliency(
             for i, (updated, sample_target) in enumerate(updates)
         ]
     return _concatenate(results)
+
+
+meta_saliency.inner_step = True  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -232,17 +261,22 @@ def _label_maps(labels: Any, logits: Tensor) -> Tensor:
 
 
 def _trainable(model: nn.Module, params: Iterable[str] | Callable[[str, nn.Parameter], bool] | None) -> Parameters:
+    """The parameters that step, under their ``named_parameters()`` names (a shared one once, whichever alias chose it)."""
     named = dict(model.named_parameters())
     if params is None:
         chosen = {name: p for name, p in named.items() if p.requires_grad}
     elif callable(params):
         chosen = {name: p for name, p in named.items() if params(name, p)}
     else:
+        aliases = dict(model.named_parameters(remove_duplicate=False))
+        canonical = {id(p): name for name, p in named.items()}
         wanted = list(params)
-        unknown = [name for name in wanted if name not in named]
+        unknown = [name for name in wanted if name not in aliases]
         if unknown:
-            raise NormGradError(f"unknown parameter names {unknown[:5]}; names come from model.named_parameters()")
-        chosen = {name: named[name] for name in wanted}
+            raise NormGradError(
+                f"unknown parameter names {unknown[:5]}; names come from model.named_parameters()" + did_you_mean(unknown[0], list(aliases))
+            )
+        chosen = {canonical[id(aliases[name])]: aliases[name] for name in wanted}
     if not chosen:
         raise NormGradError("no parameter to step: the model has no trainable parameters (or params= selects none)")
     return {name: p.detach() for name, p in chosen.items()}
@@ -256,9 +290,10 @@ def _shared_steps(
     A parameter the loss does not depend on keeps its value; if none does,
     a warning says so (the maps are then the plain maps).
     """
+    call = TensorSlots(model)
     for index in range(step.steps):
         leaves = {name: p.detach().requires_grad_(True) for name, p in parameters.items()}
-        output = functional_call(model, leaves, (inputs,))
+        output = call(leaves, inputs)
         if index == 0:
             target, labels = _labels_from(_detached(output), target, labels, step)
         value = step.value(output, labels)
@@ -291,9 +326,10 @@ def _vmapped_steps(
     """Each image's own ``steps`` SGD steps, per-sample gradients vectorised with ``torch.func.vmap``."""
     if not isinstance(labels, Tensor):
         raise NormGradError("vectorised steps need tensor labels")
+    call = TensorSlots(model)
 
     def one_image_loss(params: Parameters, image: Tensor, label: Tensor) -> Tensor:
-        return step.value(functional_call(model, params, (image[None],)), label[None])
+        return step.value(call(params, image[None]), label[None])
 
     per_sample_grad = grad(one_image_loss)
     current = {name: p.expand(inputs.shape[0], *p.shape) for name, p in parameters.items()}

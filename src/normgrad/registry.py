@@ -14,7 +14,6 @@ and returns ``{layer name: (N, 1, h, w) map}``.  Names:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -24,7 +23,7 @@ from normgrad import baselines
 from normgrad.errors import NormGradError, did_you_mean
 from normgrad.formulas.aggregate import AGGREGATES
 from normgrad.formulas.extract import EXTRACTS
-from normgrad.meta import PAPER_LR, PAPER_STEPS, meta_saliency
+from normgrad.meta import PAPER_LR, PAPER_STEPS, check_step, meta_saliency
 from normgrad.methods import normgrad, normgrad_selective, saliency
 
 
@@ -67,7 +66,7 @@ def method_names() -> list[str]:
 
 
 def get_method(name: str, *, lr: float = PAPER_LR, steps: int = PAPER_STEPS) -> Method:
-    """The method called ``name``; meta variants take ``lr`` (finite, ≥ 0) and ``steps`` (≥ 0).
+    """The method called ``name``; meta variants take ``lr`` and ``steps`` (see :func:`normgrad.meta.check_step`).
 
     Unknown names list the closest valid ones.
     """
@@ -77,6 +76,11 @@ def get_method(name: str, *, lr: float = PAPER_LR, steps: int = PAPER_STEPS) -> 
     for prefix, adversarial in (("meta", False), ("adversarial", True)):
         if name == prefix or name.startswith(prefix + ":"):
             base = get_method(name.partition(":")[2] or "normgrad")
+            if base.inner_step:
+                raise NormGradError(
+                    f"{name!r}: {prefix} cannot wrap {base.name}, which takes an inner step itself (inner steps do not nest); "
+                    f"for several inner steps use {base.name} with steps=N (--steps N)"
+                )
             if not base.needs_model:
                 raise NormGradError(f"{name!r}: {base.name} does not use the model, so an inner training step cannot change it")
             check_step(lr, steps)
@@ -102,14 +106,6 @@ def get_method(name: str, *, lr: float = PAPER_LR, steps: int = PAPER_STEPS) -> 
     raise NormGradError(f"unknown method {name!r}{did_you_mean(name, spelled)}; valid: {', '.join(method_names())}")
 
 
-def check_step(lr: float, steps: int) -> None:
-    """The inner step's ``lr`` must be finite and ≥ 0 (adversarial methods step up the loss), ``steps`` an integer ≥ 0."""
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
-        raise NormGradError(f"lr must be a finite number ≥ 0 (the adversarial methods step up the loss); got {lr}")
-    if isinstance(steps, bool) or int(steps) != steps or steps < 0:
-        raise NormGradError(f"steps must be an integer ≥ 0; got {steps}")
-
-
 def _meta(
     model: Any,
     inputs: Any,
@@ -123,3 +119,6 @@ def _meta(
     **options: Any,
 ):
     return meta_saliency(model, inputs, target, method=base.function, lr=lr, steps=steps, adversarial=adversarial, layers=layers, **options)
+
+
+_meta.inner_step = True  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from normgrad.meta import MAX_LR, MAX_STEPS
 from normgrad.meta import PAPER_LR as DEFAULT_LR
 from normgrad.meta import PAPER_STEPS as DEFAULT_STEPS
 from normgrad.run.options import check_device, check_methods, check_weights, parse_layers, weights_identity, weights_option
@@ -45,6 +46,19 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def int_between(minimum: int, maximum: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [``minimum``, ``maximum``], else a one-line error saying so."""
+    at_least = int_at_least(minimum)
+
+    def parse(text: str) -> int:
+        value = at_least(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}; got {value}")
+        return value
+
+    return parse
+
+
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 
@@ -66,6 +80,14 @@ def finite_non_negative(text: str) -> float:
     return value
 
 
+def learning_rate(text: str) -> float:
+    """``--lr``: a finite number ≥ 0 that a float32 step can take (at most 3.4e38)."""
+    value = finite_non_negative(text)
+    if value > MAX_LR:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_LR:.4g} (float32's largest number); got {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = finite_non_negative(text)
     if value == 0:
@@ -83,10 +105,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def add_meta_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--lr", type=finite_non_negative, default=None, help=f"meta/adversarial only: inner SGD learning rate (default: {DEFAULT_LR})"
+        "--lr", type=learning_rate, default=None, help=f"meta/adversarial only: inner SGD learning rate (default: {DEFAULT_LR})"
     )
     parser.add_argument(
-        "--steps", type=positive_int, default=None, help=f"meta/adversarial only: inner SGD steps (default: {DEFAULT_STEPS})"
+        "--steps",
+        type=int_between(1, MAX_STEPS),
+        default=None,
+        help=f"meta/adversarial only: inner SGD steps, at most {MAX_STEPS} (default: {DEFAULT_STEPS})",
     )
 
 

@@ -8,6 +8,7 @@ and the images of ``--images``; uploads are limited in bytes
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import socket
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ EXAMPLES = """examples:
   normgrad serve --model torchvision:resnet50 --weights resnet50.pth
   normgrad serve --host 0.0.0.0                      # reachable from other machines: anyone there can use it"""
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+SHUTDOWN_GRACE_S = 2  # after the first SIGTERM or Ctrl-C: running work is cancelled, open connections get this long
 
 
 def add_parser(subparsers: Any) -> None:
@@ -67,18 +69,49 @@ def run(args: argparse.Namespace) -> int:
     listener = _listen(args.host, args.port)  # before the model loads: a taken port is one line, at once
     try:
         explorer = Explorer(load_model(args), listed, listed_names=names, device=args.device)
-        hosts = None if args.host not in LOOPBACK else [*LOOPBACK, "[::1]"]
+        hosts = allowed_hosts(args.host)
         app = create_app(explorer, max_upload_bytes=int(args.max_upload_mb * 2**20), allowed_hosts=hosts)
         host, port = listener.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         print(f"normgrad serve: {explorer.loaded.name} on http://{shown}:{port}/ ({len(listed)} image(s) listed; Ctrl-C stops)")
-        if args.host not in LOOPBACK:
+        if hosts is None:
             print(f"normgrad serve: listening on {args.host}: anyone who can reach this machine can use the explorer", file=sys.stderr)
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-        server.run(sockets=[listener])
+        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+        server(config, explorer).run(sockets=[listener])
     finally:
         listener.close()
     return 0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only: ``localhost`` or any loopback address (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def allowed_hosts(host: str) -> list[str] | None:
+    """The Host headers accepted on a loopback address (DNS rebinding stops there); ``None`` (any) elsewhere."""
+    if not is_loopback(host):
+        return None
+    bare = host.strip("[]")
+    own = [f"[{bare}]" if ":" in bare else bare]
+    return list(dict.fromkeys([*own, *LOOPBACK, "[::1]"]))
+
+
+def server(config: Any, explorer: Any) -> Any:
+    """uvicorn's server whose first SIGTERM or Ctrl-C also cancels the explorer's running work, so that it stops at once."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            explorer.stopping.set()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -9,10 +9,11 @@ raised halfway.  Nothing else is ever changed: weights, buffers,
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 BIAS_CACHE = "attention_bias_cache"
@@ -57,3 +58,51 @@ class Hooks:
     def __exit__(self, *exc_info: object) -> None:
         while self._handles:
             self._handles.pop().remove()
+
+
+class TensorSlots:
+    """Call ``model`` with other values for some of its parameters or buffers, each *slot* swapped exactly once.
+
+    ``torch.func.functional_call`` swaps by name; a slot reachable by two
+    names (a submodule registered under two names, e.g. timm CoaT's shared
+    position encodings) is then swapped twice and restored to the swapped-in
+    value (pytorch/pytorch#164759).  Here values are matched to the model's
+    tensors by identity: ``values[name]`` replaces the tensor that
+    ``model.named_parameters()`` / ``named_buffers()`` (any alias name, too)
+    calls ``name`` in every slot that holds it — tied weights step together,
+    as in training — and each slot gets its original object back in
+    ``finally``: the same ``nn.Parameter``, same ``requires_grad``, same data.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.by_name: dict[str, Tensor] = {
+            **dict(model.named_buffers(remove_duplicate=False)),
+            **dict(model.named_parameters(remove_duplicate=False)),
+        }
+        self.slots: dict[int, list[tuple[dict[str, Any], str]]] = {}  # id(tensor) → every (module's dict, key) holding it
+        for module in model.modules():  # each module object once
+            for table in (module._parameters, module._buffers):
+                for key, tensor in table.items():
+                    if tensor is not None:
+                        self.slots.setdefault(id(tensor), []).append((table, key))
+
+    @contextmanager
+    def replaced(self, values: Mapping[str, Tensor]) -> Iterator[None]:
+        """``values`` in place of the named tensors for the ``with`` block; every slot restored on exit."""
+        unknown = [name for name in values if name not in self.by_name]
+        if unknown:
+            raise KeyError(f"no parameter or buffer named {unknown[:3]}")
+        changes = [(table, key, table[key], values[name]) for name in values for table, key in self.slots[id(self.by_name[name])]]
+        try:
+            for table, key, _, value in changes:
+                table[key] = value
+            yield
+        finally:
+            for table, key, original, _ in changes:
+                table[key] = original
+
+    def __call__(self, values: Mapping[str, Tensor], *args: Any, **kwargs: Any) -> Any:
+        """``model(*args, **kwargs)`` with ``values`` swapped in (what ``functional_call`` does, per slot)."""
+        with self.replaced(values):
+            return self.model(*args, **kwargs)

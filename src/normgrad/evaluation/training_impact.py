@@ -23,9 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.func import functional_call
 
-from normgrad.engine.model_state import eval_mode
+from normgrad.engine.model_state import TensorSlots, eval_mode
 from normgrad.evaluation.common import maps_at
 from normgrad.pipeline import predict
 
@@ -52,13 +51,13 @@ def keep_top(x: Tensor, baseline: Tensor, saliency_map: Tensor, fraction: float)
 
 def _gradient(model: Any, params: dict[str, Tensor], x: Tensor, label: Tensor) -> list[Tensor]:
     leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-    loss = F.cross_entropy(functional_call(model, leaves, (x,)), label)
+    loss = F.cross_entropy(TensorSlots(model)(leaves, x), label)
     return list(torch.autograd.grad(loss, list(leaves.values())))
 
 
 def _loss(model: Any, params: dict[str, Tensor], x: Tensor, label: Tensor) -> float:
     with torch.no_grad():
-        return float(F.cross_entropy(functional_call(model, params, (x,)), label))
+        return float(F.cross_entropy(TensorSlots(model)(params, x), label))
 
 
 def training_impact(

@@ -18,6 +18,16 @@ aggregate          value of ``p qᵀ``                             statistics of
 
 Groups combine as the aggregate of the concatenated blocks: squares add for
 the norms, sums add, maxima take the max.
+
+The norms never overflow or underflow where the true value is a finite
+float: ``‖p‖²·‖q‖²`` overflows float32 once ``‖p‖·‖q‖ > 1.8e19`` and
+vanishes below ``1e-19``, far inside its range (and a gradient of 1e-23,
+a saturated softmax, squares to 0).  So each side's squares are those of
+``v · 2^-e``, with ``e`` a per-sample power of two that brings ``max |v|``
+near 1 when the plain squares leave a safe range (a rare second pass;
+powers of two scale exactly), and the map is
+``sqrt(Σ p'q') · 2^(e_p + e_q)``.  Norm statistics carry ``e`` as their
+last entry, an (N, 1, 1, 1) integer tensor (0 when no scaling was needed).
 """
 
 from __future__ import annotations
@@ -30,6 +40,9 @@ from torch import Tensor
 from normgrad.errors import NormGradError
 
 AGGREGATES: tuple[str, ...] = ("norm", "positive_norm", "sum", "max")
+NORMS: tuple[str, ...] = ("norm", "positive_norm")
+SAFE_SQUARES = 2.0**60  # squares within [2^-60, 2^60]: a product of two is a normal float32, summed over any number of groups
+MAX_SHIFT = 126  # |e| ≤ 126: 2^±e is a normal float32 (torch.ldexp multiplies by 2^e)
 
 Stats = tuple[Tensor, ...]
 
@@ -81,12 +94,16 @@ def channel_stats(values: Tensor, aggregate: str, groups: int) -> Stats:
 
     ``values`` is (N, C, h, w); returns tensors of shape (N, groups, h, w):
     ``norm`` → ``(Σ v²,)``, ``positive_norm`` → ``(Σ (v⁺)², Σ (v⁻)²)``,
-    ``sum`` → ``(Σ v,)``, ``max`` → ``(max v, min v)``, in at least float32.
+    ``sum`` → ``(Σ v,)``, ``max`` → ``(max v, min v)``, in at least float32;
+    the norms' squares are of ``v · 2^-e`` and ``e`` is appended (see the module's doc).
     """
     dtype = working_dtype(values)
 
-    def stats(chunk: Tensor) -> Stats:
-        grouped = chunk.to(dtype).unflatten(1, (groups, -1))  # (N, G, C/G, h, w); .to is free for float32
+    def stats(chunk: Tensor, *shift: Tensor) -> Stats:
+        grouped = chunk.to(dtype)  # .to is free for float32
+        if shift:
+            grouped = torch.ldexp(grouped, -shift[0])  # a power of two: exact
+        grouped = grouped.unflatten(1, (groups, -1))  # (N, G, C/G, h, w)
         if aggregate == "norm":
             return (_sum_of_squares(grouped),)
         if aggregate == "positive_norm":
@@ -97,7 +114,34 @@ def channel_stats(values: Tensor, aggregate: str, groups: int) -> Stats:
             return (grouped.amax(2), grouped.amin(2))
         raise AssertionError(aggregate)
 
-    return by_chunks(stats, values)  # type: ignore[return-value]
+    plain: Stats = by_chunks(stats, values)  # type: ignore[assignment]
+    if aggregate not in NORMS:
+        return plain
+    exponent = torch.zeros((values.shape[0], 1, 1, 1), dtype=torch.int32, device=values.device)
+    if _squares_in_range(plain):
+        return (*plain, exponent)
+    exponent = sample_exponents(values)
+    return (*by_chunks(stats, values, exponent.expand(-1, 1, *values.shape[2:])), exponent)  # type: ignore[misc]
+
+
+def _squares_in_range(squares: Stats) -> bool:
+    """Whether every sample's largest square is within the safe range (one small reduction; a host sync on GPU)."""
+    peak = torch.stack([s.flatten(1).amax(1) if s.numel() else s.new_zeros(s.shape[0]) for s in squares]).amax(0)
+    return bool(((peak <= SAFE_SQUARES) & (peak >= 1 / SAFE_SQUARES)).all())
+
+
+def sample_exponents(values: Tensor) -> Tensor:
+    """Per-sample ``e`` (N, 1, 1, 1) with ``max |v| · 2^-e`` in [0.5, 1) (clamped to ±126; 0 for a zero or non-finite sample)."""
+    peak = torch.linalg.vector_norm(values.detach().flatten(1), ord=float("inf"), dim=1)
+    exponent = torch.frexp(peak.to(working_dtype(values)))[1].clamp(-MAX_SHIFT, MAX_SHIFT)
+    usable = (peak > 0) & torch.isfinite(peak)
+    return torch.where(usable, exponent, 0).to(torch.int32).view(-1, 1, 1, 1)
+
+
+def scale_back(values: Tensor, exponent: Tensor) -> Tensor:
+    """``values · 2^exponent`` in two halves (each a normal float32): finite whenever the result is."""
+    half = torch.div(exponent, 2, rounding_mode="floor")
+    return torch.ldexp(torch.ldexp(values, half), exponent - half)
 
 
 def _sum_of_squares(grouped: Tensor) -> Tensor:
@@ -113,9 +157,9 @@ def outer_aggregate(aggregate: str, p: Stats, q: Stats) -> Tensor:
     ``p`` and ``q`` are (N, G, h, w) statistics from :func:`channel_stats`
     (``q`` possibly pooled over patches); returns the (N, 1, h, w) map.
     """
-    if aggregate in ("norm", "positive_norm"):
+    if aggregate in NORMS:
         squares = p[0] * q[0] if aggregate == "norm" else torch.addcmul(p[0] * q[0], p[1], q[1])
-        return _group_sum(squares).clamp_min_(0).sqrt_()
+        return scale_back(_group_sum(squares).clamp_min_(0).sqrt_(), p[-1] + q[-1])
     if aggregate == "sum":
         return _group_sum(p[0] * q[0])
     if aggregate == "max":
@@ -134,15 +178,20 @@ def product_aggregate(aggregate: str, values: Tensor, scale: Tensor | None = Non
     """Aggregate over channels of ``values ⊙ scale`` (N, C, h, w) → (N, 1, h, w), by chunks, in ``scale``'s dtype (at least float32).
 
     ``norm``: ``sqrt(Σ v²)``; ``positive_norm``: ``sqrt(Σ (v⁺)²)``; ``sum``: ``Σ v``; ``max``: ``max v``.
+    The norms' squares leave float32's range far inside it: then they are
+    recomputed from ``v · 2^-e`` (per-sample ``e``) and scaled back.
     """
 
     def reduce(chunk: Tensor, *scales: Tensor) -> Tensor:
         if scales:
             chunk = chunk.to(scales[0].dtype) * scales[0]  # a fresh temporary: modified in place below
+        return _reduce(chunk, fresh=bool(scales))
+
+    def _reduce(chunk: Tensor, fresh: bool) -> Tensor:
         if aggregate == "norm":
             return (chunk * chunk).sum(1, keepdim=True)
         if aggregate == "positive_norm":
-            positive = chunk.clamp_min_(0) if scales else chunk.clamp_min(0)
+            positive = chunk.clamp_min_(0) if fresh else chunk.clamp_min(0)
             return (positive * positive).sum(1, keepdim=True)
         if aggregate == "sum":
             return chunk.sum(1, keepdim=True)
@@ -152,4 +201,10 @@ def product_aggregate(aggregate: str, values: Tensor, scale: Tensor | None = Non
 
     reduced = by_chunks(reduce, values, *([] if scale is None else [scale]))
     assert isinstance(reduced, Tensor)
-    return reduced.sqrt_() if aggregate in ("norm", "positive_norm") else reduced
+    if aggregate not in NORMS:
+        return reduced
+    if _squares_in_range((reduced,)):
+        return reduced.sqrt_()
+    product = values.to(working_dtype(values)) if scale is None else values.to(scale.dtype) * scale  # rare: one whole temporary
+    exponent = sample_exponents(product)
+    return scale_back(_reduce(torch.ldexp(product, -exponent), fresh=True).sqrt_(), exponent)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normgrad.errors import NormGradError
-from normgrad.formulas.aggregate import Stats
+from normgrad.formulas.aggregate import NORMS, Stats
 
 Pair = tuple[int, int]
 
@@ -73,6 +73,8 @@ class Window:
         if aggregate == "max":
             stat_max, stat_min = stats
             return self.patch_max(stat_max), -self.patch_max(-stat_min)
+        if aggregate in NORMS:  # the last entry is the per-sample exponent, not a statistic
+            return (*(self.box_sum(stat) for stat in stats[:-1]), stats[-1])
         return tuple(self.box_sum(stat) for stat in stats)
 
 

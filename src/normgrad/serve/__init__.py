@@ -5,9 +5,9 @@
 serves it with Starlette (the ``serve`` extra: ``pip install 'normgrad[serve]'``).
 """
 
-from normgrad.serve.explorer import Explorer
+from normgrad.serve.explorer import Cancelled, Explorer
 
-__all__ = ["Explorer", "create_app"]
+__all__ = ["Cancelled", "Explorer", "create_app"]
 
 
 def create_app(*args, **kwargs):  # noqa: ANN002, ANN003 - imports Starlette only when a server is made

@@ -18,21 +18,28 @@ Errors are JSON ``{"error": message}`` with a 4xx status (400 bad request,
 unexpected is a 500 with one line, never a traceback page (it goes to the
 server's log).  Uploads are read in pieces and refused past
 ``max_upload_bytes``; ``allowed_hosts`` (``TrustedHostMiddleware``) stops DNS
-rebinding when bound to a loopback address; every answer carries a strict
-Content-Security-Policy (only the page's own scripts, no inline code).
+rebinding when bound to a loopback address; a request that changes or
+computes anything (every method but GET/HEAD) whose ``Origin`` is not the
+server's own (scheme and Host) is refused with 403, so another site's form
+or script cannot act through the user's browser; every answer carries a
+strict Content-Security-Policy (only the page's own scripts, no inline
+code).  An explanation whose client disconnects is cancelled (503 to
+nobody), as is running work when the server stops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 from urllib.parse import unquote
 
 from normgrad.errors import NormGradError
-from normgrad.serve.explorer import Explorer, NotFound
+from normgrad.serve.explorer import Cancelled, Explorer, NotFound
 
 ASSETS = {"explorer.js": "text/javascript; charset=utf-8", "explorer.css": "text/css; charset=utf-8"}
 HEADERS = [
@@ -43,6 +50,7 @@ HEADERS = [
     (b"cache-control", b"no-store"),
 ]  # fmt: skip
 DEFAULT_MAX_UPLOAD = 32 << 20
+DISCONNECT_POLL_S = 0.1  # how often a running explanation checks that its client is still there
 log = logging.getLogger("normgrad.serve")
 
 
@@ -108,7 +116,16 @@ def create_app(explorer: Explorer, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD
             settings = json.loads(raw)
         except ValueError as error:
             raise ClientError(400, f"the request is not valid JSON: {error}") from None
-        return JSONResponse(await run_in_threadpool(explorer.explain, settings))
+        cancel = threading.Event()
+        work = asyncio.ensure_future(run_in_threadpool(explorer.explain, settings, cancel))
+        try:
+            while not (await asyncio.wait({work}, timeout=DISCONNECT_POLL_S))[0]:
+                if await request.is_disconnected():
+                    cancel.set()  # the thread stops at the model's next module; its answer goes nowhere
+        finally:
+            if not work.done():  # this handler itself was cancelled (the server stops)
+                cancel.set()
+        return JSONResponse(work.result())
 
     async def download(request: Request) -> Response:
         token, index, kind = request.path_params["token"], request.path_params["index"], request.path_params["kind"]
@@ -118,6 +135,8 @@ def create_app(explorer: Explorer, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD
     async def refused(request: Request, error: Exception) -> Response:
         if isinstance(error, ClientError):
             return JSONResponse({"error": error.message}, status_code=error.status)
+        if isinstance(error, Cancelled):
+            return JSONResponse({"error": str(error)}, status_code=503)
         if isinstance(error, NotFound):
             return JSONResponse({"error": str(error)}, status_code=404)
         if isinstance(error, NormGradError):
@@ -138,10 +157,10 @@ def create_app(explorer: Explorer, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD
         Route("/api/explain", explain, methods=["POST"]),
         Route("/api/result/{token}/{index:int}.{kind}", download),
     ]
-    middleware = [Middleware(_SecurityHeaders)]
+    middleware = [Middleware(_SecurityHeaders), Middleware(_SameOrigin)]
     if allowed_hosts is not None:
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
-    handlers = {ClientError: refused, NormGradError: refused, HTTPException: refused, Exception: refused}
+    handlers = {ClientError: refused, NormGradError: refused, HTTPException: refused, Cancelled: refused, Exception: refused}
     return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
 
 
@@ -184,3 +203,29 @@ class _SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+class _SameOrigin:
+    """Refuse (403) a request other than GET/HEAD whose ``Origin`` header is not the server's own ``scheme://host``.
+
+    Browsers send ``Origin`` with every cross-origin POST (forms included);
+    clients that send none (curl, scripts) are not browsers acting for another site.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        origin = headers.get("origin")
+        own = f"{scope.get('scheme', 'http')}://{headers.get('host', '')}".lower()
+        if origin is not None and origin.lower().rstrip("/") != own:
+            from starlette.responses import JSONResponse
+
+            message = f"refused: this request comes from {origin}, not from the explorer's own page ({own})"
+            await JSONResponse({"error": message}, status_code=403)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

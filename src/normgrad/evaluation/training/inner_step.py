@@ -14,7 +14,7 @@ first order         ``δ ≈ lr · ⟨∇_θ L(z; θ), G(x̃)⟩``
 ``L(z; θ)`` is the cross-entropy of one image ``z`` (the unmasked image) or
 the mean over a pool of held-out images of the same class.  Every image takes
 its own step, as if alone; the model is never written (the stepped
-parameters live in tensors and run through ``torch.func.functional_call``).
+parameters live in tensors and are swapped in per call by :class:`TensorSlots`).
 Per-sample gradients are vectorised with ``torch.func.vmap`` for models it
 can trace (``vectorize=True``), else taken one image at a time.
 """
@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 
-from normgrad.engine.model_state import eval_mode
+from normgrad.engine.model_state import TensorSlots, eval_mode
 
 Parameters = dict[str, Tensor]
 
@@ -41,9 +41,10 @@ class InnerStep:
         self.vectorize = vectorize
         self.chunk_size = chunk_size
         self.dtype = next(iter(self.parameters.values())).dtype
+        self.slots = TensorSlots(model)
 
     def _call(self, parameters: Parameters, inputs: Tensor) -> Tensor:
-        return functional_call(self.model, {**parameters, **self.buffers}, (inputs,))
+        return self.slots({**parameters, **self.buffers}, inputs)
 
     def gradients(self, inputs: Tensor, labels: Tensor) -> Parameters:
         """``G`` of each image: ``{name: (N, *shape)}``."""
