@@ -115,3 +115,18 @@ def noisy_linear_imputation(
         if noise > 0:
             out[i][:, mask] += noise * generator.standard_normal((image.shape[0], int(mask.sum())))
     return torch.from_numpy(out).to(device=pixels.device, dtype=pixels.dtype)
+
+
+def impute_seeded(pixels: Tensor, removed: Tensor, seeds: list[list[int]], noise: float = NOISE) -> Tensor:
+    """:func:`noisy_linear_imputation` of each image with its own noise ``np.random.default_rng(seeds[i])``.
+
+    Per-image seeds make a batch equal its items, and two methods that remove
+    the same pixels of an image see the same noise (paired comparisons).
+    """
+    if len(seeds) != len(pixels):
+        raise NormGradError(f"one seed per image: {len(pixels)} images, {len(seeds)} seeds")
+    parts = [
+        noisy_linear_imputation(pixels[i : i + 1], removed[i : i + 1], noise=noise, generator=np.random.default_rng(seed))
+        for i, seed in enumerate(seeds)
+    ]
+    return torch.cat(parts) if parts else pixels.clone()

@@ -43,8 +43,8 @@ from torch import Tensor, nn
 
 from normgrad.engine.model_state import eval_mode
 from normgrad.errors import NormGradError
-from normgrad.evaluation.faithfulness.imputation import NOISE, noisy_linear_imputation
-from normgrad.evaluation.faithfulness.pixels import PixelSpace, check_batch, class_probability, first_pixels, ranking
+from normgrad.evaluation.faithfulness.imputation import NOISE, impute_seeded
+from normgrad.evaluation.faithfulness.pixels import IDENTITY, PixelSpace, check_batch, class_probability, first_pixels, ranking
 
 MODES = ("deletion", "insertion")
 SUBSTRATES = ("rise", "road")
@@ -101,7 +101,7 @@ def causal_metric(
     mode: str,
     step: int,
     substrate: str = "rise",
-    space: PixelSpace = PixelSpace(),
+    space: PixelSpace = IDENTITY,
     noise: float = NOISE,
     seed: int = 0,
     first_index: int = 0,
@@ -135,16 +135,6 @@ def causal_metric(
             for k in range(iterations + 1):
                 ranked_first = first_pixels(order, min(k * step, height * width), (height, width))  # deleted so far, or inserted
                 removed = ranked_first if mode == "deletion" else ~ranked_first
-                imputed = torch.cat(
-                    [
-                        noisy_linear_imputation(
-                            pixels[i : i + 1],
-                            removed[i : i + 1],
-                            noise=noise,
-                            generator=np.random.default_rng([seed, first_index + i, k, 7]),
-                        )
-                        for i in range(len(x))
-                    ]
-                )
+                imputed = impute_seeded(pixels, removed, [[seed, first_index + i, k, 7] for i in range(len(x))], noise)
                 scores[:, k] = class_probability(model, space.to_inputs(imputed).to(x), targets, batch_size)
     return CausalCurves(mode, substrate, int(step), scores)

@@ -32,6 +32,9 @@ class PixelSpace:
         return (pixels - self._view(self.mean, pixels)) / self._view(self.std, pixels)
 
 
+IDENTITY = PixelSpace()
+
+
 def check_batch(inputs: Tensor, maps: Tensor, targets: Tensor) -> None:
     """Inputs (N, C, H, W), maps (N, 1, H, W) finite, targets (N,) integers: one clear error otherwise."""
     if inputs.dim() != 4:

@@ -40,14 +40,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from normgrad.engine.model_state import eval_mode
 from normgrad.errors import NormGradError
-from normgrad.evaluation.faithfulness.imputation import NOISE, noisy_linear_imputation
-from normgrad.evaluation.faithfulness.pixels import PixelSpace, check_batch, class_probability, first_pixels, ranking
+from normgrad.evaluation.faithfulness.imputation import NOISE, impute_seeded
+from normgrad.evaluation.faithfulness.pixels import IDENTITY, PixelSpace, check_batch, class_probability, first_pixels, ranking
 
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 ORDERS = ("morf", "lerf")
@@ -83,18 +82,13 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
     return fractions
 
 
-def noise_generator(seed: int, image: int, fraction: int, order: int) -> np.random.Generator:
-    """The imputation noise of one (image, fraction, order): seeded, the same for every method."""
-    return np.random.default_rng([seed, image, fraction, order])
-
-
 def road(
     model: nn.Module,
     inputs: Tensor,
     maps: Tensor,
     targets: Tensor,
     *,
-    space: PixelSpace = PixelSpace(),
+    space: PixelSpace = IDENTITY,
     fractions: Sequence[float] = FRACTIONS,
     noise: float = NOISE,
     seed: int = 0,
@@ -118,14 +112,7 @@ def road(
             scores = torch.empty(len(inputs), len(fractions), dtype=torch.float64)
             for f, fraction in enumerate(fractions):
                 removed = first_pixels(order, round(fraction * height * width), (height, width))
-                imputed = torch.cat(
-                    [
-                        noisy_linear_imputation(
-                            pixels[i : i + 1], removed[i : i + 1], noise=noise, generator=noise_generator(seed, first_index + i, f, o)
-                        )
-                        for i in range(len(inputs))
-                    ]
-                )
+                imputed = impute_seeded(pixels, removed, [[seed, first_index + i, f, o] for i in range(len(inputs))], noise)
                 model_inputs = space.to_inputs(imputed).to(dtype=inputs.dtype, device=inputs.device)
                 scores[:, f] = class_probability(model, model_inputs, targets, batch_size)
             curves[name] = scores
