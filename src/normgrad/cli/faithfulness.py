@@ -35,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--quick", action="store_true", help="a few minutes on 2 cores; too small for conclusions")
     parser.add_argument("--cache", type=Path, default=None, help="folder for the trained CNN (default: $NORMGRAD_CACHE, ~/.cache/normgrad)")
     parser.add_argument("--data", type=Path, default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's)")
-    parser.add_argument("--images", type=int_at_least(3), default=None, help="Fashion-MNIST test images (default: 300; quick: 20)")
+    parser.add_argument("--images", type=int_at_least(3), default=None, help="Fashion-MNIST test images (default: 200; quick: 20)")
     parser.add_argument(
         "--regime", action="append", choices=["fashion-mnist", "photos"], default=None, help="run only this regime (repeatable)"
     )

@@ -58,15 +58,17 @@ class FaithfulnessConfig:
     """Sizes of the study (the defaults are the full run)."""
 
     quick: bool = False
-    fashion_images: int = 300
+    fashion_images: int = 200
     photos: tuple[str, ...] | None = None  # None: every packaged photo
     methods: tuple[str, ...] = (DEFAULT, *REGISTRY_METHODS, *ANCHORS)
-    per_layer: tuple[str, ...] = ("fashion-mnist", "photos")  # the regimes with a row per layer too
+    photo_methods: tuple[str, ...] | None = None  # None: ``methods``
+    per_layer: tuple[str, ...] = ("fashion-mnist", "photos")  # the regimes with a row per layer too ...
+    photo_per_layer: tuple[str, ...] = (DEFAULT, "normgrad", "selective")  # ... on the photos, for these methods (cost)
     fractions: tuple[float, ...] = FRACTIONS
-    photo_fractions: tuple[float, ...] = FRACTIONS
+    photo_fractions: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
     fashion_iterations: int = 28  # RISE substrates: one image row (28 pixels) per iteration
     fashion_road_iterations: int | None = 14  # ROAD substrate: a sparse solve per iteration
-    photo_iterations: int = 56
+    photo_iterations: int = 28
     photo_road_iterations: int | None = 8
     batch_size: int = 50
     resamples: int = 2000
@@ -83,6 +85,7 @@ def quick_config() -> FaithfulnessConfig:
         fashion_images=20,
         photos=("chelsea",),
         per_layer=("fashion-mnist",),
+        photo_methods=(DEFAULT, "normgrad", "meta", "gradcam", "RefineCAM", "random"),
         fractions=(0.2, 0.5, 0.8),
         photo_fractions=(0.3, 0.7),
         fashion_road_iterations=4,
@@ -158,17 +161,18 @@ def photo_regime(config: FaithfulnessConfig) -> Regime:
 
 def run_regime(regime: Regime, config: FaithfulnessConfig, progress: Callable[[int, str], Any]) -> dict[str, Any]:
     """Per subject: per-image values of every metric, and seconds per image of the maps."""
+    methods = config.photo_methods if regime.name == "photos" and config.photo_methods else config.methods
     batches = regime.inputs if isinstance(regime.inputs, list) else list(regime.inputs.split(config.batch_size))
     values: dict[Subject, dict[str, list[np.ndarray]]] = {}
     seconds: dict[str, float] = {}
-    bar = progress(len(config.methods) * sum(len(b) for b in batches), regime.name)
+    bar = progress(len(methods) * sum(len(b) for b in batches), regime.name)
     try:
-        for name in config.methods:
+        for name in methods:
             first = 0
             for x in batches:
                 y = regime.targets[first : first + len(x)]
                 maps, took = method_maps(name, regime.model, x, y, regime.layers, regime.default_methods,
-                                         per_layer=regime.name in config.per_layer, seed=config.seed, first_index=first)  # fmt: skip
+                                         per_layer=_per_layer(regime.name, name, config), seed=config.seed, first_index=first)  # fmt: skip
                 seconds[name] = seconds.get(name, 0.0) + took
                 for subject, m in maps.items():
                     scores = score_maps(regime.model, x, m, y, regime.space, regime.settings, first_index=first)
@@ -184,6 +188,10 @@ def run_regime(regime: Regime, config: FaithfulnessConfig, progress: Callable[[i
         "seconds_per_image": {name: s / count for name, s in seconds.items()},
         "images": count,
     }
+
+
+def _per_layer(regime: str, method: str, config: FaithfulnessConfig) -> bool:
+    return regime in config.per_layer and (regime != "photos" or method in config.photo_per_layer)
 
 
 def run_faithfulness(
@@ -207,7 +215,8 @@ def run_faithfulness(
         t = time.perf_counter()
         regime = fashion_regime(config, data, cache, log) if name == "fashion-mnist" else photo_regime(config)
         rows = "per layer too" if name in config.per_layer else "final maps"
-        log(f"{name}: {len(regime.targets)} images × {len(config.methods)} methods ({rows})")
+        count = len(config.photo_methods if name == "photos" and config.photo_methods else config.methods)
+        log(f"{name}: {len(regime.targets)} images × {count} methods ({rows})")
         results[name] = run_regime(regime, config, _bar_with_description)
         regimes[name] = {
             "description": regime.description,
