@@ -16,7 +16,9 @@ EXAMPLES = """examples:
   make data                                          # Fashion-MNIST from Debian's dataset-fashion-mnist
   normgrad eval faithfulness --out docs              # the full study (docs/faithfulness.md and .json)
   normgrad eval faithfulness --out /tmp/f --quick    # a few minutes from a fresh clone: checks that everything runs
-  normgrad eval faithfulness --out runs/ --images 500 --regime fashion-mnist"""
+  normgrad eval faithfulness --out runs/ --images 500 --regime fashion-mnist
+  normgrad eval faithfulness --out a --regime fashion-mnist & normgrad eval faithfulness --out b --regime photos; wait
+  normgrad eval faithfulness --out docs --merge a/faithfulness-records.json b/faithfulness-records.json"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -39,6 +41,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--regime", action="append", choices=["fashion-mnist", "photos"], default=None, help="run only this regime (repeatable)"
     )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="write the report from these faithfulness-records.json files (runs of separate --regime) instead of running",
+    )
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1, the fastest on a shared CPU)")
     parser.set_defaults(run=run)
     return parser
@@ -47,7 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from normgrad.evaluation.faithfulness.study import FaithfulnessConfig, quick_config, run_faithfulness
+    from normgrad.evaluation.faithfulness.study import FaithfulnessConfig, quick_config, read_records, run_faithfulness, write_report
 
     config = quick_config() if args.quick else FaithfulnessConfig()
     if args.images is not None:
@@ -55,7 +64,10 @@ def run(args: argparse.Namespace) -> int:
     if args.regime:
         config = replace(config, regimes=tuple(dict.fromkeys(args.regime)))
     torch.set_num_threads(args.threads)
-    document = run_faithfulness(config, args.out, data=args.data, cache=args.cache, log=lambda message: print(message, file=sys.stderr))
+    if args.merge:
+        document = write_report(config, args.out, [read_records(path) for path in args.merge])
+    else:
+        document = run_faithfulness(config, args.out, data=args.data, cache=args.cache, log=lambda message: print(message, file=sys.stderr))
     for claim in document["claims"]:
         d = claim["metrics"].get("road_combined", {}).get("difference")
         if d:

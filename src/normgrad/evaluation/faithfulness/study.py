@@ -51,6 +51,7 @@ from normgrad.evaluation.faithfulness.summary import summarise
 REGISTRY_METHODS = ("normgrad", "selective", "meta", "meta:selective", "adversarial", "gradcam", "gradient", "input_x_gradient",
                     "guided_backprop", "integrated_gradients", "center", "random")  # fmt: skip
 FASHION_DEFAULT = {"relu2": "selective", "relu3": "scaling+sum"}
+RECORDS = "faithfulness-records.json"  # per-image values (not committed): ``--merge`` builds one report from several runs
 
 
 @dataclass(frozen=True)
@@ -202,9 +203,7 @@ def run_faithfulness(
     cache: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the study and write ``out/faithfulness.json`` and ``out/faithfulness.md``; returns the JSON document."""
-    from normgrad.evaluation.faithfulness.markdown import render
-
+    """Run the study and write ``out/faithfulness.json``, ``faithfulness.md`` and the per-image records; returns the JSON document."""
     unknown = [r for r in config.regimes if r not in ("fashion-mnist", "photos")]
     if unknown:
         raise NormGradError(f"unknown regime(s) {unknown}; valid: fashion-mnist, photos")
@@ -227,14 +226,46 @@ def run_faithfulness(
             "photos": regime.names,
         }
         timings[name] = time.perf_counter() - t
+    records = {"results": {name: _plain(result) for name, result in results.items()}, "regimes": regimes, "timings_s": timings}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RECORDS).write_text(json.dumps(records) + "\n")
+    return write_report(config, out, [records], time.perf_counter() - started)
+
+
+def write_report(config: FaithfulnessConfig, out: Path, parts: list[dict], seconds: float | None = None) -> dict[str, Any]:
+    """``faithfulness.json`` and ``.md`` from the per-image records of one run, or of runs of separate regimes
+    (``--regime``, merged with ``--merge``: every image and method is seeded alone, so the parts equal one run)."""
+    from normgrad.evaluation.faithfulness.markdown import render
+
+    results, regimes, timings = {}, {}, {}
+    for part in parts:
+        for name, result in part["results"].items():
+            if name in results:
+                raise NormGradError(f"regime {name!r} appears in two record files")
+            results[name] = _from_plain(result)
+        regimes.update(part["regimes"])
+        timings.update(part["timings_s"])
     document = summarise(results, regimes, resamples=config.resamples, seed=config.seed)
     document["config"] = {k: v for k, v in asdict(config).items() if k != "model"}
-    document["timings_s"] = {**timings, "total": time.perf_counter() - started}
+    document["timings_s"] = {**timings, "total": seconds if seconds is not None else sum(timings.values())}
     document["command"] = "normgrad eval faithfulness --out docs" + (" --quick" if config.quick else "")
     out.mkdir(parents=True, exist_ok=True)
     (out / "faithfulness.json").write_text(json.dumps(document, indent=1, default=float) + "\n")
     (out / "faithfulness.md").write_text(render(document))
     return document
+
+
+def _plain(result: dict[str, Any]) -> dict[str, Any]:
+    values = [
+        {"method": s.method, "layer": s.layer, "values": {m: v.tolist() for m, v in metrics.items()}}
+        for s, metrics in result["values"].items()
+    ]
+    return {"values": values, "seconds_per_image": result["seconds_per_image"], "images": result["images"]}
+
+
+def _from_plain(result: dict[str, Any]) -> dict[str, Any]:
+    values = {Subject(row["method"], row["layer"]): {m: np.asarray(v) for m, v in row["values"].items()} for row in result["values"]}
+    return {"values": values, "seconds_per_image": result["seconds_per_image"], "images": result["images"]}
 
 
 def _bar(description: str) -> Callable[[int], Any]:
@@ -245,3 +276,14 @@ def _bar_with_description(total: int, description: str) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=description, file=sys.stderr, leave=False, mininterval=1.0)
+
+
+def read_records(path: Path) -> dict[str, Any]:
+    """One run's per-image records (``faithfulness-records.json``), checked for shape."""
+    try:
+        records = json.loads(Path(path).read_text())
+        if not {"results", "regimes", "timings_s"} <= set(records):
+            raise KeyError("results, regimes, timings_s")
+    except (OSError, ValueError, KeyError) as error:
+        raise NormGradError(f"{path} is not a faithfulness-records.json written by normgrad eval faithfulness ({error})") from error
+    return records
