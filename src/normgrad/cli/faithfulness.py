@@ -38,6 +38,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--cache", type=Path, default=None, help="folder for the trained CNN (default: $NORMGRAD_CACHE, ~/.cache/normgrad)")
     parser.add_argument("--data", type=Path, default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's)")
     parser.add_argument("--images", type=int_at_least(3), default=None, help="Fashion-MNIST test images (default: 200; quick: 20)")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="epochs of the CNN's training (default: the training study's 6)")
+    parser.add_argument(
+        "--train-images", type=int_at_least(100), default=None, help="train the CNN on the first N training images (default: all)"
+    )
     parser.add_argument(
         "--regime", action="append", choices=["fashion-mnist", "photos"], default=None, help="run only this regime (repeatable)"
     )
@@ -61,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
     config = quick_config() if args.quick else FaithfulnessConfig()
     if args.images is not None:
         config = replace(config, fashion_images=args.images)
+    if args.epochs is not None or args.train_images is not None:
+        from normgrad.evaluation.training.cnn import TrainConfig
+
+        model = config.model or TrainConfig()
+        model = replace(model, epochs=args.epochs or model.epochs, train_images=args.train_images or model.train_images)
+        config = replace(config, model=model)
     if args.regime:
         config = replace(config, regimes=tuple(dict.fromkeys(args.regime)))
     torch.set_num_threads(args.threads)

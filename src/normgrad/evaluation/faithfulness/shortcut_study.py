@@ -125,7 +125,7 @@ def run_shortcut_study(config: ShortcutConfig, *, data: Any = None, log: Callabl
     # 2. where the maps look (test images with their class's patch), and 3. the inner step
     chosen = torch.randperm(len(labels), generator=generator)[: config.eval_images]
     x, y, patch = normalise(with_true[chosen], mean, std), labels[chosen], true_mask[chosen]
-    per_method, inner = {}, {}
+    per_method, inner, auroc = {}, {}, {}
     from normgrad.evaluation.training.inner_step import InnerStep
     from normgrad.evaluation.training.masking import keep, tie_breaker, top_mask
 
@@ -145,6 +145,7 @@ def run_shortcut_study(config: ShortcutConfig, *, data: Any = None, log: Callabl
     for name in config.methods:
         maps = torch.cat([_final_map(name, model, x[i : i + 100], y[i : i + 100], config.seed, i) for i in range(0, len(x), 100)])
         scores = patch_scores(maps, patch, config.seed)
+        auroc[name] = scores["auroc"]
         per_method[name] = {k: stats.mean_interval(v, resamples=config.resamples, seed=config.seed).as_dict() for k, v in scores.items()}
         kept = top_mask(maps, config.keep, ties)
         holds_patch = (kept & patch).flatten(1).sum(1) == PATCH_PIXELS
@@ -165,9 +166,115 @@ def run_shortcut_study(config: ShortcutConfig, *, data: Any = None, log: Callabl
         "maps": per_method,
         "inner_step": inner,
         "controls": controls,
+        "claims": claims(reliance, auroc, controls, config),
         "chance": {"mass": PATCH_PIXELS / 784, "top": PATCH_PIXELS / 784, "auroc": 0.5, "class": 0.1},
         "seconds": time.perf_counter() - started,
     }
+
+
+MARGIN = 0.02  # accuracy or AUROC: no practical difference
+
+
+def claims(reliance: dict, auroc: dict[str, np.ndarray], controls: dict, config: ShortcutConfig) -> list[dict]:
+    """The ground-truth claims with computed verdicts (the rule of :func:`normgrad.evaluation.training.stats.verdict`)."""
+    from normgrad.evaluation.faithfulness.summary import compare
+
+    out = []
+    n = reliance["test_images"]
+    drop = reliance["clean"] - reliance["other_patch"]
+    half = 1.96 * ((reliance["clean"] * (1 - reliance["clean"]) + reliance["other_patch"] * (1 - reliance["other_patch"])) / n) ** 0.5
+    interval = stats.Interval(drop, drop - half, drop + half)  # two accuracies on the same images: conservative (unpaired) width
+    out.append({"claim": "The CNN relies on the patch: another class's patch lowers its accuracy", "difference": interval.as_dict(),
+                "verdict": stats.verdict(interval, 1, MARGIN)})  # fmt: skip
+    for name, values in auroc.items():
+        entry = stats.mean_interval(values - 0.5, resamples=config.resamples, seed=config.seed)
+        out.append({"claim": f"{name}'s map ranks the patch above the other pixels (AUROC − 0.5 > 0)", "difference": entry.as_dict(),
+                    "verdict": stats.verdict(entry, 1, MARGIN)})  # fmt: skip
+    for a, b, direction, text in (
+        ("meta", "normgrad", 1, "Meta-saliency finds the patch better than NormGrad (AUROC)"),
+        ("meta:selective", "selective", 1, "meta:selective finds the patch better than selective (AUROC)"),
+        ("adversarial", "meta", -1, "The adversarial map finds the patch less than meta-saliency (AUROC)"),
+        ("normgrad", "gradcam", 1, "NormGrad finds the patch better than Grad-CAM (AUROC)"),
+        ("default", "normgrad", 1, "The explain default finds the patch better than NormGrad (AUROC)"),
+    ):
+        if a in auroc and b in auroc:
+            comparison = compare(auroc[a], auroc[b], config.resamples, config.seed)
+            verdict = stats.verdict(stats.Interval(**comparison["difference"]), direction, MARGIN)
+            out.append({"claim": text, "difference": comparison["difference"], "wilcoxon_p": comparison["wilcoxon_p"], "verdict": verdict})
+    chance = controls["other_image"]
+    for name, text, leaks in (
+        ("mask_alone", "The class leaks through the mask alone (accuracy above the unmasked other image's)", True),
+        ("mean_fill", "Under ROAR's mean fill the class leaks through the mask", True),
+        ("road_fill", "With ROAD imputation the class does not leak (accuracy no higher than the unmasked other image's)", False),
+    ):
+        d = controls[name]["accuracy"] - chance["accuracy"]
+        half = 1.96 * sum(c["accuracy"] * (1 - c["accuracy"]) / c["test_images"] for c in (controls[name], chance)) ** 0.5
+        interval = stats.Interval(d, d - half, d + half)
+        if leaks:
+            verdict = stats.verdict(interval, 1, MARGIN)
+        else:  # "no leak" holds when the whole interval lies below the margin
+            verdict = "supported" if interval.high < MARGIN else "not supported" if interval.low > MARGIN else "inconclusive"
+        out.append({"claim": text, "difference": interval.as_dict(), "verdict": verdict})
+    return out
+
+
+def markdown(document: dict[str, Any]) -> str:
+    """The shortcut study as a section of faithfulness.md."""
+    c, r = document["config"], document["reliance"]
+
+    def cell(entry: dict) -> str:
+        return f"{entry['value']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
+
+    lines = [
+        "## Ground truth: a planted shortcut",
+        "",
+        f"A FashionCNN trained ({c['epochs']} epoch(s), no flips) on {c['train_images']} Fashion-MNIST training images, "
+        f"{c['share']:.0%} of them carrying a 4 × 4 white patch whose *{c['kind']}* tells the label "
+        "(`normgrad.evaluation.shortcut`). Test accuracy on the 10 000 test images: "
+        f"clean {r['clean']:.3f}; with the true class's patch {r['true_patch']:.3f}; with another class's patch "
+        f"{r['other_patch']:.3f} (it then predicts the patch's class for {r['follows_other_patch']:.1%} of them).",
+        "",
+        "| claim | difference [95 % CI] | verdict |",
+        "|---|---|---|",
+    ]
+    for claim in document["claims"]:
+        d = claim["difference"]
+        lines.append(f"| {claim['claim']} | {d['value']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | **{claim['verdict']}** |")
+    lines += [
+        "",
+        f"Where each map looks, on {c['eval_images']} test images carrying their class's patch (target = the label; chance: "
+        f"mass and top-16 {document['chance']['mass']:.3f}, AUROC 0.5); and the inner step (lr {c['lr']}) on the top "
+        f"{c['keep']:.0%} pixels (rest: the dataset mean): its loss reduction on the whole image over the whole image's step "
+        "(Σ δ / Σ Δ), for all images and split by whether the kept pixels hold the whole patch. The step on the patch's 16 "
+        f"pixels alone: share {cell(document['inner_step']['patch_only'])}.",
+        "",
+        "| method | patch mass | top-16 on patch | AUROC | step share (all) | kept pixels hold the patch | share (they do) "
+        "| share (they do not) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in document["maps"].items():
+        step = document["inner_step"][name]
+        with_patch = cell(step["with_patch"]) if "with_patch" in step else "—"
+        without = cell(step["without_patch"]) if "without_patch" in step else "—"
+        lines.append(
+            f"| {name} | {cell(row['mass'])} | {cell(row['top'])} | {cell(row['auroc'])} | {cell(step['share'])} | "
+            f"{step['holds_patch']} / {c['eval_images']} | {with_patch} | {without} |"
+        )
+    lines += [
+        "",
+        f"Positive controls (Rong et al. 2022): the mask of image *i* (its top {c['control_keep']:.0%} NormGrad pixels) applied to "
+        f"another, randomly drawn image; a fresh CNN learns image *i*'s class from it ({c['control_train']} training, "
+        f"{c['control_test']} test images; 95 % normal intervals).",
+        "",
+        "| what the classifier sees | test accuracy [95 % CI] |",
+        "|---|---:|",
+    ]
+    titles = {"mask_alone": "the mask alone", "mean_fill": "the other image, mask pixels = dataset mean (ROAR)",
+              "road_fill": "the other image, mask pixels imputed (ROAD)", "other_image": "the other image, untouched (chance)"}  # fmt: skip
+    for name, title in titles.items():
+        entry = document["controls"][name]
+        lines.append(f"| {title} | {entry['accuracy']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}] |")
+    return "\n".join(lines) + "\n"
 
 
 def _final_map(name: str, model: Any, x: Tensor, y: Tensor, seed: int, first_index: int) -> Tensor:
