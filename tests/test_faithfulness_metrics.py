@@ -246,3 +246,20 @@ def test_bad_input_is_one_clear_error(call, message):
     inputs, maps, targets = batch(2)
     with pytest.raises(NormGradError, match=message):
         call(tiny_classifier(), inputs, maps, targets)
+
+
+def test_the_training_studys_road_fill_imputes_what_is_not_kept():
+    from normgrad.evaluation.training.masking import keep_road
+
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.rand(2, 1, 9, 9, generator=generator, dtype=torch.float64)
+    mean, std = 0.3, 0.25
+    inputs = (pixels - mean) / std
+    mask = torch.rand(2, 1, 9, 9, generator=generator) < 0.4
+    kept = keep_road(inputs, mask, torch.tensor([std]), [[0, i] for i in range(2)])
+    assert torch.equal(kept[mask], inputs[mask])
+    for i in range(2):
+        imputed = linear_imputation(pixels[i].numpy(), ~mask[i, 0].numpy())  # in pixels, noise-free
+        noise = (kept[i] * std + mean).numpy() - imputed
+        assert np.allclose(noise[:, mask[i, 0].numpy()], 0)
+        assert np.abs(noise).max() < 0.06 and 0.005 < noise[:, ~mask[i, 0].numpy()].std() < 0.015  # σ = 0.01 in pixel units

@@ -43,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--train-images", type=int_at_least(100), default=None, help="train the CNN on the first N training images (default: all)"
     )
     parser.add_argument(
-        "--regime", action="append", choices=["fashion-mnist", "photos"], default=None, help="run only this regime (repeatable)"
+        "--regime", action="append", choices=["fashion-mnist", "photos", "shortcut"], default=None, help="run only this regime (repeatable)"
     )
     parser.add_argument(
         "--merge",
@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         document = write_report(config, args.out, [read_records(path) for path in args.merge])
     else:
         document = run_faithfulness(config, args.out, data=args.data, cache=args.cache, log=lambda message: print(message, file=sys.stderr))
+    for claim in document.get("shortcut", {}).get("claims", []):
+        print(f"- {claim['claim']} [shortcut]: {claim['verdict']}")
     for claim in document["claims"]:
         d = claim["metrics"].get("road_combined", {}).get("difference")
         if d:

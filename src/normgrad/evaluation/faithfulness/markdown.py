@@ -97,6 +97,10 @@ def render(document: dict[str, Any]) -> str:
             "Seconds per image: the map's whole call on this machine (the model's forward/backward included), contended; "
             "for timings, see the benchmark command in the README."
         )
+    if "shortcut" in document:
+        from normgrad.evaluation.faithfulness.shortcut_study import markdown
+
+        lines += ["", markdown(document["shortcut"])]
     return "\n".join(lines) + "\n"
 
 

@@ -46,11 +46,13 @@ from normgrad.evaluation.faithfulness.maps import DEFAULT, Subject, method_maps
 from normgrad.evaluation.faithfulness.pixels import PixelSpace
 from normgrad.evaluation.faithfulness.road import FRACTIONS
 from normgrad.evaluation.faithfulness.scoring import ScoreSettings, score_maps
+from normgrad.evaluation.faithfulness.shortcut_study import QUICK, ShortcutConfig, run_shortcut_study
 from normgrad.evaluation.faithfulness.summary import summarise
 
 REGISTRY_METHODS = ("normgrad", "selective", "meta", "meta:selective", "adversarial", "gradcam", "gradient", "input_x_gradient",
                     "guided_backprop", "integrated_gradients", "center", "random")  # fmt: skip
 FASHION_DEFAULT = {"relu2": "selective", "relu3": "scaling+sum"}
+REGIMES = ("fashion-mnist", "photos", "shortcut")
 RECORDS = "faithfulness-records.json"  # per-image values (not committed): ``--merge`` builds one report from several runs
 
 
@@ -75,7 +77,8 @@ class FaithfulnessConfig:
     resamples: int = 2000
     seed: int = 0
     model: Any = None  # TrainConfig of the Fashion-MNIST CNN (None: the training study's)
-    regimes: tuple[str, ...] = ("fashion-mnist", "photos")
+    regimes: tuple[str, ...] = ("fashion-mnist", "photos", "shortcut")
+    shortcut: ShortcutConfig = ShortcutConfig()
 
 
 def quick_config() -> FaithfulnessConfig:
@@ -94,6 +97,7 @@ def quick_config() -> FaithfulnessConfig:
         photo_road_iterations=None,
         resamples=500,
         model=TrainConfig(epochs=1, train_images=6000),
+        shortcut=QUICK,
     )
 
 
@@ -204,14 +208,19 @@ def run_faithfulness(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the study and write ``out/faithfulness.json``, ``faithfulness.md`` and the per-image records; returns the JSON document."""
-    unknown = [r for r in config.regimes if r not in ("fashion-mnist", "photos")]
+    unknown = [r for r in config.regimes if r not in REGIMES]
     if unknown:
-        raise NormGradError(f"unknown regime(s) {unknown}; valid: fashion-mnist, photos")
+        raise NormGradError(f"unknown regime(s) {unknown}; valid: {', '.join(REGIMES)}")
     started = time.perf_counter()
     torch.set_grad_enabled(True)
     results, regimes, timings = {}, {}, {}
+    shortcut = None
     for name in config.regimes:
         t = time.perf_counter()
+        if name == "shortcut":
+            shortcut = run_shortcut_study(config.shortcut, data=data, log=log)
+            timings[name] = time.perf_counter() - t
+            continue
         regime = fashion_regime(config, data, cache, log) if name == "fashion-mnist" else photo_regime(config)
         rows = "per layer too" if name in config.per_layer else "final maps"
         count = len(config.photo_methods if name == "photos" and config.photo_methods else config.methods)
@@ -227,6 +236,8 @@ def run_faithfulness(
         }
         timings[name] = time.perf_counter() - t
     records = {"results": {name: _plain(result) for name, result in results.items()}, "regimes": regimes, "timings_s": timings}
+    if shortcut is not None:
+        records["shortcut"] = shortcut
     out.mkdir(parents=True, exist_ok=True)
     (out / RECORDS).write_text(json.dumps(records) + "\n")
     return write_report(config, out, [records], time.perf_counter() - started)
@@ -237,7 +248,7 @@ def write_report(config: FaithfulnessConfig, out: Path, parts: list[dict], secon
     (``--regime``, merged with ``--merge``: every image and method is seeded alone, so the parts equal one run)."""
     from normgrad.evaluation.faithfulness.markdown import render
 
-    results, regimes, timings = {}, {}, {}
+    results, regimes, timings, shortcut = {}, {}, {}, None
     for part in parts:
         for name, result in part["results"].items():
             if name in results:
@@ -245,10 +256,13 @@ def write_report(config: FaithfulnessConfig, out: Path, parts: list[dict], secon
             results[name] = _from_plain(result)
         regimes.update(part["regimes"])
         timings.update(part["timings_s"])
+        shortcut = part.get("shortcut", shortcut)
     document = summarise(results, regimes, resamples=config.resamples, seed=config.seed)
     document["config"] = {k: v for k, v in asdict(config).items() if k != "model"}
     document["timings_s"] = {**timings, "total": seconds if seconds is not None else sum(timings.values())}
     document["command"] = "normgrad eval faithfulness --out docs" + (" --quick" if config.quick else "")
+    if shortcut is not None:
+        document["shortcut"] = shortcut
     out.mkdir(parents=True, exist_ok=True)
     (out / "faithfulness.json").write_text(json.dumps(document, indent=1, default=float) + "\n")
     (out / "faithfulness.md").write_text(render(document))
