@@ -160,17 +160,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="held-out", choices=["development", "held-out"])
     parser.add_argument("--cache", type=Path, default=PHOTO_ROOT / "cache")
     parser.add_argument("--out", type=Path, default=None, help="write OUT/anchors-<split>.md and .json")
-    parser.add_argument("--limit", type=int, default=None, help="the first N grids only (a smoke run)")
+    parser.add_argument("--per-layout", type=int, default=None, help="the first N grids of each layout only (a partial run)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     loaded = ng.models.load()
     photos = benchmark.benchmark_photos(loaded, args.cache)
-    specs = benchmark.grids_for(photos, args.split)[: args.limit]
+    specs = benchmark.grids_for(photos, args.split)
+    if args.per_layout:
+        specs = [spec for spec in specs if sum(other["layout"] == spec["layout"] for other in specs[: specs.index(spec)]) < args.per_layout]
     paths = {p["name"]: p["path"] for p in photos}
     records = score_grids(loaded, specs, paths, (DEFAULT, *ANCHORS), progress=lambda items: tqdm(items, mininterval=5))
     result = summary(records)
-    command = f"python -m normgrad.evaluation.faithfulness.anchor_grid --split {args.split} --out docs"
+    partial = f" --per-layout {args.per_layout}" if args.per_layout else ""
+    command = f"python -m normgrad.evaluation.faithfulness.anchor_grid --split {args.split}{partial} --out docs"
     text = markdown(result, args.split, command)
     print(text)
     if args.out:

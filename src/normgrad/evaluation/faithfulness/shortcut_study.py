@@ -54,13 +54,13 @@ PATCH_PIXELS = 16
 class ShortcutConfig:
     share: float = 0.5  # of the training images carrying their label's patch
     kind: str = "position"
-    train_images: int = 30000
-    epochs: int = 3
-    eval_images: int = 500
+    train_images: int = 20000
+    epochs: int = 2
+    eval_images: int = 300
     methods: tuple[str, ...] = METHODS
     keep: float = 0.05  # the inner step's top-k share
     lr: float = 2.5e-3
-    control_train: int = 8000
+    control_train: int = 6000
     control_test: int = 2000
     control_keep: float = 0.2
     control_epochs: int = 2
