@@ -34,7 +34,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", type=Path, default=Path("docs"), help="folder for faithfulness.md and .json (default: docs)")
-    parser.add_argument("--quick", action="store_true", help="a few minutes on 2 cores; too small for conclusions")
+    parser.add_argument("--quick", action="store_true", help="a few minutes on 2 cores; too small for conclusions (= --preset quick)")
+    parser.add_argument(
+        "--preset",
+        choices=["quick", "small", "full"],
+        default="full",
+        help="sizes: full (default), small (fits a shared 2-core machine in under an hour), quick",
+    )
     parser.add_argument("--cache", type=Path, default=None, help="folder for the trained CNN (default: $NORMGRAD_CACHE, ~/.cache/normgrad)")
     parser.add_argument("--data", type=Path, default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's)")
     parser.add_argument("--images", type=int_at_least(3), default=None, help="Fashion-MNIST test images (default: 200; quick: 20)")
@@ -60,9 +66,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from normgrad.evaluation.faithfulness.study import FaithfulnessConfig, quick_config, read_records, run_faithfulness, write_report
+    from normgrad.evaluation.faithfulness.study import PRESETS, read_records, run_faithfulness, write_report
 
-    config = quick_config() if args.quick else FaithfulnessConfig()
+    config = PRESETS["quick" if args.quick else args.preset]()
     if args.images is not None:
         config = replace(config, fashion_images=args.images)
     if args.epochs is not None or args.train_images is not None:
@@ -77,7 +83,10 @@ def run(args: argparse.Namespace) -> int:
     if args.merge:
         document = write_report(config, args.out, [read_records(path) for path in args.merge])
     else:
-        document = run_faithfulness(config, args.out, data=args.data, cache=args.cache, log=lambda message: print(message, file=sys.stderr))
+        command = " ".join(["normgrad", *sys.argv[1:]]) if sys.argv[1:2] == ["eval"] else "normgrad eval faithfulness"
+        document = run_faithfulness(
+            config, args.out, data=args.data, cache=args.cache, log=lambda message: print(message, file=sys.stderr), command=command
+        )
     for claim in document.get("shortcut", {}).get("claims", []):
         print(f"- {claim['claim']} [shortcut]: {claim['verdict']}")
     for claim in document["claims"]:

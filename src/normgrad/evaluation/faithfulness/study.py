@@ -101,6 +101,25 @@ def quick_config() -> FaithfulnessConfig:
     )
 
 
+def small_config() -> FaithfulnessConfig:
+    """A run that fits a shared 2-core machine in well under an hour: fewer images, fractions and photos."""
+    from normgrad.evaluation.training.cnn import TrainConfig
+
+    return FaithfulnessConfig(
+        fashion_images=40,
+        fractions=(0.1, 0.3, 0.5, 0.7, 0.9),
+        fashion_road_iterations=7,
+        photos=("chelsea", "coffee", "camera"),
+        photo_fractions=(0.3, 0.7),
+        photo_iterations=8,
+        photo_per_layer=(),
+        model=TrainConfig(epochs=2, train_images=20000),
+    )
+
+
+PRESETS = {"quick": quick_config, "small": small_config, "full": FaithfulnessConfig}
+
+
 @dataclass
 class Regime:
     name: str
@@ -206,13 +225,13 @@ def run_faithfulness(
     data: Path | None = None,
     cache: Path | None = None,
     log: Callable[[str], None] = print,
+    command: str = "normgrad eval faithfulness",
 ) -> dict[str, Any]:
     """Run the study and write ``out/faithfulness.json``, ``faithfulness.md`` and the per-image records; returns the JSON document."""
     unknown = [r for r in config.regimes if r not in REGIMES]
     if unknown:
         raise NormGradError(f"unknown regime(s) {unknown}; valid: {', '.join(REGIMES)}")
     started = time.perf_counter()
-    torch.set_grad_enabled(True)
     results, regimes, timings = {}, {}, {}
     shortcut = None
     for name in config.regimes:
@@ -235,7 +254,12 @@ def run_faithfulness(
             "photos": regime.names,
         }
         timings[name] = time.perf_counter() - t
-    records = {"results": {name: _plain(result) for name, result in results.items()}, "regimes": regimes, "timings_s": timings}
+    records = {
+        "results": {name: _plain(result) for name, result in results.items()},
+        "regimes": regimes,
+        "timings_s": timings,
+        "command": command,
+    }
     if shortcut is not None:
         records["shortcut"] = shortcut
     out.mkdir(parents=True, exist_ok=True)
@@ -260,7 +284,7 @@ def write_report(config: FaithfulnessConfig, out: Path, parts: list[dict], secon
     document = summarise(results, regimes, resamples=config.resamples, seed=config.seed)
     document["config"] = {k: v for k, v in asdict(config).items() if k != "model"}
     document["timings_s"] = {**timings, "total": seconds if seconds is not None else sum(timings.values())}
-    document["command"] = "normgrad eval faithfulness --out docs" + (" --quick" if config.quick else "")
+    document["command"] = " ; ".join(dict.fromkeys(part.get("command", "normgrad eval faithfulness") for part in parts))
     if shortcut is not None:
         document["shortcut"] = shortcut
     out.mkdir(parents=True, exist_ok=True)
