@@ -64,13 +64,32 @@ def grid_maps(loaded: Any, x: Tensor, targets: Tensor, defaults: Any, methods: t
 
 
 def score_grids(
-    loaded: Any, specs: list[dict], paths: dict[str, str], methods: tuple[str, ...], progress: Callable[[Iterable], Iterable] = iter
+    loaded: Any,
+    specs: list[dict],
+    paths: dict[str, str],
+    methods: tuple[str, ...],
+    progress: Callable[[Iterable], Iterable] = iter,
+    journal: Path | None = None,
 ) -> list[dict]:
-    """One record per (grid, cell, method): hit, mass, seconds per map; and the model's forward/backward per map."""
+    """One record per (grid, cell, method): hit, mass, seconds per map; and the model's forward/backward per map.
+
+    With ``journal`` (a JSON-lines file) each grid's records are appended as they are made, and grids already
+    there are read back instead of recomputed (an interrupted run resumes).
+    """
     defaults = loaded.explain_defaults()
     preprocess = defaults.preprocess
     records = []
+    done: dict[str, list[dict]] = {}
+    if journal is not None and journal.exists():
+        for line in journal.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done.setdefault(row["grid"], []).append(row)
     for spec in progress(specs):
+        if spec["id"] in done:
+            records += done[spec["id"]]
+            continue
+        start = len(records)
         grid = benchmark.build(spec, paths)
         width, height = grid.image.size
         targets = torch.tensor(grid.classes)
@@ -94,6 +113,9 @@ def score_grids(
                         "input": list(x.shape[-2:]),
                     }
                 )
+        if journal is not None:
+            with journal.open("a") as handle:
+                handle.writelines(json.dumps(row) + "\n" for row in records[start:])
     return records
 
 
@@ -162,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write OUT/anchors-<split>.md and .json")
     parser.add_argument("--per-layout", type=int, default=None, help="the first N grids of each layout only (a partial run)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--report-only", action="store_true", help="summarise the grids already in OUT's journal, compute nothing")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     loaded = ng.models.load()
@@ -170,7 +193,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.per_layout:
         specs = [spec for spec in specs if sum(other["layout"] == spec["layout"] for other in specs[: specs.index(spec)]) < args.per_layout]
     paths = {p["name"]: p["path"] for p in photos}
-    records = score_grids(loaded, specs, paths, (DEFAULT, *ANCHORS), progress=lambda items: tqdm(items, mininterval=5))
+    journal = args.out / f"anchors-{args.split}.records.jsonl" if args.out else None
+    if journal is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        lines = journal.read_text().splitlines() if journal is not None and journal.exists() else []
+        done = {json.loads(line)["grid"] for line in lines if line.strip()}
+        specs = [spec for spec in specs if spec["id"] in done]
+    records = score_grids(loaded, specs, paths, (DEFAULT, *ANCHORS), progress=lambda items: tqdm(items, mininterval=5), journal=journal)
     result = summary(records)
     partial = f" --per-layout {args.per_layout}" if args.per_layout else ""
     command = f"python -m normgrad.evaluation.faithfulness.anchor_grid --split {args.split}{partial} --out docs"

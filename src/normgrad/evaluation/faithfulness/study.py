@@ -284,7 +284,9 @@ def write_report(config: FaithfulnessConfig, out: Path, parts: list[dict], secon
     document = summarise(results, regimes, resamples=config.resamples, seed=config.seed)
     document["config"] = {k: v for k, v in asdict(config).items() if k != "model"}
     document["timings_s"] = {**timings, "total": seconds if seconds is not None else sum(timings.values())}
-    document["command"] = " ; ".join(dict.fromkeys(part.get("command", "normgrad eval faithfulness") for part in parts))
+    fallback = "normgrad eval faithfulness"
+    commands = [part.get("command") or (f"{fallback} --regime shortcut" if "shortcut" in part else fallback) for part in parts]
+    document["command"] = " ; ".join(dict.fromkeys(commands))
     if shortcut is not None:
         document["shortcut"] = shortcut
     out.mkdir(parents=True, exist_ok=True)
