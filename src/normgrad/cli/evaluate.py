@@ -1,4 +1,4 @@
-"""``normgrad eval``: the pointing game on VOC/COCO, the report on real photos, the grid pointing game, the training study."""
+"""``normgrad eval``: the pointing game on VOC/COCO, the report on photos, the grid game, the training and faithfulness studies."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from normgrad import pipeline
-from normgrad.cli import training
+from normgrad.cli import faithfulness, training
 from normgrad.cli.common import (
     Parser,
     add_meta_options,
@@ -96,6 +96,7 @@ def add_parser(subparsers: Any) -> None:
     grid.set_defaults(run=run_grid)
 
     training.add_parser(evaluations)
+    faithfulness.add_parser(evaluations)
 
 
 def run_pointing(args: argparse.Namespace) -> int:

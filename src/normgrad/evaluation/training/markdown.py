@@ -176,7 +176,8 @@ def render(document: dict[str, Any]) -> str:
             "## Per-image training impact, Fashion-MNIST",
             "",
             f"{fashion['n']} test images ({fashion['description']}). For each, keep the top-k % pixels by a map (the rest: the "
-            "dataset mean, or a blurred copy σ = 2 px), take the paper's inner step on that image (plain SGD, every parameter, "
+            "dataset mean, a blurred copy σ = 2 px, or ROAD's noisy linear imputation from the kept pixels), take the paper's "
+            "inner step on that image (plain SGD, every parameter, "
             "eval mode) and measure the loss reduction it gives the *unmasked* image, and the mean loss of "
             f"{config['pool']} held-out test images of the same class. **Share** = Σ masked-step reductions / Σ full-image-step "
             "reductions over the images (1: the kept pixels do for training what the whole image does; 0: nothing; > 1: more, "

@@ -12,8 +12,14 @@ of a pixel together.  Ties (flat maps, Grad-CAM's zeros, the centre map's
 rings) are broken at random with a seeded generator, the same draw for every
 method, so no method is favoured by the order of the pixels.
 
-Fills: ``mean`` (the dataset's per-channel mean, in model space) and
-``blur`` (a Gaussian-blurred copy of the image, σ = shorter side / 14).
+Fills: ``mean`` (the dataset's per-channel mean, in model space),
+``blur`` (a Gaussian-blurred copy of the image, σ = shorter side / 14) and
+``road`` (ROAD's noisy linear imputation of the pixels not kept from those
+kept, :mod:`normgrad.evaluation.faithfulness.imputation`: the shape of the
+kept region carries no class information, Rong et al. 2022).  The
+imputation commutes with the per-channel normalisation, so it runs on the
+model-space tensor scaled by the pixel standard deviation (noise σ = 0.01 in
+pixel units), seeded per image.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from torch import Tensor
 
 from normgrad.errors import NormGradError
 
-FILLS = ("mean", "blur")
+FILLS = ("mean", "blur", "road")
 
 
 def tie_breaker(count: int, height: int, width: int, seed: int) -> Tensor:
@@ -74,10 +80,22 @@ def blurred(images: Tensor) -> Tensor:
     return gaussian_blur(images, [kernel, kernel], [sigma, sigma])
 
 
+def keep_road(images: Tensor, mask: Tensor, pixel_std: Tensor, seeds: list[list[int]]) -> Tensor:
+    """``images`` where ``mask`` holds; elsewhere ROAD's noisy linear imputation from the kept pixels (see the module docstring)."""
+    from normgrad.evaluation.faithfulness.imputation import impute_seeded
+
+    std = pixel_std.to(torch.float64).view(1, -1, 1, 1)
+    imputed = impute_seeded(images.detach().cpu().double() * std, ~mask.cpu(), seeds) / std
+    return imputed.to(device=images.device, dtype=images.dtype)
+
+
 def fill_for(kind: str, images: Tensor, channel_mean: Tensor) -> Tensor:
-    """The fill of ``kind`` for ``images``: the per-channel mean (C, 1, 1), or the blurred images."""
+    """The fill of ``kind`` for ``images``: the per-channel mean (C, 1, 1), or the blurred images (``road`` depends on the
+    mask: :func:`keep_road`)."""
     if kind == "mean":
         return channel_mean.to(images).view(-1, 1, 1)
     if kind == "blur":
         return blurred(images)
+    if kind == "road":
+        raise NormGradError("the road fill depends on the mask: use keep_road")
     raise NormGradError(f"unknown fill {kind!r}; valid: {', '.join(FILLS)}")

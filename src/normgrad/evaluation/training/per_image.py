@@ -3,7 +3,7 @@
 For each image ``x`` (label ``y``), method ``m``, fraction ``k`` and fill:
 
 1. ``x_k`` keeps the top-``k`` pixels of ``x`` by ``m``'s map, the rest is
-   the fill (the dataset mean, or a blurred copy of ``x``);
+   the fill (the dataset mean, a blurred copy of ``x``, or ROAD's imputation from the kept pixels);
 2. the paper's inner step on ``x_k``: ``θ_k = θ − lr ∇_θ CE(f_θ(x_k), y)``
    (eval mode, plain SGD, every parameter; the full image's step is
    ``θ_full``);
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from normgrad.errors import NormGradError
 from normgrad.evaluation.training.inner_step import InnerStep, dot
-from normgrad.evaluation.training.masking import FILLS, fill_for, keep, tie_breaker, top_mask
+from normgrad.evaluation.training.masking import FILLS, fill_for, keep, keep_road, tie_breaker, top_mask
 from normgrad.evaluation.training.saliency_maps import META_METHODS, method_maps, study_method
 
 FRACTIONS = (0.05, 0.10, 0.20, 0.50)
@@ -67,6 +67,7 @@ class Regime:
     vectorize: bool = True
     seed: int = 0
     examples: dict[str, Any] = field(default_factory=dict)
+    pixel_std: Tensor | None = None  # per channel (C,): model input = (pixel − mean) / std; the road fill needs it
 
     @property
     def count(self) -> int:
@@ -184,7 +185,9 @@ def _run_group(
                 (pool_before - step.pool_losses_after_steps(full, lr, group.pool, group.pool_labels)).double().numpy()
             )
     ties = tie_breaker(len(y), *x.shape[-2:], seed=regime.seed * 1_000_003 + at[0])
-    fill_values = {kind: fill_for(kind, x, regime.channel_mean) for kind in fills}
+    fill_values = {kind: fill_for(kind, x, regime.channel_mean) for kind in fills if kind != "road"}
+    if "road" in fills and regime.pixel_std is None:
+        raise NormGradError(f"the road fill needs the regime's pixel standard deviation ({regime.name} has none)")
     for mi, name in enumerate(methods):
         # a meta map depends on lr: one map per lr, each measured at its own lr; other maps once, measured at every lr
         for map_lr in lrs if name in META_METHODS else [None]:
@@ -194,7 +197,11 @@ def _run_group(
             for ki, fraction in enumerate(fractions):
                 mask = top_mask(maps, fraction, ties)
                 for fi, kind in enumerate(fills):
-                    masked_gradient = step.gradients(keep(x, mask, fill_values[kind]), y)
+                    if kind == "road":  # noise seeded per image and fraction: the same for every method
+                        kept = keep_road(x, mask, regime.pixel_std, [[regime.seed, i, ki, 13] for i in at])
+                    else:
+                        kept = keep(x, mask, fill_values[kind])
+                    masked_gradient = step.gradients(kept, y)
                     first_self = dot(masked_gradient, full).double().numpy()
                     first_class = dot(masked_gradient, pool_gradient).double().numpy() if pool_gradient is not None else None
                     for li, lr in measured_lrs:

@@ -106,7 +106,9 @@ def fashion_regime(trained: TrainedModel, test: Split, config: StudyConfig) -> R
     dtype = {"float32": torch.float32, "float64": torch.float64}.get(config.precision)
     if dtype is None:
         raise NormGradError(f"precision must be float32 or float64; got {config.precision!r}")
-    return Regime("fashion-mnist", description, trained.model, groups, torch.zeros(1), dtype, True, config.seed)
+    return Regime(
+        "fashion-mnist", description, trained.model, groups, torch.zeros(1), dtype, True, config.seed, pixel_std=torch.tensor([trained.std])
+    )
 
 
 def imagenet_regime(config: StudyConfig) -> Regime:
@@ -126,7 +128,8 @@ def imagenet_regime(config: StudyConfig) -> Regime:
             label = loaded.model(x).argmax(1)
         groups.append(Group(x, label, [i], loaded.default_layers(x)))
     description = ", ".join(f"{name} → {loaded.class_name(int(g.labels))}" for name, g in zip(photos, groups))
-    return Regime("imagenet", description, loaded.model, groups, torch.zeros(3), torch.float32, False, config.seed)
+    std = torch.tensor(loaded.preprocess.std)
+    return Regime("imagenet", description, loaded.model, groups, torch.zeros(3), torch.float32, False, config.seed, pixel_std=std)
 
 
 def _grace_hopper() -> Any:
