@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -157,3 +159,72 @@ def test_one_learning_rate_per_checkpoint():
     model = SmallNet()
     with pytest.raises(NormGradError, match="lr has 3 values for 2 checkpoints"):
         TracIn(model, ["features.3"], checkpoints=checkpoints_of(model), lr=[1.0, 2.0, 3.0])
+
+
+def captum_tracin(model: nn.Module, layer: str, train_x, train_y, states, lrs, tmp_path):
+    """Captum's TracInCP restricted to ``layer``'s parameters, on checkpoint files with their learning rates."""
+    from captum.influence import TracInCP
+    from torch.utils.data import TensorDataset
+
+    paths = []
+    for index, (state, lr) in enumerate(zip(states, lrs)):
+        paths.append(str(tmp_path / f"checkpoint{index}.pt"))
+        torch.save({"state_dict": state, "lr": lr}, paths[-1])
+
+    def load(net: nn.Module, path: str) -> float:
+        checkpoint = torch.load(path, weights_only=True)
+        net.load_state_dict(checkpoint["state_dict"])
+        return checkpoint["lr"]
+
+    return TracInCP(
+        copy.deepcopy(model),
+        TensorDataset(train_x, train_y),
+        paths,
+        checkpoints_load_func=load,
+        layers=[layer],
+        loss_fn=nn.CrossEntropyLoss(reduction="none"),
+        batch_size=len(train_x),
+    )
+
+
+@pytest.mark.parametrize("layer", ["features.3", "features.5", "classifier"])
+def test_example_scores_equal_captum_tracincp_on_the_layer(layer, tmp_path):
+    model, train_x, train_y, test_x, test_y, states, lrs = setting(randomize_batchnorm(SmallNet(inplace=False)))
+    tracin = TracIn(model, [layer], extract="layer", checkpoints=states, lr=lrs)
+    result = tracin.maps(train_x, train_y, tracin.test_gradients(test_x, test_y))
+    captum = captum_tracin(model, layer, train_x, train_y, states, lrs, tmp_path)
+    expected = captum.influence((test_x, test_y)).T
+    torch.testing.assert_close(result.scores, expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(result.maps[layer].sum((2, 3)), expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(tracin.self_influence(train_x, train_y).scores, captum.self_influence(), rtol=1e-9, atol=1e-12)
+
+
+class WithIdentity(nn.Module):
+    """``net`` with a real identity 1×1 convolution inserted after ``features[index]``: Captum's view of a virtual layer."""
+
+    def __init__(self, net: SmallNet, index: int, channels: int) -> None:
+        super().__init__()
+        self.net = net
+        self.identity = nn.Conv2d(channels, channels, 1, bias=False)
+        with torch.no_grad():
+            self.identity.weight.copy_(torch.eye(channels)[:, :, None, None])
+        self.index = index
+
+    def forward(self, x):
+        for position, module in enumerate(self.net.features):
+            x = module(x)
+            if position == self.index:
+                x = self.identity(x)
+        return self.net.classifier(self.net.pool(x).flatten(1))
+
+
+def test_virtual_identity_scores_equal_captum_on_an_inserted_identity_convolution(tmp_path):
+    model, train_x, train_y, test_x, test_y, states, lrs = setting(randomize_batchnorm(SmallNet(inplace=False)))
+    tracin = TracIn(model, ["features.2"], extract="conv1x1", checkpoints=states, lr=lrs)
+    result = tracin.maps(train_x, train_y, tracin.test_gradients(test_x, test_y))
+    inserted = WithIdentity(model, 2, 8).double().eval()
+    eye = inserted.identity.weight.detach()
+    inserted_states = [{**{f"net.{k}": v for k, v in state.items()}, "identity.weight": eye} for state in states]
+    captum = captum_tracin(inserted, "identity", train_x, train_y, inserted_states, lrs, tmp_path)
+    expected = captum.influence((test_x, test_y)).T
+    torch.testing.assert_close(result.maps["features.2"].sum((2, 3)), expected, rtol=1e-9, atol=1e-12)
