@@ -11,7 +11,7 @@ from torch import nn
 from conftest import SmallNet, randomize_batchnorm
 from influence_reference import literal_maps, literal_scores, literal_self_maps
 from normgrad.errors import NormGradError
-from normgrad.influence import TracIn
+from normgrad.tracin import TracIn
 
 
 class TokenNet(nn.Module):

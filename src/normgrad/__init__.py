@@ -13,6 +13,7 @@ from normgrad.formulas.extract import EXTRACTS
 from normgrad.meta import WithParameters, meta_saliency
 from normgrad.methods import normgrad, normgrad_selective, saliency
 from normgrad.targets import TrainingLoss, Unit
+from normgrad.tracin import TracIn, influence, self_influence
 
 __version__ = "0.1.0"
 
@@ -34,11 +35,13 @@ __all__ = [
     "EXTRACTS",
     "INPUT",
     "NormGradError",
+    "TracIn",
     "TrainingLoss",
     "Unit",
     "WithParameters",
     "__version__",
     "combine",
+    "influence",
     "layer_names",
     "meta_saliency",
     "normalize",
@@ -46,5 +49,6 @@ __all__ = [
     "normgrad_selective",
     "saliency",
     "select_layers",
+    "self_influence",
     "upsample",
 ]

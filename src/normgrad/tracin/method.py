@@ -9,7 +9,7 @@ test example ``z′`` by the checkpoints of a training run:
 ``c``).  Positive: a step on ``z`` lowers ``z′``'s loss (a *proponent*);
 negative: it raises it (an *opponent*).  NormGrad's decomposition
 ``∇_W L(z) = Σ_u p_u q_uᵀ`` splits each dot product over the locations
-``u`` of ``z`` (:mod:`normgrad.influence.bilinear`), so the score is the
+``u`` of ``z`` (:mod:`normgrad.tracin.bilinear`), so the score is the
 sum of a signed map:
 
     map_u(z, z′) = Σ_c η_c · p_u(z)ᵀ ∇_W L_c(z′) q_u(z)
@@ -39,9 +39,9 @@ from torch import Tensor, nn
 from normgrad.engine.layers import Layers, model_device
 from normgrad.engine.model_state import eval_mode
 from normgrad.errors import NormGradError
-from normgrad.influence.bilinear import Gradient, flatten
-from normgrad.influence.capture import LayerChoice, Loss, choose_layers, cross_entropy, one_pass
 from normgrad.meta import WithParameters
+from normgrad.tracin.bilinear import Gradient, flatten
+from normgrad.tracin.capture import LayerChoice, Loss, choose_layers, cross_entropy, one_pass
 
 Checkpoint = Union[Mapping[str, Tensor], str, Path]
 

@@ -42,7 +42,7 @@ from normgrad.engine.workarounds import guard_batchnorm_backward, needs_batchnor
 from normgrad.errors import NormGradError
 from normgrad.formulas.layout import Layout
 from normgrad.formulas.patches import conv_window
-from normgrad.influence.bilinear import LayerPass
+from normgrad.tracin.bilinear import LayerPass
 
 INFLUENCE_EXTRACTS = ("conv1x1", "scaling", "layer")
 Loss = Callable[[Any, Tensor], Tensor]  # (model output, labels) -> per-example loss (N,)
