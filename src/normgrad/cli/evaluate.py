@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from normgrad import pipeline
-from normgrad.cli import training
+from normgrad.cli import influence_study, training
 from normgrad.cli.common import (
     Parser,
     add_meta_options,
@@ -96,6 +96,7 @@ def add_parser(subparsers: Any) -> None:
     grid.set_defaults(run=run_grid)
 
     training.add_parser(evaluations)
+    influence_study.add_parser(evaluations)
 
 
 def run_pointing(args: argparse.Namespace) -> int:
