@@ -34,6 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--quick", action="store_true", help="CI-sized run (a few minutes); too small for conclusions")
     parser.add_argument("--data", type=Path, default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's)")
+    parser.add_argument("--train-images", type=int_at_least(100), default=None, help="training images (default: 60000; quick: 3000)")
     parser.add_argument("--test-images", type=int_at_least(3), default=None, help="patched test images (default: 100; quick: 20)")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     parser.set_defaults(run=run)
@@ -47,11 +48,14 @@ def run(args: argparse.Namespace) -> int:
     config = QUICK if args.quick else StudyConfig()
     if args.test_images is not None:
         config = replace(config, setup=replace(config.setup, test_images=args.test_images))
+    if args.train_images is not None:
+        config = replace(config, setup=replace(config.setup, train_images=args.train_images))
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
-    command = "normgrad eval influence" + (" --quick" if args.quick else "") + f" --out {args.out}"
+    sizes = "".join(f" --{name}-images {value}" for name, value in (("train", args.train_images), ("test", args.test_images)) if value)
+    command = "normgrad eval influence" + (" --quick" if args.quick else "") + sizes + f" --out {args.out}"
     document = run_study(config, args.out, data=args.data, command=command, log=lambda message: print(message, file=sys.stderr))
     for claim, verdict, evidence in claims(document, None):
         print(f"- {claim}: {verdict} ({evidence})")
