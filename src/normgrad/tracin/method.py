@@ -56,6 +56,13 @@ class TestGradients:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def select(self, indices: Sequence[int] | Tensor) -> TestGradients:
+        """The gradients of the test examples at ``indices`` only."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        chosen = [{layer: {key: value[index.to(value.device)] for key, value in gradient.items()} for layer, gradient in checkpoint.items()}
+                  for checkpoint in self.per_checkpoint]  # fmt: skip
+        return TestGradients(chosen, self.labels[index.to(self.labels.device)])
+
 
 @dataclass
 class InfluenceMaps:

@@ -145,18 +145,20 @@ def influence(
     scores = torch.cat(columns, dim=1)
     proponents = scores.topk(k, dim=1).indices
     opponents = (-scores).topk(k, dim=1).indices
-    chosen = torch.cat([proponents, opponents], dim=1)
-    wanted = chosen.unique()
-    position = {int(index): row for row, index in enumerate(wanted.tolist())}
-    maps = []
-    for _, images, labels in _batches(Subset(dataset, wanted.tolist()), batch_size, progress, "maps"):
-        result = tracin.maps(images, labels, tests)
-        maps.append(pixel_map(result.maps, tuple(test_inputs.shape[-2:])).cpu())
-    all_maps = torch.cat(maps)  # (selected, T, H, W)
-    tests_index = torch.arange(len(scores))[:, None]
-    rows = torch.tensor([[position[int(i)] for i in row] for row in chosen.tolist()], dtype=torch.long)
-    picked = all_maps[rows, tests_index][:, :, None]  # (T, 2k, 1, H, W)
-    return Influence(tracin.layer_names, tests.labels.cpu(), scores, proponents, opponents, picked[:, :k], picked[:, k:])
+    chosen = torch.cat([proponents, opponents], dim=1)  # (T, 2k): each test image's training images
+    size = tuple(test_inputs.shape[-2:])
+    picked = []
+    bar = progress(len(chosen), "maps") if progress else None
+    for t, row in enumerate(chosen.tolist()):  # only the pairs that are shown: each test image against its own 2k images
+        images, labels = zip(*(dataset[i] for i in row))
+        result = tracin.maps(torch.stack(images), torch.tensor([int(label) for label in labels]), tests.select([t]))
+        picked.append(pixel_map(result.maps, size)[:, 0].cpu())
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    maps = torch.stack(picked)[:, :, None]  # (T, 2k, 1, H, W)
+    return Influence(tracin.layer_names, tests.labels.cpu(), scores, proponents, opponents, maps[:, :k], maps[:, k:])
 
 
 def self_influence(
