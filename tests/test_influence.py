@@ -29,6 +29,20 @@ class TokenNet(nn.Module):
         return self.head(self.act(self.mlp(tokens)).mean(1))
 
 
+class ClassTokenNet(TokenNet):
+    """TokenNet with a class token before the patch tokens (read from the head): a prefix token without a location."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.randn(1, 1, 6))
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1)
+        hidden = self.act(self.mlp(tokens))
+        return self.head(hidden[:, 0] + hidden[:, 1:].mean(1))
+
+
 def checkpoints_of(model: nn.Module, count: int = 2) -> list[dict[str, torch.Tensor]]:
     """``count`` states near the model's: the checkpoints of a pretend training run."""
     states = []
@@ -82,6 +96,15 @@ def test_linear_on_tokens_maps_equal_per_location_copies(layer, extract):
     expected = literal_maps(model, layer, extract, train_x, train_y, test_x, test_y, states, lrs)
     assert result.maps[layer].shape == (3, 2, 2, 2)
     torch.testing.assert_close(result.maps[layer].flatten(2), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_prefix_tokens_count_in_the_score_and_have_no_location_on_the_map():
+    model, train_x, train_y, test_x, test_y, states, lrs = setting(ClassTokenNet(), side=8, classes=4)
+    tracin = TracIn(model, ["mlp"], extract="layer", checkpoints=states, lr=lrs)
+    result = tracin.maps(train_x, train_y, tracin.test_gradients(test_x, test_y))
+    expected = literal_maps(model, "mlp", "layer", train_x, train_y, test_x, test_y, states, lrs)  # (N, T, 1 + 4)
+    torch.testing.assert_close(result.maps["mlp"].flatten(2), expected[..., 1:], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(result.scores, expected.sum(-1), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize(
