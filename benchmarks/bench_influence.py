@@ -87,10 +87,43 @@ def _child(method: str, options: dict, queue) -> None:
             return lrs[key]
 
         tracin = TracInCP(model, TensorDataset(train_x, train_y), list(range(len(states))), checkpoints_load_func=load, layers=LAYERS,
-                          loss_fn=nn.CrossEntropyLoss(reduction="none"), batch_size=options["batch_size"])  # fmt: skip
+                          loss_fn=nn.CrossEntropyLoss(reduction="sum"), sample_wise_grads_per_batch=True,
+                          batch_size=options["batch_size"])  # fmt: skip
         scores = tracin.influence((test_x, test_y))
     seconds = time.perf_counter() - start
     queue.put({"seconds": seconds, "peak_mib": _rss_mib("VmHWM") - before, "checksum": float(scores.double().abs().sum())})
+
+
+def overhead(images: int, threads: int, repeats: int = 3) -> dict:
+    """Seconds for ``images`` training images against one test image: a plain forward/backward of the batch loss, the
+    per-example gradients with their scores (``TracIn.scores``), and the scores with the per-location maps (``TracIn.maps``)."""
+    import statistics
+
+    import torch
+    import torch.nn.functional as F
+
+    from normgrad.tracin import TracIn
+
+    torch.set_num_threads(threads)
+    model, train_x, train_y, test_x, test_y, _ = _setup(images, 1, 1)
+    tracin = TracIn(model, LAYERS, extract="layer")
+    tests = tracin.test_gradients(test_x, test_y)
+
+    def plain():
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(train_x), train_y).backward()
+        model.zero_grad(set_to_none=True)
+
+    timings = {}
+    for name, call in (("forward_backward", plain), ("scores", lambda: tracin.scores(train_x, train_y, tests)),
+                       ("maps", lambda: tracin.maps(train_x, train_y, tests))):  # fmt: skip
+        runs = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            runs.append(time.perf_counter() - start)
+        timings[name] = statistics.median(runs)
+    return {"images": images, **timings, "maps_over_scores": timings["maps"] / timings["scores"]}
 
 
 def measure(method: str, options: dict) -> dict:
@@ -115,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, help="write influence-cost.json here (and refresh influence.md if influence.json is there)"
     )
     args = parser.parse_args(argv)
+    if args.overhead:
+        print(json.dumps(overhead(min(args.train, 2000), args.threads), indent=1))
+        return 0
     options = {"train": args.train, "test": args.test, "checkpoints": args.checkpoints, "batch_size": args.batch_size,
                "top_k": args.top_k, "threads": args.threads}  # fmt: skip
     results = {}

@@ -42,7 +42,8 @@ def captum_self_influence(setup: Setup, layers: list[str], count: int, batch_siz
         return lr
 
     tracin = TracInCP(copy.deepcopy(setup.model).eval(), TensorDataset(setup.train_x[:count], setup.train_y[:count]), list(states),
-                      checkpoints_load_func=load, layers=layers, loss_fn=nn.CrossEntropyLoss(reduction="none"),
+                      checkpoints_load_func=load, layers=layers, loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+                      sample_wise_grads_per_batch=True,
                       batch_size=batch_size)  # fmt: skip
     return tracin.self_influence()
 
