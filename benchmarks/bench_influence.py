@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--overhead", action="store_true", help="only time one test image's maps against plain gradients")
     parser.add_argument(
         "--out", type=Path, default=None, help="write influence-cost.json here (and refresh influence.md if influence.json is there)"
     )
