@@ -17,6 +17,7 @@ from normgrad.methods import normgrad, normgrad_selective, saliency
 from normgrad.run import Explained, ExplainOptions, RunResult, explain
 from normgrad.store.reader import open_run
 from normgrad.targets import TrainingLoss, Unit
+from normgrad.tracin import TracIn, influence, self_influence
 
 __version__ = "0.1.0"
 
@@ -41,12 +42,14 @@ __all__ = [
     "INPUT",
     "NormGradError",
     "RunResult",
+    "TracIn",
     "TrainingLoss",
     "Unit",
     "WithParameters",
     "__version__",
     "combine",
     "explain",
+    "influence",
     "layer_names",
     "meta_saliency",
     "normalize",
@@ -55,5 +58,6 @@ __all__ = [
     "open_run",
     "saliency",
     "select_layers",
+    "self_influence",
     "upsample",
 ]

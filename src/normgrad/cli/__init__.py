@@ -9,6 +9,7 @@ command       job                                                    module
 ``demo``      compare and explain on real photos, offline            :mod:`normgrad.cli.demo`
 ``eval``      pointing game, report, grid game, training study       :mod:`normgrad.cli.evaluate`
 ``gallery``   (re)build an output folder's gallery page              :mod:`normgrad.cli.gallery`
+``influence`` top training images and their pixels per test image    :mod:`normgrad.cli.influence`
 ``serve``     the interactive explorer in a browser                  :mod:`normgrad.cli.serve`
 ============  =====================================================  ==========================
 
@@ -23,12 +24,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from normgrad.cli import compare, demo, evaluate, explain, gallery, layers, serve
+from normgrad.cli import compare, demo, evaluate, explain, gallery, influence, layers, serve
 from normgrad.cli.common import Parser
 from normgrad.errors import NormGradError
 from normgrad.run.shard import Quiet
 
-COMMANDS = (explain, compare, layers, demo, evaluate, gallery, serve)
+COMMANDS = (explain, compare, layers, demo, evaluate, gallery, influence, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

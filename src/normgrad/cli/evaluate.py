@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from normgrad import pipeline
-from normgrad.cli import faithfulness, training
+from normgrad.cli import faithfulness, influence_study, training
 from normgrad.cli.common import (
     Parser,
     add_meta_options,
@@ -97,6 +97,7 @@ def add_parser(subparsers: Any) -> None:
 
     training.add_parser(evaluations)
     faithfulness.add_parser(evaluations)
+    influence_study.add_parser(evaluations)
 
 
 def run_pointing(args: argparse.Namespace) -> int:
