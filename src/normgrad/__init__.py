@@ -12,11 +12,12 @@ from normgrad.formulas.aggregate import AGGREGATES
 from normgrad.formulas.extract import EXTRACTS
 from normgrad.meta import WithParameters, meta_saliency
 from normgrad.methods import normgrad, normgrad_selective, saliency
+from normgrad.segmentation import Region
 from normgrad.targets import TrainingLoss, Unit
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"baselines", "captum", "cli", "engine", "evaluation", "images", "models", "registry", "viz"}
+_SUBMODULES = {"baselines", "captum", "cli", "engine", "evaluation", "huggingface", "images", "models", "registry", "viz"}
 
 
 def __getattr__(name: str):
@@ -34,6 +35,7 @@ __all__ = [
     "EXTRACTS",
     "INPUT",
     "NormGradError",
+    "Region",
     "TrainingLoss",
     "Unit",
     "WithParameters",
