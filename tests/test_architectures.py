@@ -1,4 +1,4 @@
-"""The architecture matrix: every method, at the default layers, on torchvision and timm families.
+"""The architecture matrix: every method, at the default layers, on torchvision, timm and Hugging Face families.
 
 Per architecture (random weights, a small non-square input where the model
 takes one): the default layers lie at more than one depth and never in the
@@ -39,6 +39,8 @@ def built() -> dict:
 
 
 def get(built: dict, name: str) -> tuple[nn.Module, torch.Tensor]:
+    if ARCHITECTURES[name].requires:
+        pytest.importorskip(ARCHITECTURES[name].requires)
     if name not in built:
         torch.manual_seed(0)
         model = informative(ARCHITECTURES[name].build()).eval()
