@@ -1,11 +1,13 @@
-"""The architecture zoo of the test matrix: torchvision and timm families, random weights, small inputs.
+"""The architecture zoo of the test matrix: torchvision, timm and Hugging Face families, random weights, small inputs.
 
 Each entry builds a small member of a family (fewer blocks or channels where
 the family allows it, so that a CPU runs the whole matrix in minutes) and
 gives an input size — non-square wherever the model accepts it, so that a
 transposed grid cannot pass.  ``informative`` re-initialises what families
 initialise to zero or nearly (classifier heads, LayerScale gammas) so that
-the maps are not trivially zero.
+the maps are not trivially zero.  Hugging Face models are built from tiny
+configs (no download) and need ``transformers`` (``requires``); segmenters
+are explained with a region target (a class inside a box).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from torchvision.models.maxvit import MaxVit
 from torchvision.models.swin_transformer import SwinTransformer
 from torchvision.models.vision_transformer import VisionTransformer
 
+from normgrad.segmentation import Region
+
 NUM_CLASSES = 10
 
 
@@ -33,6 +37,7 @@ class Arch:
     target: Any = None  # None: the predicted class; a callable for dict outputs
     unused_parameters: bool = False  # parameters the eval forward never uses (aux heads, caches)
     notes: dict[str, Any] = field(default_factory=dict)
+    requires: str | None = None  # an optional library the family needs (tests skip without it)
 
 
 def _timm(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
@@ -41,6 +46,34 @@ def _timm(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
 
 def _segmentation_target(output: dict) -> torch.Tensor:
     return output["out"][:, 1].mean((1, 2))
+
+
+def _fcn_small(num_classes: int) -> nn.Module:
+    """torchvision's fcn_resnet50 design (dilated backbone at stride 8, "out" and "aux" heads), one bottleneck per stage."""
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.resnet import Bottleneck, ResNet
+    from torchvision.models.segmentation.fcn import FCN, FCNHead
+
+    backbone = ResNet(Bottleneck, [1, 1, 1, 1], width_per_group=16, replace_stride_with_dilation=[False, True, True])
+    layers = IntermediateLayerGetter(backbone, return_layers={"layer4": "out", "layer3": "aux"})
+    return FCN(layers, FCNHead(2048, num_classes), FCNHead(1024, num_classes))
+
+
+SEGMENT_REGION = Region(1, box=(8, 16, 56, 48))  # class 1 inside a box of the 64×96 input (x0, y0, x1, y1)
+
+
+def _hf(model_class: str, config_class: str, **config: Any) -> Callable[[], nn.Module]:
+    """A tiny Hugging Face model built from a config: random weights, nothing downloaded."""
+
+    def build() -> nn.Module:
+        import transformers
+
+        return getattr(transformers, model_class)(getattr(transformers, config_class)(**config))
+
+    return build
+
+
+_HF_VIT = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, patch_size=16, num_labels=NUM_CLASSES)
 
 
 ARCHITECTURES: dict[str, Arch] = {
@@ -99,9 +132,87 @@ ARCHITECTURES: dict[str, Arch] = {
     "timm_levit": Arch(_timm("levit_128s", img_size=(64, 96))),
     "timm_mambaout": Arch(_timm("test_mambaout")),
     "timm_pvt_v2": Arch(_timm("pvt_v2_b0")),
+    # torchvision segmenters (dict outputs), explained inside a region
+    "tv_fcn_segmentation": Arch(
+        lambda: _fcn_small(num_classes=5),
+        target=SEGMENT_REGION,
+        unused_parameters=True,  # the aux head runs, but the loss reads "out" only
+    ),
+    "tv_deeplabv3_segmentation": Arch(
+        lambda: torchvision.models.segmentation.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=5),
+        target=SEGMENT_REGION,
+    ),
+    # Hugging Face transformers (ModelOutput outputs), tiny configs
+    "hf_vit": Arch(_hf("ViTForImageClassification", "ViTConfig", image_size=(64, 96), **_HF_VIT), requires="transformers"),
+    "hf_deit_distilled": Arch(
+        _hf("DeiTForImageClassificationWithTeacher", "DeiTConfig", image_size=(64, 96), **_HF_VIT), requires="transformers"
+    ),
+    "hf_beit": Arch(
+        _hf("BeitForImageClassification", "BeitConfig", image_size=64, use_relative_position_bias=True, **_HF_VIT), requires="transformers"
+    ),
+    "hf_data2vec_vision": Arch(
+        _hf("Data2VecVisionForImageClassification", "Data2VecVisionConfig", image_size=64, **_HF_VIT), requires="transformers"
+    ),
+    "hf_dinov2": Arch(
+        _hf("Dinov2ForImageClassification", "Dinov2Config", image_size=64, **{**_HF_VIT, "patch_size": 8}), requires="transformers"
+    ),
+    "hf_swin": Arch(
+        _hf(
+            "SwinForImageClassification",
+            "SwinConfig",
+            image_size=128,
+            embed_dim=16,
+            depths=[1, 1, 2, 1],
+            num_heads=[1, 1, 2, 2],
+            window_size=4,
+            num_labels=NUM_CLASSES,
+        ),
+        size=(128, 192),  # the last stage (4×6) holds at least one 4×4 window
+        requires="transformers",
+    ),
+    "hf_convnext": Arch(
+        _hf("ConvNextForImageClassification", "ConvNextConfig", hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 2, 1], num_labels=NUM_CLASSES),
+        requires="transformers",
+    ),
+    "hf_resnet": Arch(
+        _hf(
+            "ResNetForImageClassification",
+            "ResNetConfig",
+            embedding_size=8,
+            hidden_sizes=[8, 16, 32, 64],
+            depths=[1, 1, 1, 1],
+            num_labels=NUM_CLASSES,
+        ),
+        requires="transformers",
+    ),
+    "hf_mobilevit": Arch(
+        _hf(
+            "MobileViTForImageClassification",
+            "MobileViTConfig",
+            image_size=64,
+            hidden_sizes=[16, 24, 32],
+            neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 32],
+            num_labels=NUM_CLASSES,
+            initializer_range=0.15,  # the default 0.02 shrinks the signal 50-fold per convolution of this tiny model
+        ),
+        requires="transformers",
+    ),
+    "hf_segformer": Arch(
+        _hf(
+            "SegformerForSemanticSegmentation",
+            "SegformerConfig",
+            hidden_sizes=[8, 16, 24, 32],
+            depths=[1, 1, 1, 1],
+            num_attention_heads=[1, 1, 2, 2],
+            decoder_hidden_size=16,
+            num_labels=5,
+        ),
+        target=SEGMENT_REGION,  # logits at 1/4 of the input: the box is mapped onto them
+        requires="transformers",
+    ),
 }
 
-FAST = ("tv_swin", "timm_vit", "timm_levit")  # in the default run; the rest are marked slow
+FAST = ("tv_swin", "timm_vit", "timm_levit", "hf_segformer")  # in the default run; the rest are marked slow
 
 
 def informative(model: nn.Module) -> nn.Module:

@@ -205,3 +205,40 @@ def per_location_weight_grads(conv: nn.Conv2d, x: Tensor, objective) -> Tensor:
             (grad,) = torch.autograd.grad(objective(y), [weight])
             terms[i, j] = grad
     return terms
+
+
+def hook_norm_product(model: nn.Module, x: Tensor, score, module: nn.Module, grid: tuple[int, int]) -> Tensor:
+    """NormGrad ``‖g_u‖·‖a_u‖`` at ``module``'s output, from a forward hook and ``torch.autograd.grad`` alone (eval mode).
+
+    ``score(output, x) -> (N,)`` is the objective written out by the test.
+    The hook hands the rest of the network a clone, so that later in-place
+    operations cannot change the captured activation.  The layout is read
+    from the map's ``grid`` (h, w) only: (N, C, h, w), (N, h, w, C), or
+    tokens (N, T, C) whose last h·w are the grid (the first T − h·w are
+    prefix tokens).
+    """
+    captured: list[Tensor] = []
+
+    def hook(_module: nn.Module, _inputs: tuple, output):
+        tensor = output[0] if isinstance(output, tuple) else output
+        captured.append(tensor)
+        return (tensor.clone(), *output[1:]) if isinstance(output, tuple) else tensor.clone()
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            output = model(x.detach().clone().requires_grad_(True))
+            (activation,) = captured
+            (gradient,) = torch.autograd.grad(score(output, x).sum(), activation)
+    finally:
+        handle.remove()
+    h, w = grid
+    activation = activation.detach()
+    if activation.dim() == 4 and tuple(activation.shape[2:]) == (h, w):
+        product = activation.norm(dim=1) * gradient.norm(dim=1)
+    elif activation.dim() == 4 and tuple(activation.shape[1:3]) == (h, w):
+        product = activation.norm(dim=-1) * gradient.norm(dim=-1)
+    else:
+        prefix = activation.shape[1] - h * w
+        product = (activation[:, prefix:].norm(dim=-1) * gradient[:, prefix:].norm(dim=-1)).reshape(-1, h, w)
+    return product[:, None]

@@ -1,4 +1,4 @@
-"""The architecture matrix: every method, at the default layers, on torchvision and timm families.
+"""The architecture matrix: every method, at the default layers, on torchvision, timm and Hugging Face families.
 
 Per architecture (random weights, a small non-square input where the model
 takes one): the default layers lie at more than one depth and never in the
@@ -25,9 +25,11 @@ from torch import nn
 
 import normgrad as ng
 from architectures import ARCHITECTURES, FAST, informative
+from brute_force import hook_norm_product
 from normgrad.captum import LayerNormGrad
 from normgrad.engine.layers import auto_layers, describe_layers
 from normgrad.engine.layouts import grid_fit
+from normgrad.segmentation import Region
 from test_engine import assert_untouched, snapshot
 
 PARAMS = [pytest.param(name, marks=() if name in FAST else pytest.mark.slow) for name in ARCHITECTURES]
@@ -39,11 +41,16 @@ def built() -> dict:
 
 
 def get(built: dict, name: str) -> tuple[nn.Module, torch.Tensor]:
+    if ARCHITECTURES[name].requires:
+        pytest.importorskip(ARCHITECTURES[name].requires)
     if name not in built:
         torch.manual_seed(0)
         model = informative(ARCHITECTURES[name].build()).eval()
         height, width = ARCHITECTURES[name].size
-        built[name] = (model, torch.randn(2, 3, height, width))
+        x = torch.randn(2, 3, height, width)
+        with torch.no_grad():  # transformers installs its output-capturing hooks on the first forward: the model as users hold it
+            model(x[:1])
+        built[name] = (model, x)
     return built[name]
 
 
@@ -148,3 +155,32 @@ def test_meta_saliency_with_unused_parameters(built, name):
         warnings.simplefilter("error")  # some parameters unused is not worth a warning; all unused would be
         meta = ng.meta_saliency(model, x[:1], arch.target, lr=1e-2, layers=layers[-1:])
     assert_maps_on_grid(meta, x[:1], "meta")
+
+
+def written_out_objective(target, output, x: torch.Tensor) -> torch.Tensor:
+    """The objective of a matrix target, written out: the predicted class's logit, a callable, or a region's summed scores."""
+    if callable(target):
+        return target(output)
+    scores = output.logits if hasattr(output, "logits") else output["out"] if isinstance(output, dict) else output
+    if isinstance(target, Region):  # the class's scores, bilinearly upsampled to the input, summed inside the box
+        x0, y0, x1, y1 = target.box
+        plane = torch.nn.functional.interpolate(scores[:, target.cls : target.cls + 1], x.shape[-2:], mode="bilinear", align_corners=False)
+        return plane[:, 0, y0:y1, x0:x1].sum((1, 2))
+    return scores.gather(1, scores.detach().argmax(1, keepdim=True))[:, 0]
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_normgrad_equals_a_hook_based_norm_product(built, name):
+    """At the first and last default layers: the engine's map equals ‖g‖·‖a‖ taken with a hook and autograd.grad."""
+    arch = ARCHITECTURES[name]
+    model, x = get(built, name)
+    layers = auto_layers(model, x[:1])
+    modules = dict(model.named_modules())
+    maps = ng.normgrad(model, x, arch.target, layers=[layers[0], layers[-1]])
+    for layer, saliency_map in maps.items():
+        reference = hook_norm_product(
+            model, x, lambda output, images: written_out_objective(arch.target, output, images), modules[layer], saliency_map.shape[-2:]
+        )
+        scale = float(reference.abs().max())
+        assert scale > 0, f"{name} {layer}: the reference map is zero"
+        torch.testing.assert_close(saliency_map, reference, rtol=1e-4, atol=1e-5 * scale, msg=f"{name} {layer}")

@@ -108,9 +108,9 @@ def test_target_errors(model, target, message):
         ng.normgrad(model, torch.randn(2, 3, 20, 18), target, layers="features.3")
 
 
-def test_non_classifier_output_needs_a_callable():
+def test_dense_output_needs_a_region_or_a_callable():
     model = nn.Sequential(nn.Conv2d(3, 4, 3))
-    with pytest.raises(ng.NormGradError, match="Pass a callable target"):
+    with pytest.raises(ng.NormGradError, match="Pass a Region target .* or a callable target"):
         ng.normgrad(model, torch.randn(1, 3, 8, 8), layers="0")
     maps = ng.normgrad(model, torch.randn(1, 3, 8, 8), lambda out: out[:, 0].mean((1, 2)), layers="input")
     assert maps["input"].shape == (1, 1, 8, 8)

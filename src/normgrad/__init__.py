@@ -15,13 +15,14 @@ from normgrad.formulas.extract import EXTRACTS
 from normgrad.meta import WithParameters, meta_saliency
 from normgrad.methods import normgrad, normgrad_selective, saliency
 from normgrad.run import Explained, ExplainOptions, RunResult, explain
+from normgrad.segmentation import Region
 from normgrad.store.reader import open_run
 from normgrad.targets import TrainingLoss, Unit
 from normgrad.tracin import TracIn, influence, self_influence
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"baselines", "captum", "cli", "engine", "evaluation", "images", "models", "registry", "viz"}
+_SUBMODULES = {"baselines", "captum", "cli", "engine", "evaluation", "huggingface", "images", "models", "registry", "viz"}
 
 
 def __getattr__(name: str):
@@ -43,6 +44,7 @@ __all__ = [
     "NormGradError",
     "RunResult",
     "TracIn",
+    "Region",
     "TrainingLoss",
     "Unit",
     "WithParameters",

@@ -34,6 +34,8 @@ from normgrad.engine.model_state import Hooks, eval_mode
 from normgrad.engine.single_pass import check_inputs
 from normgrad.engine.workarounds import guard_batchnorm_backward, needs_batchnorm_guard
 from normgrad.errors import NormGradError
+from normgrad.outputs import unwrap
+from normgrad.segmentation import Region
 from normgrad.targets import Objective, Target, TrainingLoss, Unit, class_indices
 
 
@@ -59,10 +61,11 @@ def captum_target(model: Callable, inputs: Tensor, target: Target) -> tuple[Call
         output = model(inputs)
     if isinstance(target, TrainingLoss):
         target = TrainingLoss(class_indices(target.labels, output, "TrainingLoss labels"))
-    elif not callable(target) or isinstance(target, Tensor):
-        return model, class_indices(target, output)  # type: ignore[arg-type]
+    elif not isinstance(target, Region) and (not callable(target) or isinstance(target, Tensor)):
+        forward = model if unwrap(output) is output else (lambda x: unwrap(model(x)))  # a Hugging Face ModelOutput: its logits
+        return forward, class_indices(target, output)  # type: ignore[arg-type]
     objective = Objective(target)
-    return (lambda x: objective.scores(model(x), None, x.shape[0])), None
+    return (lambda x: objective.scores(model(x), None, x.shape[0], tuple(x.shape[-2:]))), None
 
 
 def _input_method(

@@ -8,6 +8,7 @@ method on the updated model (first order: the step is not differentiated):
 
 ``L`` is the cross-entropy of the model's logits (a tensor output; the
 ``"out"`` entry or only tensor of a dict, e.g. torchvision segmentation;
+a Hugging Face ``ModelOutput``'s ``logits``;
 the first element of a tuple, e.g. GoogLeNet's aux outputs) with class
 labels (N,) or, for dense logits (N, K, H, W), label maps (N, H, W) —
 or any ``loss(output, labels)``.  Parameters that do not take part in the
@@ -41,11 +42,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
+from normgrad import outputs
 from normgrad.engine.model_state import TensorSlots, eval_mode
 from normgrad.engine.single_pass import check_inputs
 from normgrad.engine.workarounds import guard_batchnorm_backward, needs_batchnorm_guard
 from normgrad.errors import NormGradError, did_you_mean
 from normgrad.methods import normgrad
+from normgrad.segmentation import Region
 from normgrad.targets import Target, TrainingLoss, class_indices
 
 PAPER_LR, PAPER_STEPS = 2.5e-3, 1  # the paper's inner step: one SGD step of learning rate 0.0025 (the defaults everywhere)
@@ -177,25 +180,13 @@ class _Step:
 
 
 def logits_of(output: Any) -> Tensor:
-    """The logits in a model output: a tensor; a dict's ``"out"`` entry or only tensor; a tuple's first element."""
-    if isinstance(output, Tensor):
-        logits = output
-    elif isinstance(output, Mapping):
-        tensors = {key: value for key, value in output.items() if isinstance(value, Tensor)}
-        logits = tensors.get("out", next(iter(tensors.values())) if len(tensors) == 1 else None)  # type: ignore[arg-type]
-    elif isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
-        logits = output[0]
-    else:
-        logits = None
+    """The logits in a model output (:func:`normgrad.outputs.logits_of`: a tensor, a Hugging Face ``ModelOutput``'s
+    ``logits``, a dict's ``"out"`` entry or only tensor, a tuple's first element)."""
+    logits = outputs.logits_of(output)
     if logits is None or logits.dim() < 2:
-        if isinstance(output, Tensor):
-            kind = f"of shape {tuple(output.shape)}"
-        elif isinstance(output, Mapping):
-            kind = f"(a {type(output).__name__} with keys {', '.join(map(str, output))})"
-        else:
-            kind = f"(a {type(output).__name__})"
         raise NormGradError(
-            f"meta-saliency cannot find the logits in the model output {kind}; pass loss=callable(output, labels) for the inner step"
+            f"meta-saliency cannot find the logits in the model output {outputs.describe(output)}; "
+            "pass loss=callable(output, labels) for the inner step"
         )
     return logits
 
@@ -227,6 +218,7 @@ def _per_sample_updates(
 
 def _labels_from(output: Any, target: Target, labels: Any, step: _Step) -> tuple[Target, Any]:
     """Fix ``target=None`` to the predicted classes, and find the step's labels (validated)."""
+    output = outputs.unwrap(output)  # a Hugging Face ModelOutput: its logits
     classifier = isinstance(output, Tensor) and output.dim() == 2
     if target is None and classifier:
         target = class_indices(None, output)
@@ -309,6 +301,7 @@ def _shared_steps(
 
 
 def _detached(output: Any) -> Any:
+    output = outputs.unwrap(output)  # a Hugging Face ModelOutput: its logits
     if isinstance(output, Tensor):
         return output.detach()
     if isinstance(output, Mapping):
@@ -347,6 +340,8 @@ def _sample_of(spec: Any, index: int) -> Any:
         return spec[index : index + 1]
     if isinstance(spec, Sequence) and not isinstance(spec, str):
         return [spec[index]]
+    if isinstance(spec, Region):
+        return spec.sample(index)
     if isinstance(spec, TrainingLoss) and spec.labels is not None and not isinstance(spec.labels, int):
         return TrainingLoss(_sample_of(spec.labels, index))
     return spec

@@ -9,7 +9,11 @@ preprocessing it expects and its class names.  Names:
 * ``"torchvision:<arch>"`` — any torchvision classifier or segmentation
   model (dict outputs: explain them with a callable target), default
   weights (downloaded by torchvision when online);
-* ``"timm:<name>"`` — any timm model, pretrained weights likewise.
+* ``"timm:<name>"`` — any timm model, pretrained weights likewise;
+* ``"hf:<folder>"`` — a Hugging Face ``transformers`` image classifier or
+  segmenter saved with ``save_pretrained`` (offline; preprocessing from its
+  image-processor config, class names from ``id2label``):
+  :mod:`normgrad.huggingface`.
 
 ``weights=`` overrides the weights: ``None`` for random weights, or a local
 state-dict file (loaded with ``weights_only=True``).
@@ -171,9 +175,13 @@ def _build(name: str, weights: str | Path | None, num_classes: int | None) -> Lo
         return _torchvision(name.split(":", 1)[1], weights, num_classes)
     if name.startswith("timm:"):
         return _timm(name.split(":", 1)[1], weights, num_classes)
+    if name.startswith("hf:"):
+        from normgrad.huggingface import load_folder
+
+        return load_folder(name.split(":", 1)[1], weights, num_classes)
     raise NormGradError(
         f"unknown model {name!r}; valid: {EMBEDDED!r} (embedded, offline), 'torchvision:<arch>' (e.g. torchvision:resnet50), "
-        "'timm:<name>'; a local checkpoint is given with weights='file.pth'"
+        "'timm:<name>', 'hf:<folder saved with save_pretrained>'; a local checkpoint is given with weights='file.pth'"
     )
 
 

@@ -39,6 +39,7 @@ from normgrad.engine.layers import select_layers
 from normgrad.engine.model_state import eval_mode
 from normgrad.errors import NormGradError
 from normgrad.images import check_input_size
+from normgrad.outputs import unwrap
 from normgrad.targets import class_index, class_indices
 
 COMBINED = "combined"
@@ -97,7 +98,8 @@ def predict(model: nn.Module, x: Tensor) -> Prediction:
 
 
 def prediction_of(logits: Any) -> Prediction:
-    """A :class:`Prediction` from a model output, which must be class scores (N, K)."""
+    """A :class:`Prediction` from a model output, which must be class scores (N, K) (a Hugging Face ``ModelOutput``'s logits)."""
+    logits = unwrap(logits)
     if not isinstance(logits, Tensor) or logits.dim() != 2:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise NormGradError(f"the model must output class scores of shape (N, num_classes); got {shape}")

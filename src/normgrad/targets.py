@@ -9,7 +9,13 @@ Following Captum and TorchRay, ``target`` may be
 * :class:`TrainingLoss` — ``J = −cross_entropy(output, labels)`` per sample,
   so that positive means "helps training";
 * :class:`Unit` — an intermediate unit (a layer's channel, optionally at one
-  location) as the objective.
+  location) as the objective;
+* :class:`~normgrad.segmentation.Region` — a segmenter's class logits summed
+  over a region of the input (a mask, a box or the predicted region).
+
+Every target reads the model output through :func:`normgrad.outputs.unwrap`:
+a Hugging Face ``ModelOutput`` is its ``logits`` (callables receive them
+too).
 
 ``J`` is differentiated as is: signed aggregates (``sum``, ``max``) follow
 the sign of ``∂J/∂a``.
@@ -28,6 +34,8 @@ from torch import Tensor
 
 from normgrad.errors import NormGradError
 from normgrad.formulas.layout import Layout
+from normgrad.outputs import unwrap
+from normgrad.segmentation import Region
 
 ClassIndices = Union[int, Sequence[int], Tensor, None]
 
@@ -75,12 +83,12 @@ class Unit:
         return plane[:, row, col].clone()
 
 
-Target = Union[ClassIndices, Callable[[Any], Tensor], TrainingLoss, Unit]
+Target = Union[ClassIndices, Callable[[Any], Tensor], TrainingLoss, Unit, Region]
 
 
 def class_indices(spec: ClassIndices, output: Any, what: str = "target") -> Tensor:
     """Per-sample class indices (N,) from ``spec``; ``None`` means the predicted class."""
-    logits = _logits(output, what)
+    logits = _logits(unwrap(output), what)
     batch, num_classes = logits.shape
     if spec is None:
         return logits.detach().argmax(1)
@@ -107,12 +115,16 @@ def class_indices(spec: ClassIndices, output: Any, what: str = "target") -> Tens
 def _logits(output: Any, what: str) -> Tensor:
     if not isinstance(output, Tensor) or output.dim() != 2:
         shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-        raise NormGradError(f"{what} by class needs model outputs of shape (N, num_classes); got {shape}. Pass a callable target instead")
+        dense = isinstance(output, Tensor) and output.dim() == 4 or isinstance(output, dict) and "out" in output
+        instead = (
+            "a Region target (a class inside a mask, a box or its predicted region) or a callable target" if dense else "a callable target"
+        )
+        raise NormGradError(f"{what} by class needs model outputs of shape (N, num_classes); got {shape}. Pass {instead} instead")
     return output
 
 
 class Objective:
-    """``J`` for a target spec: ``scores(output, unit_value) -> (N,)``."""
+    """``J`` for a target spec: ``scores(output, unit_value, batch, image_size) -> (N,)``."""
 
     def __init__(self, target: Target) -> None:
         self.target = target
@@ -121,14 +133,20 @@ class Objective:
     def unit(self) -> Unit | None:
         return self.target if isinstance(self.target, Unit) else None
 
-    def scores(self, output: Any, unit_value: Tensor | None, batch: int) -> Tensor:
+    def scores(self, output: Any, unit_value: Tensor | None, batch: int, image_size: tuple[int, int] | None = None) -> Tensor:
+        """One score per sample; ``image_size`` (H, W) of the input places a :class:`Region` on the output's grid."""
         target = self.target
+        output = unwrap(output)
         if isinstance(target, Unit):
             assert unit_value is not None
             scores = unit_value
         elif isinstance(target, TrainingLoss):
             labels = class_indices(target.labels, output, "TrainingLoss labels")
             scores = -F.cross_entropy(output, labels, reduction="none")
+        elif isinstance(target, Region):
+            if image_size is None:
+                raise NormGradError("a Region target needs the input's size (H, W) to place the region on the output's grid")
+            scores = target.scores(output, image_size)
         elif callable(target) and not isinstance(target, Tensor):
             scores = target(output)
             if not isinstance(scores, Tensor):

@@ -16,6 +16,7 @@ import collections
 import difflib
 import fnmatch
 import math
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Union
@@ -27,6 +28,7 @@ from normgrad.engine.layouts import Evidence, LayoutError, activation_of, decide
 from normgrad.engine.model_state import Hooks, eval_mode
 from normgrad.errors import NormGradError
 from normgrad.formulas.layout import Layout
+from normgrad.outputs import logits_of
 
 INPUT = "input"
 
@@ -152,7 +154,11 @@ class LayerInfo:
 
     ``layout`` is ``None`` when the output has no map; ``note`` then says why.
     ``takes_image`` marks modules whose input is the image itself (stems,
-    patch embeddings and the containers that hold them).
+    patch embeddings and the containers that hold them); ``is_output`` the
+    modules whose output is the model's score tensor (a Hugging Face
+    ``ModelOutput``'s ``logits``) or, for a segmenter, a map with as many
+    channels as its scores (torchvision's ``classifier`` and
+    ``aux_classifier`` heads before the upsampling).
     """
 
     name: str
@@ -162,6 +168,7 @@ class LayerInfo:
     layout: Layout | None = None
     note: str = ""
     takes_image: bool = False
+    is_output: bool = False
 
     @property
     def layout_text(self) -> str:
@@ -185,6 +192,7 @@ def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     modules = named_layers(model)
     evidence = Evidence.of(model, example)
     seen: dict[str, LayerInfo] = {}
+    activations: dict[str, weakref.ref] = {}  # to find the module that outputs the model's scores, without keeping tensors alive
     with torch.inference_mode(False), torch.enable_grad(), eval_mode(model), Hooks() as hooks:
         image = example.detach().to(model_device(model, example.device)).requires_grad_(True).clone()  # a non-leaf, as in the engine
 
@@ -201,6 +209,7 @@ def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
                     seen[name] = LayerInfo(name, type(module).__name__, None, 1, None, f"outputs a {type(output).__name__}", takes_image)
                     return
                 output = activation
+                activations[name] = weakref.ref(activation)
                 layout, note = _layout_or_reason(output, module, evidence, name)
                 seen[name] = LayerInfo(name, type(module).__name__, tuple(output.shape), 1, layout, note, takes_image)
 
@@ -208,11 +217,25 @@ def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
 
         for name, module in modules.items():
             hooks.add(module.register_forward_hook(make_hook(name)))
-        model(image)
-        del image
+        scores = logits_of(model(image))
+        for name, reference in activations.items():
+            seen[name].is_output = _scores_like(reference(), seen[name], scores)
+        del image, scores
     never_ran = [LayerInfo(n, type(m).__name__, None, 0, None, "never runs") for n, m in modules.items() if n not in seen]
     image = LayerInfo(INPUT, "input", tuple(example.shape), 1, Layout("nchw", evidence.image))
     return [image, *seen.values(), *never_ran]
+
+
+def _scores_like(activation: torch.Tensor | None, info: LayerInfo, scores: torch.Tensor | None) -> bool:
+    """The model's scores, or (dense scores only) a map with as many channels: a segmenter's head before its upsampling."""
+    if scores is None:
+        return False
+    if activation is scores:
+        return True
+    if scores.dim() != 4 or info.layout is None or info.layout.kind == "vector" or info.output_shape is None:
+        return False
+    channels = info.output_shape[-1] if info.layout.channels_last else info.output_shape[1]
+    return channels == scores.shape[1]
 
 
 def _layout_or_reason(output: torch.Tensor, module: nn.Module, evidence: Evidence, name: str) -> tuple[Layout | None, str]:
@@ -236,18 +259,26 @@ def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     Candidates are modules that run once, whose output is on the image grid
     (any layout: maps, channels-last maps, tokens) at a stride of at least
     4 and more than one position, that sit in the network's trunk (every
-    ancestor is the model or a ``Sequential``/``ModuleList``/``ModuleDict``:
-    never a part of an attention or a block), that are not a stem or patch
-    embedding (a module that takes the image itself, or lies inside one that
-    takes it and ends above the coarsest resolution) and that compute
-    something (not an ``Identity``, ``Dropout``, ``Flatten`` or ``Permute``).
+    ancestor is the model, a ``Sequential``/``ModuleList``/``ModuleDict``, or
+    a wrapper whose output is not one tensor — Hugging Face's ``ResNetModel``
+    and ``encoder`` return a ``ModelOutput``, its ``SwinStage`` a tuple of
+    tensors —: never a part of an attention or a block), that are not a stem
+    or patch embedding (a module that takes the image itself, or lies inside
+    one that takes it and ends above the coarsest resolution; a module that
+    takes the image and holds a ``ModuleList`` of blocks is a stage, as
+    SegFormer's first), that compute
+    something (not an ``Identity``, ``Dropout``, ``Flatten`` or ``Permute``)
+    and that are not the head whose output is the model's scores (a
+    segmenter's logits).
 
     A container of several stages (``stages``, ``blocks``) is not a stage.
 
     * **Hierarchical** models (candidates at several resolutions: ResNet,
       ConvNeXt, Swin, MaxViT, CoAtNet, EfficientFormer, MobileViT, LeViT...):
-      at each resolution, the shallowest candidate, and of those the last to
-      run — the stage output (``layer1..4``; the ReLU before each VGG pool).
+      at each resolution, the shallowest candidate (fewest ancestors that
+      output a tensor), and of those the last to run — the stage output
+      (``layer1..4``; the ReLU before each VGG pool; Hugging Face Swin's last
+      block of a stage, not the patch merging that ends it).
     * **Isotropic** models (one resolution: ViT, DeiT, EVA...): four evenly
       spaced blocks of the longest run of equal-shaped sibling blocks, up to
       the second-to-last — in a class-token model the last block's patch
@@ -259,13 +290,22 @@ def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     height, width = example.shape[-2:]
     on_grid = [info for info in infos[1:] if _on_coarse_grid(info, height, width)]
     coarsest = min((info.layout.grid[0] * info.layout.grid[1] for info in on_grid), default=0)  # type: ignore[union-attr]
-    stems = [info.name + "." for info in infos[1:] if info.takes_image and info.layout is not None and _area(info.layout) > coarsest]
+    stem_like = {info.name for info in infos[1:] if info.takes_image and not _holds_blocks(modules[info.name])}
+    stems = [info.name + "." for info in infos[1:] if info.name in stem_like and info.layout is not None and _area(info.layout) > coarsest]
     candidates = [
         info
         for info in on_grid
-        if not info.takes_image and not _layout_only(modules[info.name]) and not any(info.name.startswith(stem) for stem in stems)
+        if info.name not in stem_like
+        and not info.is_output
+        and not _layout_only(modules[info.name])
+        and not any(info.name.startswith(stem) for stem in stems)
     ]
-    trunk = [info for info in candidates if _in_trunk(info.name, modules) and grid_fit(*info.layout.grid, height, width, True)]  # type: ignore[union-attr]
+    wrappers = {info.name for info in infos[1:] if info.calls >= 1 and info.output_shape is None}  # a ModelOutput, a dict, a tuple
+    trunk = [
+        info
+        for info in candidates
+        if _in_trunk(info.name, modules, wrappers) and grid_fit(*info.layout.grid, height, width, True)  # type: ignore[union-attr]
+    ]
     trunk = [info for info in trunk if not any(_holds_another_stage(info, other) for other in trunk)]
     by_grid: dict[tuple[int, int], list[LayerInfo]] = {}
     for info in trunk:
@@ -283,10 +323,11 @@ def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
             + (f" ({why})" if why else "")
             + "; pass layers=[...] (`normgrad layers MODEL` lists every layer with its layout)"
         )
+    shapes = {info.name: info.output_shape for info in infos if info.calls >= 1}
     chosen = []
     for members in by_grid.values():
-        depth = min(info.name.count(".") for info in members)
-        chosen.append([info for info in members if info.name.count(".") == depth][-1])
+        depth = min(_nesting(info.name, shapes) for info in members)
+        chosen.append([info for info in members if _nesting(info.name, shapes) == depth][-1])
     order = {info.name: i for i, info in enumerate(infos)}
     return [info.name for info in sorted(chosen, key=lambda info: order[info.name])]
 
@@ -302,6 +343,17 @@ def _holds_another_stage(container: LayerInfo, other: LayerInfo) -> bool:
     return other.name.startswith(container.name + ".") and other.layout.grid != container.layout.grid  # type: ignore[union-attr]
 
 
+def _nesting(name: str, shapes: dict[str, tuple | None]) -> int:
+    """How many ancestors of ``name`` output one tensor: lists that never run and wrappers (a ``ModelOutput``, a tuple) do not count."""
+    parts = name.split(".")
+    return sum(shapes.get(".".join(parts[:i])) is not None for i in range(1, len(parts)))
+
+
+def _holds_blocks(module: nn.Module) -> bool:
+    """A module holding a ``ModuleList`` of blocks is a stage, even when it takes the image (SegFormer's first stage)."""
+    return any(isinstance(child, nn.ModuleList) for child in module.modules())
+
+
 def _area(layout: Layout) -> int:
     return layout.grid[0] * layout.grid[1]
 
@@ -310,9 +362,10 @@ def _layout_only(module: nn.Module) -> bool:
     return isinstance(module, LAYOUT_ONLY) or type(module).__name__ in LAYOUT_ONLY_NAMES
 
 
-def _in_trunk(name: str, modules: dict[str, nn.Module]) -> bool:
+def _in_trunk(name: str, modules: dict[str, nn.Module], wrappers: set[str]) -> bool:
     parts = name.split(".")
-    return all(isinstance(modules[".".join(parts[:i])], SEQUENCE_CONTAINERS) for i in range(1, len(parts)))
+    ancestors = (".".join(parts[:i]) for i in range(1, len(parts)))
+    return all(isinstance(modules[ancestor], SEQUENCE_CONTAINERS) or ancestor in wrappers for ancestor in ancestors)
 
 
 def _longest_block_run(candidates: list[LayerInfo], modules: dict[str, nn.Module]) -> list[LayerInfo]:

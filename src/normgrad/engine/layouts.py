@@ -23,7 +23,7 @@ The evidence, strongest first:
    must be ``k`` prefix tokens plus exactly such a grid, with ``k`` the
    number the model declares (timm's ``num_prefix_tokens``, or its
    ``cls_token`` / ``class_token`` / ``dist_token`` / ``reg_token``
-   parameters) or 0 — non-square inputs included — laid in raster order, as
+   parameters; Hugging Face DeiT's ``distillation_token``) or 0 — non-square inputs included — laid in raster order, as
    patch embeddings produce them (a family that reorders them, timm's
    Hiera, has no token maps).  A 3-D activation is read as tokens unless its
    module type is channels-first (``Conv1d``...) or a ``Flatten`` of a map:
@@ -32,8 +32,9 @@ The evidence, strongest first:
    of a 4-D tensor fit the grid equally well and nothing above settles it:
    channels last for timm's ``output_fmt="NHWC"`` models (Swin, MambaOut),
    torchvision's Swin and token models (ViT, DeiT, EVA, CaiT...); channels
-   first for the other torchvision and timm models and for models built of
-   ``torch.nn`` modules alone (none of which moves the channels).  An exact
+   first for the other torchvision, timm and Hugging Face models and for
+   models built of ``torch.nn`` modules alone (none of which moves the
+   channels).  An exact
    grid beats one that fits only within the slack of unpadded convolutions.
 
 When the evidence does not settle the layout (a tie in a model of no known
@@ -54,7 +55,7 @@ from torch import nn
 from normgrad.errors import NormGradError
 from normgrad.formulas.layout import Layout
 
-TOKEN_PARAMETERS = ("cls_token", "class_token", "dist_token", "reg_token", "register_tokens")
+TOKEN_PARAMETERS = ("cls_token", "class_token", "dist_token", "distillation_token", "reg_token", "register_tokens")
 _TOKEN_NAMES = frozenset(TOKEN_PARAMETERS)
 UNROLLED_TOKENS = ("Unroll",)  # timm's Hiera: tokens reordered so that pooling is a strided slice, not raster order
 
@@ -131,7 +132,7 @@ def _type_facts(kind: type) -> tuple[bool, bool, bool, bool]:
     """What a module's class tells: (torchvision's Swin, a torchvision/timm model, a ``torch.nn`` module, reorders tokens)."""
     source = kind.__module__
     torchvision_swin = kind.__name__ == "SwinTransformer" and source.startswith("torchvision")
-    known_family = source.startswith(("torchvision.models.", "timm.models."))
+    known_family = source.startswith(("torchvision.models.", "timm.models.", "transformers.models."))
     return torchvision_swin, known_family, source.startswith("torch.nn."), kind.__name__ in UNROLLED_TOKENS
 
 
