@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from normgrad.engine.layers import Layers, select_layers
-from normgrad.engine.layouts import Evidence, activation_of, decide_layout
+from normgrad.engine.layouts import Evidence, activation_of, decide_layout, sizes_of
 from normgrad.engine.model_state import Hooks, eval_mode
 from normgrad.engine.single_pass import check_inputs
 from normgrad.engine.workarounds import guard_batchnorm_backward, needs_batchnorm_guard
@@ -157,7 +157,7 @@ def _through_grid_view(grid_view: nn.Module, evidence: Evidence, name: str):
         activation = activation_of(output)
         if activation is None:
             raise NormGradError(f"Grad-CAM at {name!r}: the layer outputs a {type(output).__name__}, not a tensor")
-        layout = decide_layout(activation, module, evidence, f"layer {name!r}")
+        layout = decide_layout(activation, module, evidence, f"layer {name!r}", sizes_of(output))
         viewed = layout.from_nchw(grid_view(layout.to_nchw(activation)), activation)
         return viewed if activation is output else type(output)([viewed, *output[1:]])
 

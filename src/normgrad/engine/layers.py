@@ -23,7 +23,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from normgrad.engine.layouts import Evidence, LayoutError, activation_of, decide_layout, grid_fit
+from normgrad.engine.layouts import Evidence, LayoutError, activation_of, decide_layout, grid_fit, sizes_of
 from normgrad.engine.model_state import Hooks, eval_mode
 from normgrad.errors import NormGradError
 from normgrad.formulas.layout import Layout
@@ -200,8 +200,8 @@ def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
                 if activation is None:
                     seen[name] = LayerInfo(name, type(module).__name__, None, 1, None, f"outputs a {type(output).__name__}", takes_image)
                     return
+                layout, note = _layout_or_reason(activation, module, evidence, name, sizes_of(output))
                 output = activation
-                layout, note = _layout_or_reason(output, module, evidence, name)
                 seen[name] = LayerInfo(name, type(module).__name__, tuple(output.shape), 1, layout, note, takes_image)
 
             return hook
@@ -211,15 +211,17 @@ def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
         model(image)
         del image
     never_ran = [LayerInfo(n, type(m).__name__, None, 0, None, "never runs") for n, m in modules.items() if n not in seen]
-    image = LayerInfo(INPUT, "input", tuple(example.shape), 1, Layout("nchw", evidence.image))
+    image = LayerInfo(INPUT, "input", tuple(example.shape), 1, Layout("nchw", evidence.grid))
     return [image, *seen.values(), *never_ran]
 
 
-def _layout_or_reason(output: torch.Tensor, module: nn.Module, evidence: Evidence, name: str) -> tuple[Layout | None, str]:
+def _layout_or_reason(
+    output: torch.Tensor, module: nn.Module, evidence: Evidence, name: str, sizes: tuple[int, ...] | None = None
+) -> tuple[Layout | None, str]:
     if not output.is_floating_point():
         return None, f"{output.dtype} output"
     try:
-        return decide_layout(output, module, evidence, f"layer {name!r}"), ""
+        return decide_layout(output, module, evidence, f"layer {name!r}", sizes), ""
     except LayoutError as error:
         return None, f"no map: {error.reason}"
 
@@ -258,14 +260,14 @@ def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     modules = named_layers(model)
     height, width = example.shape[-2:]
     on_grid = [info for info in infos[1:] if _on_coarse_grid(info, height, width)]
-    coarsest = min((info.layout.grid[0] * info.layout.grid[1] for info in on_grid), default=0)  # type: ignore[union-attr]
+    coarsest = min((_area(info.layout) for info in on_grid), default=0)  # type: ignore[arg-type]
     stems = [info.name + "." for info in infos[1:] if info.takes_image and info.layout is not None and _area(info.layout) > coarsest]
     candidates = [
         info
         for info in on_grid
         if not info.takes_image and not _layout_only(modules[info.name]) and not any(info.name.startswith(stem) for stem in stems)
     ]
-    trunk = [info for info in candidates if _in_trunk(info.name, modules) and grid_fit(*info.layout.grid, height, width, True)]  # type: ignore[union-attr]
+    trunk = [info for info in candidates if _in_trunk(info.name, modules) and grid_fit(*info.layout.grid[-2:], height, width, True)]  # type: ignore[union-attr]
     trunk = [info for info in trunk if not any(_holds_another_stage(info, other) for other in trunk)]
     by_grid: dict[tuple[int, int], list[LayerInfo]] = {}
     for info in trunk:
@@ -294,7 +296,7 @@ def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
 def _on_coarse_grid(info: LayerInfo, height: int, width: int) -> bool:
     if info.calls != 1 or info.layout is None or info.layout.kind == "vector":
         return False
-    grid_height, grid_width = info.layout.grid
+    grid_height, grid_width = info.layout.grid[-2:]  # the frame's grid (videos: time is strided separately)
     return grid_height * grid_width > 1 and grid_height <= (height + 3) // 4 and grid_width <= (width + 3) // 4
 
 
@@ -303,7 +305,7 @@ def _holds_another_stage(container: LayerInfo, other: LayerInfo) -> bool:
 
 
 def _area(layout: Layout) -> int:
-    return layout.grid[0] * layout.grid[1]
+    return layout.grid[-2] * layout.grid[-1]
 
 
 def _layout_only(module: nn.Module) -> bool:
