@@ -229,6 +229,7 @@ def _layout_or_reason(
 SEQUENCE_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 LAYOUT_ONLY = (nn.Identity, nn.modules.dropout._DropoutNd, nn.Flatten, nn.Unflatten)
 LAYOUT_ONLY_NAMES = ("Permute", "Flat", "DropPath")
+EMBEDDING_NAMES = ("PositionalEncoding",)  # torchvision MViT's: positions added to the patch embedding, not a stage
 ISOTROPIC_BLOCKS = 4
 
 
@@ -241,15 +242,18 @@ def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     ancestor is the model or a ``Sequential``/``ModuleList``/``ModuleDict``:
     never a part of an attention or a block), that are not a stem or patch
     embedding (a module that takes the image itself, or lies inside one that
-    takes it and ends above the coarsest resolution) and that compute
-    something (not an ``Identity``, ``Dropout``, ``Flatten`` or ``Permute``).
+    takes it and ends above the coarsest resolution, or MViT's positional
+    encoding) and that compute something (not an ``Identity``, ``Dropout``,
+    ``Flatten`` or ``Permute``).
 
     A container of several stages (``stages``, ``blocks``) is not a stage.
 
     * **Hierarchical** models (candidates at several resolutions: ResNet,
       ConvNeXt, Swin, MaxViT, CoAtNet, EfficientFormer, MobileViT, LeViT...):
       at each resolution, the shallowest candidate, and of those the last to
-      run — the stage output (``layer1..4``; the ReLU before each VGG pool).
+      run — the stage output (``layer1..4``; the ReLU before each VGG pool);
+      in a model with prefix tokens the very last block is passed over, as
+      below (MViT reads its class token).
     * **Isotropic** models (one resolution: ViT, DeiT, EVA...): four evenly
       spaced blocks of the longest run of equal-shaped sibling blocks, up to
       the second-to-last — in a class-token model the last block's patch
@@ -286,10 +290,14 @@ def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
             + "; pass layers=[...] (`normgrad layers MODEL` lists every layer with its layout)"
         )
     chosen = []
+    order = {info.name: i for i, info in enumerate(infos)}
+    last = max(order[info.name] for info in trunk)
     for members in by_grid.values():
         depth = min(info.name.count(".") for info in members)
-        chosen.append([info for info in members if info.name.count(".") == depth][-1])
-    order = {info.name: i for i, info in enumerate(infos)}
+        stage = [info for info in members if info.name.count(".") == depth]
+        if order[stage[-1].name] == last and stage[-1].layout.kind == "tokens" and stage[-1].layout.prefix:  # type: ignore[union-attr]
+            stage = stage[:-1]  # a class-token readout (MViT): the last block's grid tokens reach nothing
+        chosen += stage[-1:]
     return [info.name for info in sorted(chosen, key=lambda info: order[info.name])]
 
 
@@ -309,7 +317,7 @@ def _area(layout: Layout) -> int:
 
 
 def _layout_only(module: nn.Module) -> bool:
-    return isinstance(module, LAYOUT_ONLY) or type(module).__name__ in LAYOUT_ONLY_NAMES
+    return isinstance(module, LAYOUT_ONLY) or type(module).__name__ in LAYOUT_ONLY_NAMES + EMBEDDING_NAMES
 
 
 def _in_trunk(name: str, modules: dict[str, nn.Module]) -> bool:

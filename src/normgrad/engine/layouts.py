@@ -320,7 +320,7 @@ def decide_layout(
         if volume:
             raise LayoutError(
                 f"{where} outputs a {len(shape)}-D tensor {shape} for a video or volume input (N, C, T, H, W); supported: 2-D vectors, "
-                "3-D tokens and 5-D maps (N, C, t, h, w) or (N, t, h, w, C) (a 4-D activation has no time axis)",
+                "3-D tokens and 5-D maps (N, C, t, h, w) or (N, t, h, w, C); a 4-D activation has no time axis, so it has no map",
                 f"{len(shape)}-D",
             )
         raise LayoutError(
