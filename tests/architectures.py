@@ -8,6 +8,8 @@ initialise to zero or nearly (classifier heads, LayerScale gammas) so that
 the maps are not trivially zero.  Hugging Face models are built from tiny
 configs (no download) and need ``transformers`` (``requires``); segmenters
 are explained with a region target (a class inside a box).
+
+Video and volume models take clips (N, 3, T, H, W): ``frames`` is T.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import nn
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 from torchvision.models.maxvit import MaxVit
 from torchvision.models.swin_transformer import SwinTransformer
+from torchvision.models.video.mvit import MSBlockConfig, MViT
 from torchvision.models.vision_transformer import VisionTransformer
 
 from normgrad.segmentation import Region
@@ -38,6 +41,12 @@ class Arch:
     unused_parameters: bool = False  # parameters the eval forward never uses (aux heads, caches)
     notes: dict[str, Any] = field(default_factory=dict)
     requires: str | None = None  # an optional library the family needs (tests skip without it)
+    frames: int | None = None  # T of a video or volume input (N, 3, T, H, W); None for images
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The input of one sample: (3, H, W) or (3, T, H, W)."""
+        return (3, *self.size) if self.frames is None else (3, self.frames, *self.size)
 
 
 def _timm(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
@@ -74,6 +83,58 @@ def _hf(model_class: str, config_class: str, **config: Any) -> Callable[[], nn.M
 
 
 _HF_VIT = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, patch_size=16, num_labels=NUM_CLASSES)
+def _volume_segmentation_target(output: torch.Tensor) -> torch.Tensor:
+    return output[:, 1].mean((1, 2, 3))
+
+
+def _tiny_mvit(v2: bool) -> MViT:
+    """torchvision's MViT (v1 or v2 settings: residual pooling, relative positions) with four small blocks, for 4×64×96 clips."""
+
+    def block(heads: int, channels_in: int, channels_out: int, stride_q: int, stride_kv: int) -> MSBlockConfig:
+        return MSBlockConfig(heads, channels_in, channels_out, [3, 3, 3], [3, 3, 3], [1, stride_q, stride_q], [1, stride_kv, stride_kv])
+
+    blocks = [block(1, 16, 32, 1, 4), block(2, 32, 32, 2, 2), block(2, 32, 64, 1, 2), block(2, 64, 64, 2, 1)]
+    return MViT(
+        (64, 96), 4, blocks, residual_pool=v2, residual_with_cls_embed=not v2, rel_pos_embed=v2, proj_after_attn=v2, num_classes=NUM_CLASSES
+    )
+
+
+def _s3d() -> nn.Module:
+    """torchvision's S3D; its fixed 2×7×7 average pool needs 16×224×224 clips, so the pool adapts to small ones."""
+    model = torchvision.models.video.s3d(num_classes=NUM_CLASSES)
+    model.avgpool = nn.AdaptiveAvgPool3d(1)
+    return model
+
+
+class UNet3d(nn.Module):
+    """A small 3-D U-Net (two levels down, skip connections, transposed convolutions up): per-voxel logits (N, K, D, H, W)."""
+
+    def __init__(self, channels: int = 8, classes: int = 3) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv3d(cin, cout, 3, padding=1), nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
+
+        self.enc1, self.enc2, self.enc3 = block(3, channels), block(channels, 2 * channels), block(2 * channels, 4 * channels)
+        self.pool = nn.MaxPool3d(2)
+        self.bottom = block(4 * channels, 4 * channels)
+        self.up3 = nn.ConvTranspose3d(4 * channels, 4 * channels, 2, stride=2)
+        self.dec3 = block(8 * channels, 2 * channels)
+        self.up2 = nn.ConvTranspose3d(2 * channels, 2 * channels, 2, stride=2)
+        self.dec2 = block(4 * channels, channels)
+        self.up1 = nn.ConvTranspose3d(channels, channels, 2, stride=2)
+        self.dec1 = block(2 * channels, channels)
+        self.head = nn.Conv3d(channels, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.pool(e1))
+        e3 = self.enc3(self.pool(e2))
+        bottom = self.bottom(self.pool(e3))
+        d3 = self.dec3(torch.cat([self.up3(bottom), e3], 1))
+        d2 = self.dec2(torch.cat([self.up2(d3), e2], 1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
+        return self.head(d1)
 
 
 ARCHITECTURES: dict[str, Arch] = {
@@ -210,9 +271,17 @@ ARCHITECTURES: dict[str, Arch] = {
         target=SEGMENT_REGION,  # logits at 1/4 of the input: the box is mapped onto them
         requires="transformers",
     ),
+    # videos and volumes
+    "tv_r3d_18": Arch(lambda: torchvision.models.video.r3d_18(num_classes=NUM_CLASSES), size=(32, 48), frames=4),
+    "tv_mc3_18": Arch(lambda: torchvision.models.video.mc3_18(num_classes=NUM_CLASSES), size=(32, 48), frames=4),
+    "tv_r2plus1d_18": Arch(lambda: torchvision.models.video.r2plus1d_18(num_classes=NUM_CLASSES), size=(32, 48), frames=4),
+    "tv_s3d": Arch(_s3d, size=(32, 48), frames=8),
+    "tv_mvit_v1": Arch(lambda: _tiny_mvit(v2=False), size=(64, 96), frames=4),
+    "tv_mvit_v2": Arch(lambda: _tiny_mvit(v2=True), size=(64, 96), frames=4),
+    "unet3d_volume": Arch(UNet3d, size=(32, 48), frames=16, target=_volume_segmentation_target),
 }
 
-FAST = ("tv_swin", "timm_vit", "timm_levit", "hf_segformer")  # in the default run; the rest are marked slow
+FAST = ("tv_swin", "timm_vit", "timm_levit", "hf_segformer", "tv_r2plus1d_18", "tv_mvit_v2")  # in the default run; the rest are marked slow
 
 
 def informative(model: nn.Module) -> nn.Module:

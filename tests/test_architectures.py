@@ -10,7 +10,11 @@ on a default layer, meta-saliency and Captum's LayerNormGrad give
 rounding cannot flip a ReLU); the model is bitwise untouched; a layer
 without a map raises a NormGradError that says why and names one that has.
 
-Three cheap architectures run by default; the rest are marked ``slow``
+Video and volume models (clips (N, 3, T, H, W)) give (N, 1, t, h, w) maps
+whose t is a grid of the T frames, and NormGrad at two default layers
+equals ``‖g‖·‖a‖`` computed from plain hooks.
+
+A few cheap architectures run by default; the rest are marked ``slow``
 (``pytest -m slow``).
 """
 
@@ -28,7 +32,7 @@ from architectures import ARCHITECTURES, FAST, informative
 from brute_force import hook_norm_product
 from normgrad.captum import LayerNormGrad
 from normgrad.engine.layers import auto_layers, describe_layers
-from normgrad.engine.layouts import grid_fit
+from normgrad.engine.layouts import grid_fit, time_fit
 from normgrad.segmentation import Region
 from test_engine import assert_untouched, snapshot
 
@@ -46,8 +50,7 @@ def get(built: dict, name: str) -> tuple[nn.Module, torch.Tensor]:
     if name not in built:
         torch.manual_seed(0)
         model = informative(ARCHITECTURES[name].build()).eval()
-        height, width = ARCHITECTURES[name].size
-        x = torch.randn(2, 3, height, width)
+        x = torch.randn(2, *ARCHITECTURES[name].shape)
         with torch.no_grad():  # transformers installs its output-capturing hooks on the first forward: the model as users hold it
             model(x[:1])
         built[name] = (model, x)
@@ -55,14 +58,22 @@ def get(built: dict, name: str) -> tuple[nn.Module, torch.Tensor]:
 
 
 def assert_maps_on_grid(maps: dict, x: torch.Tensor, where: str, model: nn.Module | None = None) -> None:
-    """(N, 1, h, w) maps on a grid of the input, oriented as the input (a convolution may lose a few more positions)."""
-    n, _, height, width = x.shape
+    """(N, 1, h, w) maps on a grid of the input, oriented as the input (a convolution may lose a few more positions).
+
+    Videos and volumes: (N, 1, t, h, w) maps, t a grid of the T frames (any stride of its own).
+    """
+    n, height, width = x.shape[0], *x.shape[-2:]
     modules = dict(model.named_modules()) if model is not None else {}
     assert maps, where
     for layer, saliency_map in maps.items():
-        assert saliency_map.dim() == 4 and saliency_map.shape[:2] == (n, 1), f"{where} {layer} {tuple(saliency_map.shape)}"
+        assert saliency_map.dim() == x.dim() and saliency_map.shape[:2] == (n, 1), f"{where} {layer} {tuple(saliency_map.shape)}"
         h, w = saliency_map.shape[-2:]
-        if isinstance(modules.get(layer), nn.Conv2d):
+        convolution = isinstance(modules.get(layer), (nn.Conv2d, nn.Conv3d))
+        if x.dim() == 5:
+            assert time_fit(saliency_map.shape[2], x.shape[2], convolution), (
+                f"{where} {layer}: {tuple(saliency_map.shape)} for {x.shape[2]} frames"
+            )
+        if convolution:
             assert h <= height and w <= width, f"{where} {layer}: {h}×{w}"
         else:
             assert grid_fit(h, w, height, width, True), f"{where} {layer}: {h}×{w} is not a grid of {height}×{width}"
@@ -89,17 +100,17 @@ def test_every_method_on_the_default_layers(built, name):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # layers matched by type without a map are skipped with a warning
-        own = ng.normgrad(model, x, arch.target, layers=[nn.Conv2d, nn.Linear], extract="layer")
+        own = ng.normgrad(model, x, arch.target, layers=[nn.Conv2d, nn.Conv3d, nn.Linear], extract="layer")
     assert_maps_on_grid(own, x, "layer extract", model)
     modules = dict(model.named_modules())
     with_maps = [
         i.name
         for i in describe_layers(model, x[:1])
-        if i.calls == 1 and i.layout is not None and isinstance(modules.get(i.name), (nn.Conv2d, nn.Linear))
+        if i.calls == 1 and i.layout is not None and isinstance(modules.get(i.name), (nn.Conv2d, nn.Conv3d, nn.Linear))
     ]
-    assert sorted(own) == sorted(with_maps), "every Conv2d and Linear with a map is explained with its own weights"
+    assert sorted(own) == sorted(with_maps), "every Conv2d, Conv3d and Linear with a map is explained with its own weights"
 
-    unit = ng.normgrad(model, x, ng.Unit(layers[-1], 0, (0, 0)), layers=layers[0])
+    unit = ng.normgrad(model, x, ng.Unit(layers[-1], 0, (0,) * (x.dim() - 2)), layers=layers[0])
     assert_maps_on_grid(unit, x, "unit target")
 
     with warnings.catch_warnings():
@@ -184,3 +195,49 @@ def test_normgrad_equals_a_hook_based_norm_product(built, name):
         scale = float(reference.abs().max())
         assert scale > 0, f"{name} {layer}: the reference map is zero"
         torch.testing.assert_close(saliency_map, reference, rtol=1e-4, atol=1e-5 * scale, msg=f"{name} {layer}")
+VOLUMES = [param for param in PARAMS if ARCHITECTURES[param.values[0]].frames is not None]
+
+
+def hook_based_normgrad(model: nn.Module, x: torch.Tensor, target, layers: list[str]) -> dict[str, torch.Tensor]:
+    """``‖∂J/∂a_u‖·‖a_u‖`` from plain hooks: channels are dimension 1 of 5-D maps; tokens (after MViT's class token) lie on the
+    ``[t, h, w]`` grid the block returns beside them."""
+    modules = dict(model.named_modules())
+    seen: dict[str, tuple] = {}
+
+    def hook(name):
+        def keep(module, inputs, output):
+            seen[name] = (output, None) if isinstance(output, torch.Tensor) else (output[0], tuple(output[1]))
+
+        return keep
+
+    handles = [modules[name].register_forward_hook(hook(name)) for name in layers]
+    try:
+        output = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    scores = output.gather(1, output.argmax(1, keepdim=True))[:, 0] if target is None else target(output)
+    grads = torch.autograd.grad(scores.sum(), [seen[name][0] for name in layers])
+    maps = {}
+    for name, grad in zip(layers, grads):
+        activation, sizes = seen[name]
+        if activation.dim() == 5:
+            maps[name] = (grad.norm(dim=1) * activation.norm(dim=1))[:, None]
+        else:
+            grid = (grad[:, 1:].norm(dim=2) * activation[:, 1:].norm(dim=2)).reshape(x.shape[0], *sizes)
+            maps[name] = grid[:, None]
+    return maps
+
+
+@pytest.mark.parametrize("name", VOLUMES)
+def test_video_normgrad_equals_hook_based_norms(built, name):
+    arch = ARCHITECTURES[name]
+    model, x = get(built, name)
+    model, x = copy.deepcopy(model).double(), x.double()
+    layers = auto_layers(model, x[:1])[-2:]
+    maps = ng.normgrad(model, x, arch.target, layers=layers)
+    expected = hook_based_normgrad(model, x, arch.target, layers)
+    for layer in layers:
+        assert maps[layer].shape == expected[layer].shape and maps[layer].dim() == 5, layer
+        assert maps[layer].flatten(2).std(2).min() > 0, f"{layer}: a constant map"
+        torch.testing.assert_close(maps[layer], expected[layer].float(), rtol=1e-5, atol=1e-7 * float(expected[layer].detach().abs().max()))

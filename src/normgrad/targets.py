@@ -49,7 +49,7 @@ class TrainingLoss:
 
 @dataclass(frozen=True)
 class Unit:
-    """An intermediate unit as the objective: ``J = a[:, channel, row, col]`` of ``layer``.
+    """An intermediate unit as the objective: ``J = a[:, channel, row, col]`` of ``layer`` (``(frame, row, col)`` on videos and volumes).
 
     Without ``location`` the channel's spatial mean is used.  ``channel`` and
     ``(row, col)`` are read in the layer's layout as the maps are: for
@@ -59,28 +59,32 @@ class Unit:
 
     layer: str
     channel: int
-    location: tuple[int, int] | None = None
+    location: tuple[int, ...] | None = None
 
     def read(self, activation: Tensor, layout: Layout | None = None) -> Tensor:
         """The unit's value per sample, (N,), from the layer's activation in ``layout`` (the engine decides it).
 
-        Without a layout, ``activation`` must be (N, C, H, W) or (N, C).
+        Without a layout, ``activation`` must be (N, C, H, W), (N, C, T, H, W) or (N, C).
         """
         if layout is None:
-            if activation.dim() not in (2, 4):
+            if activation.dim() not in (2, 4, 5):
                 raise NormGradError(f"target unit at {self.layer!r}: pass the layout of a {activation.dim()}-D activation")
-            layout = Layout("nchw", tuple(activation.shape[2:])) if activation.dim() == 4 else Layout("vector")
+            layout = Layout("nchw", tuple(activation.shape[2:])) if activation.dim() >= 4 else Layout("vector")
         grid = layout.to_nchw(activation)
-        channels, height, width = grid.shape[1:]
+        channels, sides = grid.shape[1], tuple(grid.shape[2:])
         if not 0 <= self.channel < channels:
             raise NormGradError(f"target unit channel {self.channel} is out of range for {self.layer!r}, which has {channels} channels")
         plane = grid[:, self.channel]
         if self.location is None:
-            return plane.mean(dim=(1, 2))
-        row, col = self.location
-        if not (0 <= row < height and 0 <= col < width):
-            raise NormGradError(f"target unit location {self.location} is outside {self.layer!r}'s {height}×{width} grid")
-        return plane[:, row, col].clone()
+            return plane.mean(dim=tuple(range(1, plane.dim())))
+        location = tuple(self.location)
+        size = "×".join(str(side) for side in sides)
+        if len(location) != len(sides):
+            what = "(frame, row, col)" if len(sides) == 3 else "(row, col)"
+            raise NormGradError(f"target unit location {self.location} must be {what} on {self.layer!r}'s {size} grid")
+        if not all(0 <= index < side for index, side in zip(location, sides)):
+            raise NormGradError(f"target unit location {self.location} is outside {self.layer!r}'s {size} grid")
+        return plane[(slice(None), *location)].clone()
 
 
 Target = Union[ClassIndices, Callable[[Any], Tensor], TrainingLoss, Unit, Region]

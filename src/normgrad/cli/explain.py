@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from normgrad.cli import explain_clips
 from normgrad.cli.common import add_meta_options, add_model_options, command, non_negative_int, positive_int
 from normgrad.combine import COMBINE_MODES
 from normgrad.run import ExplainOptions, RunResult
@@ -49,7 +50,10 @@ the same settings and redoes changed inputs, failed images and missing or trunca
 def add_parser(subparsers: Any) -> None:
     parser = command(subparsers, "explain", "Saliency maps for images: <name>.png overlays, <name>.npy maps and summary.json.", EXAMPLES)
     parser.add_argument(
-        "images", nargs="+", help="image files (JPEG, PNG, WebP, TIFF, ...), folders (searched recursively) or quoted globs"
+        "images",
+        nargs="+",
+        help="image files (JPEG, PNG, WebP, TIFF, ...), folders (searched recursively) or quoted globs; "
+        "or videos (.mp4, .avi, .mov, .mkv, .webm) and volumes (.npy, .nii, .nii.gz)",
     )
     add_model_options(parser)
     parser.add_argument(
@@ -126,6 +130,9 @@ def add_parser(subparsers: Any) -> None:
         help="start --out's record afresh, replacing files in the way (never an input); with --resume: redo only what was "
         "made with other settings or is in the way",
     )
+    parser.add_argument(
+        "--frames", type=positive_int, default=16, help="videos and volumes: frames (slices) per clip, sampled evenly (default: 16)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -159,6 +166,8 @@ def options_from(args: argparse.Namespace) -> ExplainOptions:
 
 
 def run(args: argparse.Namespace) -> int:
+    if explain_clips.all_clips(args.images):  # videos (.mp4, ...) and volumes (.npy, .nii): per-frame overlays, strip, animation
+        return explain_clips.run(args)
     options = options_from(args)
     with terminate_as_interrupt():
         result = run_explain(args.images, args.out, options)

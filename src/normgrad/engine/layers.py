@@ -24,7 +24,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from normgrad.engine.layouts import Evidence, LayoutError, activation_of, decide_layout, grid_fit
+from normgrad.engine.layouts import Evidence, LayoutError, activation_of, decide_layout, grid_fit, sizes_of
 from normgrad.engine.model_state import Hooks, eval_mode
 from normgrad.errors import NormGradError
 from normgrad.formulas.layout import Layout
@@ -208,9 +208,9 @@ def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
                 if activation is None:
                     seen[name] = LayerInfo(name, type(module).__name__, None, 1, None, f"outputs a {type(output).__name__}", takes_image)
                     return
+                layout, note = _layout_or_reason(activation, module, evidence, name, sizes_of(output))
                 output = activation
                 activations[name] = weakref.ref(activation)
-                layout, note = _layout_or_reason(output, module, evidence, name)
                 seen[name] = LayerInfo(name, type(module).__name__, tuple(output.shape), 1, layout, note, takes_image)
 
             return hook
@@ -222,7 +222,7 @@ def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
             seen[name].is_output = _scores_like(reference(), seen[name], scores)
         del image, scores
     never_ran = [LayerInfo(n, type(m).__name__, None, 0, None, "never runs") for n, m in modules.items() if n not in seen]
-    image = LayerInfo(INPUT, "input", tuple(example.shape), 1, Layout("nchw", evidence.image))
+    image = LayerInfo(INPUT, "input", tuple(example.shape), 1, Layout("nchw", evidence.grid))
     return [image, *seen.values(), *never_ran]
 
 
@@ -238,11 +238,13 @@ def _scores_like(activation: torch.Tensor | None, info: LayerInfo, scores: torch
     return channels == scores.shape[1]
 
 
-def _layout_or_reason(output: torch.Tensor, module: nn.Module, evidence: Evidence, name: str) -> tuple[Layout | None, str]:
+def _layout_or_reason(
+    output: torch.Tensor, module: nn.Module, evidence: Evidence, name: str, sizes: tuple[int, ...] | None = None
+) -> tuple[Layout | None, str]:
     if not output.is_floating_point():
         return None, f"{output.dtype} output"
     try:
-        return decide_layout(output, module, evidence, f"layer {name!r}"), ""
+        return decide_layout(output, module, evidence, f"layer {name!r}", sizes), ""
     except LayoutError as error:
         return None, f"no map: {error.reason}"
 
@@ -250,6 +252,7 @@ def _layout_or_reason(output: torch.Tensor, module: nn.Module, evidence: Evidenc
 SEQUENCE_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 LAYOUT_ONLY = (nn.Identity, nn.modules.dropout._DropoutNd, nn.Flatten, nn.Unflatten)
 LAYOUT_ONLY_NAMES = ("Permute", "Flat", "DropPath")
+EMBEDDING_NAMES = ("PositionalEncoding",)  # torchvision MViT's: positions added to the patch embedding, not a stage
 ISOTROPIC_BLOCKS = 4
 
 
@@ -269,7 +272,7 @@ def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     SegFormer's first), that compute
     something (not an ``Identity``, ``Dropout``, ``Flatten`` or ``Permute``)
     and that are not the head whose output is the model's scores (a
-    segmenter's logits).
+    segmenter's logits), nor MViT's positional encoding.
 
     A container of several stages (``stages``, ``blocks``) is not a stage.
 
@@ -278,7 +281,9 @@ def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
       at each resolution, the shallowest candidate (fewest ancestors that
       output a tensor), and of those the last to run — the stage output
       (``layer1..4``; the ReLU before each VGG pool; Hugging Face Swin's last
-      block of a stage, not the patch merging that ends it).
+      block of a stage, not the patch merging that ends it);
+      in a model with prefix tokens the very last block is passed over, as
+      below (MViT reads its class token).
     * **Isotropic** models (one resolution: ViT, DeiT, EVA...): four evenly
       spaced blocks of the longest run of equal-shaped sibling blocks, up to
       the second-to-last — in a class-token model the last block's patch
@@ -289,7 +294,7 @@ def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     modules = named_layers(model)
     height, width = example.shape[-2:]
     on_grid = [info for info in infos[1:] if _on_coarse_grid(info, height, width)]
-    coarsest = min((info.layout.grid[0] * info.layout.grid[1] for info in on_grid), default=0)  # type: ignore[union-attr]
+    coarsest = min((_area(info.layout) for info in on_grid), default=0)  # type: ignore[arg-type]
     stem_like = {info.name for info in infos[1:] if info.takes_image and not _holds_blocks(modules[info.name])}
     stems = [info.name + "." for info in infos[1:] if info.name in stem_like and info.layout is not None and _area(info.layout) > coarsest]
     candidates = [
@@ -304,7 +309,7 @@ def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     trunk = [
         info
         for info in candidates
-        if _in_trunk(info.name, modules, wrappers) and grid_fit(*info.layout.grid, height, width, True)  # type: ignore[union-attr]
+        if _in_trunk(info.name, modules, wrappers) and grid_fit(*info.layout.grid[-2:], height, width, True)  # type: ignore[union-attr]
     ]
     trunk = [info for info in trunk if not any(_holds_another_stage(info, other) for other in trunk)]
     by_grid: dict[tuple[int, int], list[LayerInfo]] = {}
@@ -325,17 +330,21 @@ def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
         )
     shapes = {info.name: info.output_shape for info in infos if info.calls >= 1}
     chosen = []
+    order = {info.name: i for i, info in enumerate(infos)}
+    last = max(order[info.name] for info in trunk)
     for members in by_grid.values():
         depth = min(_nesting(info.name, shapes) for info in members)
-        chosen.append([info for info in members if _nesting(info.name, shapes) == depth][-1])
-    order = {info.name: i for i, info in enumerate(infos)}
+        stage = [info for info in members if _nesting(info.name, shapes) == depth]
+        if order[stage[-1].name] == last and stage[-1].layout.kind == "tokens" and stage[-1].layout.prefix:  # type: ignore[union-attr]
+            stage = stage[:-1]  # a class-token readout (MViT): the last block's grid tokens reach nothing
+        chosen += stage[-1:]
     return [info.name for info in sorted(chosen, key=lambda info: order[info.name])]
 
 
 def _on_coarse_grid(info: LayerInfo, height: int, width: int) -> bool:
     if info.calls != 1 or info.layout is None or info.layout.kind == "vector":
         return False
-    grid_height, grid_width = info.layout.grid
+    grid_height, grid_width = info.layout.grid[-2:]  # the frame's grid (videos: time is strided separately)
     return grid_height * grid_width > 1 and grid_height <= (height + 3) // 4 and grid_width <= (width + 3) // 4
 
 
@@ -355,11 +364,11 @@ def _holds_blocks(module: nn.Module) -> bool:
 
 
 def _area(layout: Layout) -> int:
-    return layout.grid[0] * layout.grid[1]
+    return layout.grid[-2] * layout.grid[-1]
 
 
 def _layout_only(module: nn.Module) -> bool:
-    return isinstance(module, LAYOUT_ONLY) or type(module).__name__ in LAYOUT_ONLY_NAMES
+    return isinstance(module, LAYOUT_ONLY) or type(module).__name__ in LAYOUT_ONLY_NAMES + EMBEDDING_NAMES
 
 
 def _in_trunk(name: str, modules: dict[str, nn.Module], wrappers: set[str]) -> bool:

@@ -40,6 +40,16 @@ The evidence, strongest first:
 When the evidence does not settle the layout (a tie in a model of no known
 family, a grid the input does not have, a 1-D model's ``(N, C, L)``),
 :class:`LayoutError` says why and what to select instead: there is no map.
+
+**Videos and volumes** (inputs (N, C, T, H, W)): maps are 5-D, (N, C, t, h, w)
+or channels last (N, t, h, w, C), with ``h × w`` a grid of the frame as
+above and ``t`` a grid of the ``T`` frames at its own stride (video models
+stride time and space differently: R(2+1)D's stem keeps every frame, MViT's
+patches pair them).  Tokens are ``k + t·h·w`` in raster order; when two
+``t × h × w`` grids explain the count (``1×8×8`` and ``4×4×4`` for 64 tokens
+of a 4×32×32 clip), the sizes a module returns beside its tokens (MViT's
+blocks return ``(tokens, [t, h, w])``) settle it, else there is no map.  A
+4-D activation of a video model has no time axis and no map.
 """
 
 from __future__ import annotations
@@ -94,10 +104,16 @@ class Evidence:
     prefix_tokens: int = 0
     family: str | None = None  # the layout the model family documents: "first", "last" or None (unknown)
     raster_tokens: bool = True  # False when the family reorders its tokens (timm's Hiera "unrolls" them)
+    frames: int | None = None  # T of a video or volume input (N, C, T, H, W); None for images
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """The input's grid: (H, W) for images, (T, H, W) for videos and volumes."""
+        return self.image if self.frames is None else (self.frames, *self.image)
 
     @classmethod
     def of(cls, model: nn.Module, inputs: torch.Tensor) -> Evidence:
-        """The evidence for ``model`` on ``inputs`` (N, C, H, W): declared prefix tokens and documented channels-last layout."""
+        """The evidence for ``model`` on ``inputs`` (N, C, H, W) or (N, C, T, H, W): declared prefix tokens, channels-last families."""
         declared: int | None = None
         channels_last = known_family = False
         all_torch = raster_tokens = True
@@ -124,7 +140,8 @@ class Evidence:
         else:
             family = None
         height, width = inputs.shape[-2:]
-        return cls((int(height), int(width)), int(inputs.shape[0]), prefix, family, raster_tokens)
+        frames = int(inputs.shape[2]) if inputs.dim() == 5 else None
+        return cls((int(height), int(width)), int(inputs.shape[0]), prefix, family, raster_tokens, frames)
 
 
 @lru_cache(maxsize=1024)
@@ -146,6 +163,15 @@ def activation_of(output: object) -> torch.Tensor | None:
     single = isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor)
     if single and not any(isinstance(item, torch.Tensor) for item in output[1:]):  # type: ignore[index]
         return output[0]  # type: ignore[index]
+    return None
+
+
+def sizes_of(output: object) -> tuple[int, ...] | None:
+    """The grid sizes a module returns beside its tokens, as MViT's blocks do: ``(tokens, [t, h, w])``; else ``None``."""
+    if isinstance(output, (tuple, list)) and len(output) == 2 and isinstance(output[0], torch.Tensor):
+        sizes = output[1]
+        if isinstance(sizes, (tuple, list)) and len(sizes) in (2, 3) and all(isinstance(s, int) and s > 0 for s in sizes):
+            return tuple(sizes)
     return None
 
 
@@ -243,6 +269,27 @@ def _side_fits(size: int, image_size: int, stride: int, lenient: bool) -> bool:
     return size >= 1 and low <= size <= high
 
 
+def time_fit(frames: int, input_frames: int, convolution: bool = False) -> int:
+    """How well ``frames`` steps are a grid of ``input_frames``: 2 at one stride, 1 for a convolution output or within slack, else 0."""
+    if any(_side_fits(frames, input_frames, stride, False) for stride in range(1, input_frames + 1)):
+        return 2
+    if convolution:
+        return int(1 <= frames <= input_frames + 2)
+    return int(any(_side_fits(frames, input_frames, stride, True) for stride in range(1, input_frames + 1)))
+
+
+@lru_cache(maxsize=4096)
+def volume_token_grid(count: int, frames: int, image_height: int, image_width: int) -> tuple[int, int, int] | None:
+    """The t × h × w grid with ``t·h·w = count`` of a ``frames × H × W`` input (time at its own stride); ``None`` if none or several."""
+    grids = []
+    for steps in range(1, min(count, frames) + 1):
+        if count % steps == 0 and time_fit(steps, frames) == 2:
+            grid = token_grid(count // steps, image_height, image_width)
+            if grid is not None:
+                grids.append((steps, *grid))
+    return grids[0] if len(grids) == 1 else None
+
+
 @lru_cache(maxsize=4096)
 def token_grid(count: int, image_height: int, image_width: int) -> tuple[int, int] | None:
     """The h × w grid with ``h·w = count`` that the input has at some stride (exactly: tokens come from patches).
@@ -260,11 +307,23 @@ def token_grid(count: int, image_height: int, image_width: int) -> tuple[int, in
     return grids[0] if grids else None
 
 
-def decide_layout(output: torch.Tensor | Sequence[int], module: nn.Module | None, evidence: Evidence, where: str) -> Layout:
-    """The layout of ``output`` (a tensor, or just its shape) of ``module``, or a :class:`LayoutError` saying why there is none."""
+def decide_layout(
+    output: torch.Tensor | Sequence[int], module: nn.Module | None, evidence: Evidence, where: str, sizes: Sequence[int] | None = None
+) -> Layout:
+    """The layout of ``output`` (a tensor, or just its shape) of ``module``, or a :class:`LayoutError` saying why there is none.
+
+    ``sizes``: the grid sizes the module returned beside its tokens (:func:`sizes_of`), if any.
+    """
     tensor = output if isinstance(output, torch.Tensor) else None
     shape = tuple(int(s) for s in (output.shape if tensor is not None else output))
-    if len(shape) not in (2, 3, 4):
+    volume = evidence.frames is not None
+    if len(shape) not in (2, 3, 5 if volume else 4):
+        if volume:
+            raise LayoutError(
+                f"{where} outputs a {len(shape)}-D tensor {shape} for a video or volume input (N, C, T, H, W); supported: 2-D vectors, "
+                "3-D tokens and 5-D maps (N, C, t, h, w) or (N, t, h, w, C); a 4-D activation has no time axis, so it has no map",
+                f"{len(shape)}-D",
+            )
         raise LayoutError(
             f"{where} outputs a {len(shape)}-D tensor {shape}; supported: 2-D vectors, 3-D tokens and 4-D maps", f"{len(shape)}-D"
         )
@@ -275,7 +334,7 @@ def decide_layout(output: torch.Tensor | Sequence[int], module: nn.Module | None
             reason="batch folds windows or heads",
         )
     if len(shape) == 2:
-        return Layout("vector")
+        return Layout("vector", (1, 1, 1)) if volume else Layout("vector")
     if len(shape) == 3 and not evidence.raster_tokens:
         raise LayoutError(
             f"{where} outputs tokens {shape} of a model that reorders its tokens (timm's Hiera unrolls them), so their order "
@@ -287,7 +346,7 @@ def decide_layout(output: torch.Tensor | Sequence[int], module: nn.Module | None
     if axis is None and tensor is not None:
         axis = graph_axis(tensor)
         kind = f"{kind} (computed by {tensor.grad_fn.name()})" if axis is not None and tensor.grad_fn is not None else kind
-    (first, first_fit), (last, last_fit) = _candidates(shape, evidence, convolution=axis == "first")
+    (first, first_fit), (last, last_fit) = _candidates(shape, evidence, convolution=axis == "first", sizes=sizes)
     if axis is not None:
         chosen = first if axis == "first" else last
         if not (first_fit if axis == "first" else last_fit):
@@ -306,14 +365,16 @@ def decide_layout(output: torch.Tensor | Sequence[int], module: nn.Module | None
     if evidence.family is not None:
         return first if evidence.family == "first" else last
     raise LayoutError(
-        f"{where} outputs {shape}, which fits the {evidence.image[0]}×{evidence.image[1]} input both as {first} and as {last}, "
+        f"{where} outputs {shape}, which fits the {_input_text(evidence)} input both as {first} and as {last}, "
         f"and a {kind} does not tell which; select a module whose type settles it (a convolution or BatchNorm: channels first; "
         "a Linear or LayerNorm: channels last)",
         "layout ambiguous",
     )
 
 
-def _candidates(shape: tuple[int, ...], evidence: Evidence, convolution: bool) -> tuple[tuple[Layout, int], tuple[Layout, int]]:
+def _candidates(
+    shape: tuple[int, ...], evidence: Evidence, convolution: bool, sizes: Sequence[int] | None = None
+) -> tuple[tuple[Layout, int], tuple[Layout, int]]:
     """The channels-first and channels-last readings of ``shape``, each with how well it fits the input's grid.
 
     Fit: 2 exact (one stride, floor or ceil), 1 within the slack of unpadded
@@ -325,6 +386,8 @@ def _candidates(shape: tuple[int, ...], evidence: Evidence, convolution: bool) -
     (torchvision's MaxViT keeps its 49-position windows in (N, 64, 49, C)).
     """
     image_height, image_width = evidence.image
+    if evidence.frames is not None:
+        return _volume_candidates(shape, evidence, convolution, sizes)
     if len(shape) == 4:
 
         def fit(height: int, width: int, channels_first: bool) -> int:
@@ -346,8 +409,48 @@ def _candidates(shape: tuple[int, ...], evidence: Evidence, convolution: bool) -
     return first, last
 
 
+def _volume_candidates(
+    shape: tuple[int, ...], evidence: Evidence, convolution: bool, sizes: Sequence[int] | None
+) -> tuple[tuple[Layout, int], tuple[Layout, int]]:
+    """:func:`_candidates` for a video or volume input: 5-D maps, or tokens on a t × h × w grid."""
+    frames, (image_height, image_width) = evidence.frames, evidence.image
+    assert frames is not None
+    if len(shape) == 5:
+
+        def fit(steps: int, height: int, width: int, channels_first: bool) -> int:
+            spatial = 2 if grid_fit(height, width, image_height, image_width) else 0
+            if not spatial and convolution and channels_first:
+                spatial = int(height <= image_height + 2 and width <= image_width + 2)
+            elif not spatial:
+                spatial = int(grid_fit(height, width, image_height, image_width, True))
+            return min(spatial, time_fit(steps, frames, convolution and channels_first))
+
+        return (Layout("nchw", shape[2:5]), fit(*shape[2:5], True)), (Layout("nhwc", shape[1:4]), fit(*shape[1:4], False))
+
+    def grid_of(count: int) -> tuple[int, int, int] | None:
+        if sizes is not None and len(sizes) == 3 and math.prod(sizes) == count:
+            steps, height, width = sizes
+            if time_fit(steps, frames) and grid_fit(height, width, image_height, image_width, True):
+                return (steps, height, width)
+        return volume_token_grid(count, frames, image_height, image_width)
+
+    flat_grid = grid_of(shape[2])
+    first = (Layout("flat", flat_grid), 2) if flat_grid else (Layout("flat", (1, 1, 1)), 0)
+    last = (Layout("tokens", (1, 1, 1)), 0)
+    for prefix in dict.fromkeys((evidence.prefix_tokens, 0)):
+        grid = grid_of(shape[1] - prefix) if shape[1] > prefix else None
+        if grid:
+            last = (Layout("tokens", grid, prefix), 2)
+            break
+    return first, last
+
+
+def _input_text(evidence: Evidence) -> str:
+    return "×".join(str(side) for side in evidence.grid)
+
+
 def _off_grid_message(where: str, shape: tuple[int, ...], evidence: Evidence, reading: str) -> str:
-    grid = f"a grid of the {evidence.image[0]}×{evidence.image[1]} input"
+    grid = f"a grid of the {_input_text(evidence)} input"
     if len(shape) == 3 and reading.endswith("channels first"):
         what = f"its last dimension {shape[2]} is not {grid} (a sequence (N, C, L) of a 1-D model has no image map)"
     elif len(shape) == 3:
@@ -356,9 +459,23 @@ def _off_grid_message(where: str, shape: tuple[int, ...], evidence: Evidence, re
             f"its {shape[1]} tokens{prefix} are not {grid} at any patch size (if the model prepends tokens, "
             "declare their number as model.num_prefix_tokens, timm's convention)"
         )
+        if evidence.frames is not None:
+            what += ", or two t×h×w grids explain their count equally (select a module that returns its sizes, as MViT's blocks do)"
     else:
         what = f"its spatial dimensions are not {grid} at any stride"
     return f"{where} outputs {shape} ({reading}): {what}, so it has no map; select a layer on the image grid"
 
 
-__all__ = ["Evidence", "LayoutError", "activation_of", "channel_axis", "decide_layout", "graph_axis", "grid_fit", "token_grid"]
+__all__ = [
+    "Evidence",
+    "LayoutError",
+    "activation_of",
+    "channel_axis",
+    "decide_layout",
+    "graph_axis",
+    "grid_fit",
+    "sizes_of",
+    "time_fit",
+    "token_grid",
+    "volume_token_grid",
+]

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from normgrad.engine.layers import Layers, nearest_grid_layer, resolve_layers, select_layers
-from normgrad.engine.layouts import Evidence, LayoutError, activation_of, decide_layout
+from normgrad.engine.layouts import Evidence, LayoutError, activation_of, decide_layout, sizes_of
 from normgrad.engine.model_state import Hooks, eval_mode
 from normgrad.engine.workarounds import guard_batchnorm_backward, needs_batchnorm_guard
 from normgrad.errors import NormGradError, did_you_mean
@@ -69,12 +69,12 @@ class Probe:
                     f"layer {self.name!r} outputs {kind}; supported: a float tensor {SUPPORTED_ACTIVATIONS} "
                     "(or a tuple of one such tensor and non-tensor metadata)"
                 )
-            output = activation
+            sizes, output = sizes_of(output), activation
             if not output.requires_grad:
                 raise NormGradError(
                     f"layer {self.name!r}: its output does not depend on the input through autograd (detached or computed under no_grad)"
                 )
-            layout = decide_layout(output, self.module, evidence, f"layer {self.name!r}")
+            layout = decide_layout(output, self.module, evidence, f"layer {self.name!r}", sizes)
             detached_inputs = tuple(x.detach() if isinstance(x, Tensor) else x for x in inputs)
             with torch.no_grad():  # statistics are values, not part of the graph
                 self.record = self.extract.forward_record(
@@ -94,10 +94,10 @@ class Probe:
 
 
 def check_inputs(inputs: Any, model: nn.Module | None = None) -> None:
-    """Inputs must be a float tensor of images (N, C, H, W); the error tells a missing batch dimension from a 1-D model."""
+    """Inputs: a float tensor of images (N, C, H, W) or videos / volumes (N, C, T, H, W); errors tell a missing batch dimension."""
     if not isinstance(inputs, Tensor):
         raise NormGradError(f"inputs must be a torch.Tensor of shape (N, C, H, W); got {type(inputs).__name__}")
-    if inputs.dim() != 4:
+    if inputs.dim() not in (4, 5):
         raise NormGradError(_not_images_message(tuple(inputs.shape), model))
     if not inputs.is_floating_point():
         raise NormGradError(f"inputs must be a float tensor (preprocessed images); got {inputs.dtype}")
@@ -108,6 +108,11 @@ def _not_images_message(shape: tuple[int, ...], model: nn.Module | None) -> str:
     first = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None) if model is not None else None
     if len(shape) == 3 and isinstance(first, nn.Conv2d) and shape[0] == first.in_channels:
         return f"{message}: one image (C, H, W) needs a batch dimension, x[None]"
+    if len(shape) == 4 and isinstance(first, nn.Conv3d) and shape[0] == first.in_channels:
+        return (
+            f"inputs of a 3-D model must be videos or volumes (N, C, T, H, W); got a 4-D tensor {shape}: "
+            "one clip (C, T, H, W) needs a batch dimension, x[None]"
+        )
     if len(shape) == 3:
         return (
             f"{message}: a sequence (N, C, L) of a 1-D model has no image grid, and normgrad's maps are 2-D (N, 1, h, w); "
@@ -181,7 +186,7 @@ def _one_pass(
                 hooks.add(probe.module.register_forward_hook(_capture_hook(probe, evidence)))
         if objective.unit is not None:
             if unit_module is None:
-                unit_values.append(objective.unit.read(image, Layout("nchw", evidence.image)))
+                unit_values.append(objective.unit.read(image, Layout("nchw", evidence.grid)))
             else:
                 hooks.add(unit_module.register_forward_hook(_unit_hook(objective, unit_values, evidence)))
 
@@ -274,7 +279,7 @@ def _unit_hook(objective: Objective, unit_values: list[Tensor], evidence: Eviden
         activation = activation_of(output)
         if activation is None:
             raise NormGradError(f"target unit layer {unit.layer!r} outputs a {type(output).__name__}; supported: {SUPPORTED_ACTIVATIONS}")
-        layout = decide_layout(activation, module, evidence, f"target unit layer {unit.layer!r}")
+        layout = decide_layout(activation, module, evidence, f"target unit layer {unit.layer!r}", sizes_of(output))
         unit_values.append(unit.read(activation, layout))
 
     return hook

@@ -17,6 +17,10 @@ extract           groups  ``q``                          contribution at ``u``
 
 The statistics of ``q`` are taken in the forward hook, before any in-place
 operation can overwrite the activation; those of ``p`` after the backward.
+
+On videos and volumes (a t × h × w grid) everything is the same with one
+more axis: the 3×3 extracts are 3×3×3 (padding 1 on every axis) and
+``layer`` reads a ``Conv3d``'s own window; maps are (N, 1, t, h, w).
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ class Extract:
         raise NotImplementedError
 
     def saliency(self, aggregate: str, record: ForwardRecord, grad_output: Tensor, where: str) -> Tensor:
-        """The (N, 1, h, w) map from the forward record and ``g = ∂J/∂output`` (same layout as the output)."""
+        """The (N, 1, h, w) or (N, 1, t, h, w) map from the forward record and ``g = ∂J/∂output`` (same layout as the output)."""
         grad = record.layout.to_nchw(grad_output)
         if record.elementwise:
             (activation,) = record.q_stats
@@ -91,7 +95,8 @@ class VirtualExtract(Extract):
             copy = activation.untyped_storage().data_ptr() == output.untyped_storage().data_ptr()  # in-place layers may follow
             return ForwardRecord((activation.to(working_dtype(activation), copy=copy),), groups, layout, elementwise=True)
         if self.uses_activation:
-            q_stats = self.window.pool(channel_stats(activation, aggregate, groups), aggregate)
+            window = self.window.in_dims(activation.dim() - 2)  # 3×3 on images, 3×3×3 on videos and volumes
+            q_stats = window.pool(channel_stats(activation, aggregate, groups), aggregate)
         else:  # the virtual bias multiplies a constant 1
             ones = torch.ones((activation.shape[0], 1, *activation.shape[2:]), dtype=working_dtype(activation), device=activation.device)
             q_stats = channel_stats(ones, aggregate, 1)
@@ -99,15 +104,15 @@ class VirtualExtract(Extract):
 
 
 class LayerExtract(Extract):
-    """The layer's own weight gradient: ``Conv2d`` (any window, groups) or ``Linear``."""
+    """The layer's own weight gradient: ``Conv2d`` / ``Conv3d`` (any window, groups) or ``Linear``."""
 
     name = "layer"
 
     def check_module(self, name: str, module: nn.Module | None) -> None:
-        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+        if not isinstance(module, (nn.Conv2d, nn.Conv3d, nn.Linear)):
             kind = "the input image" if module is None else type(module).__name__
             raise NormGradError(
-                f"extract='layer' needs a layer with weights (Conv2d or Linear and their subclasses); "
+                f"extract='layer' needs a layer with weights (Conv2d, Conv3d or Linear and their subclasses); "
                 f"{name!r} is {kind}. Use a virtual extract ({', '.join(e for e in EXTRACTS if e != 'layer')}) there"
             )
 
@@ -119,11 +124,13 @@ class LayerExtract(Extract):
             if layer_input is None or layer_input.shape[:-1] != output.shape[:-1]:
                 raise NormGradError(f"{where}: the Linear input does not have the positions of its output {tuple(output.shape)}")
             return ForwardRecord(channel_stats(layout.to_nchw(layer_input), aggregate, 1), 1, layout)
-        assert isinstance(module, nn.Conv2d)
-        if layer_input is None or layer_input.dim() != 4 or layout.kind != "nchw":
+        assert isinstance(module, (nn.Conv2d, nn.Conv3d))
+        dims = 2 if isinstance(module, nn.Conv2d) else 3
+        if layer_input is None or layer_input.dim() != dims + 2 or layout.kind != "nchw":
             shape = None if layer_input is None else tuple(layer_input.shape)
-            raise NormGradError(f"{where}: Conv2d input of shape {shape} is not supported; expected (N, C, H, W)")
-        window = conv_window(module, tuple(layer_input.shape[-2:]), tuple(output.shape[-2:]))
+            expected = "(N, C, H, W)" if dims == 2 else "(N, C, T, H, W)"
+            raise NormGradError(f"{where}: {type(module).__name__} input of shape {shape} is not supported; expected {expected}")
+        window = conv_window(module, tuple(layer_input.shape[-dims:]), tuple(output.shape[-dims:]))
         q_stats = window.pool(channel_stats(layer_input, aggregate, module.groups), aggregate)
         return ForwardRecord(q_stats, module.groups, layout)
 
