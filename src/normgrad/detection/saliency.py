@@ -1,0 +1,107 @@
+"""Saliency of a detector's detections: maps at every pyramid level in one pass, on the photo's pixel grid.
+
+    maps = ng.detection.saliency(model, photos, DetectionScore(box, label))
+    maps.levels["backbone.fpn.layer_blocks.0"]   # (N, 1, h, w) on the model's padded input
+    maps.photo["backbone.fpn.layer_blocks.0"]    # (N, 1, H, W) on the photo
+    maps.combined()                              # (N, 1, H, W) in [0, 1]
+
+The engine (:func:`normgrad.saliency`) runs on the detector's own resized,
+padded input (:func:`normgrad.detection.detector.on_resized`), one forward
+and one backward for every level; each level's map is then carried back to
+the photo exactly (:mod:`normgrad.detection.geometry`).
+
+A single detection is scored from *one* level: a two-stage detector pools
+its box from the level its size selects (``MultiScaleRoIAlign``), a
+one-stage detector scores it at one anchor of one level, and the FPN's
+output convolutions do not feed each other.  The other levels get no
+gradient, so their maps are exactly zero; :meth:`DetectionMaps.combined`
+leaves such levels out per image instead of letting a product zero
+everything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from normgrad.combine import COMBINE_MODES, normalize
+from normgrad.detection.detector import check_detector, check_photos, on_resized, pyramid_levels, resize
+from normgrad.detection.geometry import Resized
+from normgrad.engine.layers import Layers
+from normgrad.engine.model_state import eval_mode
+from normgrad.engine.single_pass import PerLayer, run_saliency
+from normgrad.errors import NormGradError
+from normgrad.targets import Target
+
+
+@dataclass
+class DetectionMaps:
+    """The maps of one pass: per level on the model's padded input (``levels``) and on the photo (``photo``)."""
+
+    levels: dict[str, Tensor]
+    photo: dict[str, Tensor]
+    resized: Resized
+
+    def combined(self, mode: str = "sum") -> Tensor:
+        """One (N, 1, H, W) map in [0, 1] from the photo-grid maps of the levels that received gradient (see the module doc).
+
+        Each level is min-max normalised per image; ``sum`` averages them,
+        ``product`` / ``geometric`` multiply them (equal weights); a level
+        whose map is zero for an image is left out of that image's
+        combination.  The result is normalised again.
+        """
+        if mode not in COMBINE_MODES:
+            raise NormGradError(f"unknown combine mode {mode!r}; valid modes: {', '.join(COMBINE_MODES)}")
+        stacked = torch.stack([normalize(m) for m in self.photo.values()])  # (L, N, 1, H, W)
+        used = torch.stack([m.flatten(1).abs().amax(1) > 0 for m in self.photo.values()]).float().view(*stacked.shape[:2], 1, 1, 1)
+        count = used.sum(0).clamp_min(1)
+        if mode == "sum":
+            combined = (stacked * used).sum(0) / count
+        else:  # an unused level is the neutral 1
+            combined = torch.where(used.bool(), stacked, torch.ones_like(stacked)).prod(0)
+            combined = combined.pow(1.0 / count) if mode == "geometric" else combined
+            combined = combined * (used.sum(0) > 0)
+        return normalize(combined)
+
+
+def saliency(
+    model: nn.Module,
+    photos: Tensor,
+    target: Target,
+    *,
+    layers: Layers | None = None,
+    extract: str = "conv1x1",
+    aggregate: str = "norm",
+    per_layer: PerLayer | None = None,
+) -> DetectionMaps:
+    """Maps of a detector's ``target`` (:mod:`normgrad.detection.targets`) at ``layers`` (default: every pyramid level), in one pass.
+
+    ``photos``: (N, 3, H, W) RGB in [0, 1], one size (the detector resizes and
+    normalises them itself).  The model is left exactly as it was.
+    """
+    check_detector(model)
+    check_photos(photos)
+    device = next(model.parameters()).device
+    photos = photos.to(device)
+    resized = resize(model, photos)
+    if layers is None:
+        layers, _ = pyramid_levels(model, resized.tensors[:1])
+        if not layers:
+            raise NormGradError("no module outputs a feature level of this detector's backbone; pass layers=[...]")
+    view = on_resized(model, resized)
+    levels = run_saliency(view, resized.tensors, target, layers, extract, aggregate, per_layer)
+    return DetectionMaps(levels, {name: resized.to_photo(level) for name, level in levels.items()}, resized)
+
+
+def detect(model: nn.Module, photos: Tensor) -> list[dict[str, Tensor]]:
+    """The detections of ``photos`` (N, 3, H, W) in [0, 1]: boxes in photo pixels, labels, scores (a no-grad pass in eval mode)."""
+    check_detector(model)
+    check_photos(photos)
+    with torch.no_grad(), eval_mode(model):
+        output = model(list(photos.to(next(model.parameters()).device)))
+    return [{key: value.detach() for key, value in item.items()} for item in output]
+
+
+__all__ = ["DetectionMaps", "detect", "saliency"]
