@@ -8,7 +8,7 @@
 
 from normgrad.detection.detector import is_detector, on_resized, pyramid_levels, resize
 from normgrad.detection.geometry import Resized, map_to_photo
-from normgrad.detection.saliency import DetectionMaps, detect, saliency
+from normgrad.detection.saliency import DetectionMaps, detect, maps_with, saliency
 from normgrad.detection.targets import AllDetections, ClassDetections, DetectionScore, box_iou
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "detect",
     "is_detector",
     "map_to_photo",
+    "maps_with",
     "on_resized",
     "pyramid_levels",
     "resize",

@@ -79,11 +79,14 @@ class _Passthrough(nn.Module):
 
         tensors = images if isinstance(images, Tensor) else torch.stack(list(images))
         if tuple(tensors.shape[-2:]) != self.resized.padded_size or tensors.shape[0] != len(self.resized.image_sizes):
-            raise NormGradError(f"the detector view expects its resized input {tuple(self.resized.tensors.shape)}; got {tuple(tensors.shape)}")
+            raise NormGradError(
+                f"the detector view expects its resized input {tuple(self.resized.tensors.shape)}; got {tuple(tensors.shape)}"
+            )
         return ImageList(tensors, list(self.resized.image_sizes)), targets
 
     def postprocess(self, result: Any, image_shapes: Any, original_image_sizes: Any) -> Any:
-        return self._real[0].postprocess(result, image_shapes, list(self.resized.photo_sizes))
+        with eval_mode(self._real[0]):  # the real transform is not a module of the view: its flag is set here
+            return self._real[0].postprocess(result, image_shapes, list(self.resized.photo_sizes))
 
 
 def on_resized(model: nn.Module, resized: Resized) -> nn.Module:

@@ -21,6 +21,7 @@ everything.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -81,17 +82,28 @@ def saliency(
     ``photos``: (N, 3, H, W) RGB in [0, 1], one size (the detector resizes and
     normalises them itself).  The model is left exactly as it was.
     """
+
+    def engine(view: nn.Module, tensors: Tensor, target: Target, chosen: Layers) -> dict[str, Tensor]:
+        return run_saliency(view, tensors, target, chosen, extract, aggregate, per_layer)
+
+    return maps_with(engine, model, photos, target, layers)
+
+
+Method = Callable[[nn.Module, Tensor, Target, Layers], "dict[str, Tensor]"]
+
+
+def maps_with(method: Method, model: nn.Module, photos: Tensor, target: Target, layers: Layers | None = None) -> DetectionMaps:
+    """:func:`saliency` with any map ``method(view, tensors, target, layers) -> {layer: (N, 1, h, w)}`` run on the detector's
+    resized input (e.g. ``lambda *a: ng.baselines.gradcam(*a[:3], layers=a[3])`` for Grad-CAM at the pyramid levels)."""
     check_detector(model)
     check_photos(photos)
-    device = next(model.parameters()).device
-    photos = photos.to(device)
+    photos = photos.to(next(model.parameters()).device)
     resized = resize(model, photos)
     if layers is None:
         layers, _ = pyramid_levels(model, resized.tensors[:1])
         if not layers:
             raise NormGradError("no module outputs a feature level of this detector's backbone; pass layers=[...]")
-    view = on_resized(model, resized)
-    levels = run_saliency(view, resized.tensors, target, layers, extract, aggregate, per_layer)
+    levels = method(on_resized(model, resized), resized.tensors, target, layers)
     return DetectionMaps(levels, {name: resized.to_photo(level) for name, level in levels.items()}, resized)
 
 
@@ -104,4 +116,4 @@ def detect(model: nn.Module, photos: Tensor) -> list[dict[str, Tensor]]:
     return [{key: value.detach() for key, value in item.items()} for item in output]
 
 
-__all__ = ["DetectionMaps", "detect", "saliency"]
+__all__ = ["DetectionMaps", "detect", "maps_with", "saliency"]

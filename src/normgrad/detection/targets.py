@@ -43,18 +43,21 @@ def detections_of(output: Any) -> list[dict[str, Tensor]]:
     for index, item in enumerate(output):
         missing = [key for key in ("boxes", "labels", "scores") if key not in item]
         if missing:
-            raise NormGradError(f"detection {index} of the output lacks {', '.join(missing)}; a detector's output has boxes, labels and scores")
+            raise NormGradError(
+                f"detection {index} of the output lacks {', '.join(missing)}; a detector's output has boxes, labels and scores"
+            )
     return list(output)
 
 
 def box_iou(boxes: Tensor, box: Tensor) -> Tensor:
-    """IoU of each of ``boxes`` (K, 4) with one ``box`` (4,), boxes as x0, y0, x1, y1."""
+    """IoU of each of ``boxes`` (K, 4) with one ``box`` (4,), boxes as x0, y0, x1, y1; two equal empty boxes (a detection
+    clipped to the photo's edge) have IoU 1."""
     width = (torch.minimum(boxes[:, 2], box[2]) - torch.maximum(boxes[:, 0], box[0])).clamp_min(0)
     height = (torch.minimum(boxes[:, 3], box[3]) - torch.maximum(boxes[:, 1], box[1])).clamp_min(0)
     inter = width * height
     area = (boxes[:, 2] - boxes[:, 0]).clamp_min(0) * (boxes[:, 3] - boxes[:, 1]).clamp_min(0)
     union = area + (box[2] - box[0]).clamp_min(0) * (box[3] - box[1]).clamp_min(0) - inter
-    return inter / union.clamp_min(1e-12)
+    return torch.where(union > 0, inter / union.clamp_min(1e-12), (boxes == box).all(1).to(inter.dtype))
 
 
 def _per_image_labels(labels: Labels, batch: int, what: str) -> list[int]:
@@ -72,8 +75,8 @@ def _per_image_boxes(boxes: Boxes, batch: int) -> Tensor:
     values = values.expand(batch, 4) if values.shape == (4,) else values
     if values.shape != (batch, 4):
         raise NormGradError(f"box must be (x0, y0, x1, y1) or one such box per image, ({batch}, 4); got shape {tuple(values.shape)}")
-    if not bool(torch.isfinite(values).all()) or bool((values[:, 2] <= values[:, 0]).any() | (values[:, 3] <= values[:, 1]).any()):
-        raise NormGradError(f"boxes must be finite with x1 > x0 and y1 > y0 (photo pixels); got {values.tolist()}")
+    if not bool(torch.isfinite(values).all()) or bool((values[:, 2] < values[:, 0]).any() | (values[:, 3] < values[:, 1]).any()):
+        raise NormGradError(f"boxes must be finite with x1 ≥ x0 and y1 ≥ y0 (photo pixels); got {values.tolist()}")
     return values
 
 
@@ -91,6 +94,8 @@ class DetectionScore:
     min_iou: float = 0.5
 
     def __post_init__(self) -> None:
+        boxes = torch.as_tensor(self.box, dtype=torch.float64)
+        _per_image_boxes(boxes, 1 if boxes.dim() == 1 else len(boxes))
         if not 0.0 < float(self.min_iou) <= 1.0:
             raise NormGradError(f"min_iou must be in (0, 1]; got {self.min_iou}")
 
@@ -119,7 +124,7 @@ def _no_match(index: int, box: Tensor, label: int, min_iou: float, item: dict, o
     where = f"image {index}: no detection of class {label} overlaps the box {tuple(round(float(v), 1) for v in box)} with IoU ≥ {min_iou:g}"
     if bool(same_class.any()):
         best = int(torch.where(same_class, overlap, torch.full_like(overlap, -1.0)).argmax())
-        closest = f"; the closest of class {label} has IoU {float(overlap[best]):.2f} (score {float(item['scores'][best]):.2f})"
+        closest = f"; the closest of class {label} has IoU {float(overlap[best]):.2f} (score {float(item['scores'][best].detach()):.2f})"
     elif len(overlap):
         closest = f"; the {len(overlap)} detections have classes {sorted({int(v) for v in item['labels']})}"
     else:
@@ -162,8 +167,10 @@ class AllDetections:
         for index, item in enumerate(detections):
             chosen = item["scores"].detach() >= self.min_score
             if not bool(chosen.any()):
-                best = f"; its best scores {float(item['scores'].max()):.3f}" if len(item["scores"]) else "; it has no detection"
-                raise NormGradError(f"image {index} has no detection scoring ≥ {self.min_score:g}{best}; an empty sum would give a blank map")
+                best = f"; its best scores {float(item['scores'].detach().max()):.3f}" if len(item["scores"]) else "; it has no detection"
+                raise NormGradError(
+                    f"image {index} has no detection scoring ≥ {self.min_score:g}{best}; an empty sum would give a blank map"
+                )
             scores.append(item["scores"][chosen].sum())
         return torch.stack(scores)
 
