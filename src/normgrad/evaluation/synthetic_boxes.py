@@ -89,10 +89,11 @@ def _block(inputs: int, outputs: int) -> nn.Sequential:
 
 
 def small_fcos(seed: int = 0) -> nn.Module:
-    """torchvision's FCOS on a small GroupNorm CNN with an FPN of 32 channels (P3–P5 and P6, P7), a head of two convolutions per branch; 3 classes; 96 px photos seen at 112."""
+    """torchvision's FCOS on a small GroupNorm CNN with an FPN of 32 channels (P3–P5 and P6, P7), a head of two convolutions
+    per branch; 3 classes; 96 px photos seen at 112 (padded to 128)."""
     from torchvision.models.detection import FCOS
-    from torchvision.models.detection.fcos import FCOSHead
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.models.detection.fcos import FCOSHead
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
     with torch.random.fork_rng(devices=[]):
