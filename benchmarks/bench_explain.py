@@ -181,17 +181,18 @@ def _weights(weights: str) -> str | None:
 
 def setup_model(model: str, weights: str, device: str) -> tuple[Any, Any, Any, list[str]]:
     """The model, explain's preprocessing, method and layers when no option is given (the default)."""
-    from normgrad.cli.explain import input_preprocess
+    from normgrad.defaults import defaults_for
     from normgrad.models import load
+    from normgrad.run.plan import input_preprocess
 
     loaded = load(model, weights=_weights(weights), device=device)
-    defaults = loaded.explain_defaults()
+    defaults = defaults_for(loaded)
     return loaded, input_preprocess(loaded, None), defaults.method, list(defaults.layers)
 
 
 def preprocessed_batches(paths: list[Path], preprocess: Any, batch_size: int) -> list[list[Any]]:
     """Items read and batched exactly as explain does (in this process)."""
-    from normgrad.streaming import batches, loader
+    from normgrad.run.loading import batches, loader
 
     entries = [(i, path, path.stem) for i, path in enumerate(paths)]
     return list(batches(loader(entries, preprocess, 0), batch_size, lambda item: None))
@@ -225,8 +226,8 @@ def cpu_ms(fn: Any, count: int, repeats: int = 3) -> float:
 def stages(args: argparse.Namespace, paths: list[Path]) -> dict[str, tuple[float, str]]:
     """CPU ms per image of each stage alone (one thread); the engine in wall ms with the run's threads."""
     from normgrad import pipeline
-    from normgrad.cli.explain import _outputs
     from normgrad.images import load_image
+    from normgrad.run.records import Explained, outputs
     from normgrad.store import OutputStore, Work, encode_npy, encode_png
     from normgrad.viz import overlay
 
@@ -242,7 +243,7 @@ def stages(args: argparse.Namespace, paths: list[Path]) -> dict[str, tuple[float
     result["preprocess (resize, normalise, checks)"] = (cpu_ms(prepare, n), "reader processes")
     x = torch.stack([pipeline.prepare(p, preprocess) for p in photos]).to(args.device)
 
-    from normgrad.streaming import loader
+    from normgrad.run.loading import loader
 
     entries = [(i, p, p.stem) for i, p in enumerate(paths[: 4 * n])]
     items = loader(entries, preprocess, 2)
@@ -274,16 +275,17 @@ def stages(args: argparse.Namespace, paths: list[Path]) -> dict[str, tuple[float
     )
     result["NPY encoding, float32"] = (cpu_ms(lambda: [encode_npy(m) for m in planes], n), "writer threads")
     result["NPY encoding, float16 (instead)"] = (cpu_ms(lambda: [encode_npy(m.astype(np.float16)) for m in planes], n), "writer threads")
-    namespace = argparse.Namespace(no_overlay=False, no_npy=False, map_dtype="float32", top_k=5)
-
-    setup = argparse.Namespace(plan=argparse.Namespace(run="bench"), layers=layers)
-    items = [argparse.Namespace(photo=p, path=path, index=i, identity=None) for i, (p, path) in enumerate(zip(photos, sample))]
     work = [Work(i, str(path), path.stem, [f"{path.stem}.png", f"{path.stem}.npy"]) for i, path in enumerate(sample)]
     built = []
     start = time.thread_time()
     for i in range(n):
-        planes_i = {pipeline.COMBINED: planes[i]}
-        built.append(_outputs(namespace, loaded, setup, work[i], items[i], planes_i, prediction, i, int(targets[i]), 0))
+        target = int(targets[i])
+        explained = Explained(i, sample[i].stem, str(sample[i]), photos[i].size, {pipeline.COMBINED: planes[i]},
+                              prediction.top(i, 5, loaded.class_name),
+                              pipeline.entry(target, float(prediction.probabilities[i, target]), loaded.class_name),
+                              photos[i].size, photos[i].size, photo=photos[i])  # fmt: skip
+        built.append(outputs(explained, work[i].name, run="bench", rank=0, identity=None, layers=layers, overlay=True, npy=True,
+                             map_dtype="float32"))  # fmt: skip
     whole = 1000 * (time.thread_time() - start) / n
     parts = sum(result[k][0] for k in ("overlay (lookup table, blend)", "PNG encoding", "NPY encoding, float32"))
     result["record (predictions, JSON fields)"] = (max(whole - parts, 0.0), "writer threads")
