@@ -33,6 +33,7 @@ EXAMPLES = """examples:
   normgrad explain cat.jpg --method meta --lr 0.0025 --target "tiger cat"
   normgrad explain cat.jpg --method conv3x3+max --layers blocks.2,blocks.4 --combine none
   normgrad explain cat.jpg --model torchvision:resnet50 --weights resnet50.pth --method gradcam
+  normgrad explain street.jpg --task detect --model torchvision:fasterrcnn_resnet50_fpn --weights frcnn.pth --min-score 0.7
   normgrad explain photos/ --out maps/ --save-layers       # each layer's map too; open maps/index.html
 
 outputs mirror the inputs' paths below their folder (photos/a/cat.jpg -> maps/a/cat.png, .npy);
@@ -66,6 +67,18 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--combine", default="product", choices=[*COMBINE_MODES, "none"], help="how layer maps become one map (default: product)"
+    )
+    parser.add_argument(
+        "--task",
+        choices=("classify", "detect"),
+        default="classify",
+        help="classify (default), or detect: a torchvision detector's detections above --min-score, one map each, boxes drawn",
+    )
+    parser.add_argument(
+        "--min-score", type=float, default=None, help="--task detect: explain the detections scoring at least this (default: 0.5)"
+    )
+    parser.add_argument(
+        "--max-detections", type=positive_int, default=None, help="--task detect: at most this many per photo, best first (default: 10)"
     )
     parser.add_argument("--target", default=None, help="'auto' (the predicted class, default), a class index, or a class name")
     parser.add_argument("--top-k", type=non_negative_int, default=5, help="predictions listed per image (default: 5)")
@@ -143,6 +156,9 @@ def options_from(args: argparse.Namespace) -> ExplainOptions:
         resume=args.resume,
         overwrite=args.overwrite,
         predict_at=args.predict_at,
+        task=args.task,
+        min_score=args.min_score,
+        max_detections=args.max_detections,
     )
 
 

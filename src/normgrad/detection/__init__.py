@@ -8,8 +8,8 @@
 
 from normgrad.detection.detector import is_detector, on_resized, pyramid_levels, resize
 from normgrad.detection.geometry import Resized, map_to_photo
-from normgrad.detection.saliency import DetectionMaps, detect, maps_with, saliency
-from normgrad.detection.targets import AllDetections, ClassDetections, DetectionScore, box_iou
+from normgrad.detection.saliency import DetectionMaps, detect, gradcam, maps_with, saliency
+from normgrad.detection.targets import AllDetections, ClassDetections, DetectionScore, box_iou, detections_of
 
 __all__ = [
     "AllDetections",
@@ -19,6 +19,8 @@ __all__ = [
     "Resized",
     "box_iou",
     "detect",
+    "detections_of",
+    "gradcam",
     "is_detector",
     "map_to_photo",
     "maps_with",

@@ -18,6 +18,7 @@ eval mode reach the user's modules, and are undone there); only its
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +29,21 @@ from normgrad.engine.model_state import Hooks, eval_mode
 from normgrad.errors import NormGradError
 
 PHOTO_PIXELS = 8192 * 8192  # a bound on each photo handed to a detector
+
+
+@dataclass(frozen=True)
+class PhotoTensor:
+    """A detector's preprocessing: the photo as a (3, H, W) float tensor in [0, 1], at its own size (the model resizes
+    and normalises it itself)."""
+
+    def input_size(self, width: int, height: int) -> tuple[int, int]:
+        return height, width
+
+    def __call__(self, image: Any) -> Tensor:
+        import numpy as np
+
+        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def is_detector(model: Any) -> bool:
@@ -139,4 +155,4 @@ def _remember(produced: dict[int, tuple[Tensor, str]], name: str):
     return hook
 
 
-__all__ = ["check_detector", "check_photos", "is_detector", "on_resized", "pyramid_levels", "resize"]
+__all__ = ["PhotoTensor", "check_detector", "check_photos", "is_detector", "on_resized", "pyramid_levels", "resize"]

@@ -107,6 +107,14 @@ def maps_with(method: Method, model: nn.Module, photos: Tensor, target: Target, 
     return DetectionMaps(levels, {name: resized.to_photo(level) for name, level in levels.items()}, resized)
 
 
+def gradcam(model: nn.Module, photos: Tensor, target: Target, *, layers: Layers | None = None) -> DetectionMaps:
+    """Grad-CAM (Captum's ``LayerGradCam``, :func:`normgrad.baselines.gradcam`) of ``target`` at ``layers`` (default: every
+    pyramid level) on the detector's resized input, carried back to the photo as :func:`saliency`'s maps are."""
+    from normgrad.baselines import gradcam as layer_gradcam
+
+    return maps_with(lambda view, tensors, goal, chosen: layer_gradcam(view, tensors, goal, layers=chosen), model, photos, target, layers)
+
+
 def detect(model: nn.Module, photos: Tensor) -> list[dict[str, Tensor]]:
     """The detections of ``photos`` (N, 3, H, W) in [0, 1]: boxes in photo pixels, labels, scores (a no-grad pass in eval mode)."""
     check_detector(model)
@@ -116,4 +124,4 @@ def detect(model: nn.Module, photos: Tensor) -> list[dict[str, Tensor]]:
     return [{key: value.detach() for key, value in item.items()} for item in output]
 
 
-__all__ = ["DetectionMaps", "detect", "maps_with", "saliency"]
+__all__ = ["DetectionMaps", "detect", "gradcam", "maps_with", "saliency"]

@@ -70,12 +70,6 @@ def true_positives(found: dict[str, Tensor], boxes: Tensor, labels: Tensor, min_
     return pairs
 
 
-def _gradcam(view: nn.Module, tensors: Tensor, target: Any, layers: Any) -> dict[str, Tensor]:
-    from normgrad.baselines import gradcam
-
-    return gradcam(view, tensors, target, layers=layers)
-
-
 def explain_photo(model: nn.Module, photo: Tensor, detections: Tensor, labels: Tensor, seed: int) -> dict[str, Tensor]:
     """Each method's combined (K, 1, H, W) maps of the K ``detections`` of one photo (a batch of K copies: one pass)."""
     batch = photo[None].expand(len(detections), -1, -1, -1).contiguous()
@@ -83,7 +77,7 @@ def explain_photo(model: nn.Module, photo: Tensor, detections: Tensor, labels: T
     generator = torch.Generator().manual_seed(seed)
     return {
         "normgrad": det.saliency(model, batch, target).combined(),
-        "gradcam": det.maps_with(_gradcam, model, batch, target).combined(),
+        "gradcam": det.gradcam(model, batch, target).combined(),
         "random": torch.rand(len(detections), 1, *photo.shape[-2:], generator=generator),
     }
 

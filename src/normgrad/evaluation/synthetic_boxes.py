@@ -10,7 +10,7 @@ The detector is torchvision's FCOS (a one-stage detector: a detection's
 score is read at one location of one FPN level, through the head's stacked
 3 × 3 convolutions — its gradient is not confined to the box by
 construction, as a two-stage detector's RoIAlign would make it) on a small
-GroupNorm CNN with an FPN (levels at strides 8–128), resizing 96 px photos
+GroupNorm CNN with an FPN (levels at strides 8–64), resizing 96 px photos
 to 112 px and padding them to 128 — so the maps also test the mapping back
 to the photo.  Everything is seeded: the same photos and the same weights
 on every run.
@@ -88,13 +88,33 @@ def _block(inputs: int, outputs: int) -> nn.Sequential:
     )
 
 
+def _last_level_p6(channels: int) -> nn.Module:
+    """One extra FPN level, P6 = a stride-2 3 × 3 convolution of P5 (torchvision's ``LastLevelP6P7`` without P7: at these
+    sizes P7 would be 1 × 1, where the head's ``GroupNorm(32, 32)`` has one value per group and refuses a single image)."""
+    from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
+
+    class LastLevelP6(ExtraFPNBlock):
+        def __init__(self) -> None:
+            super().__init__()
+            self.p6 = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+        def forward(self, results: list[Tensor], x: list[Tensor], names: list[str]) -> tuple[list[Tensor], list[str]]:
+            return [*results, self.p6(results[-1])], [*names, "p6"]
+
+    return LastLevelP6()
+
+
 def small_fcos(seed: int = 0) -> nn.Module:
-    """torchvision's FCOS on a small GroupNorm CNN with an FPN of 32 channels (P3–P5 and P6, P7), a head of two convolutions
-    per branch; 3 classes; 96 px photos seen at 112 (padded to 128)."""
+    """torchvision's FCOS on a small GroupNorm CNN with an FPN of 32 channels (P3–P6), a head of two convolutions per
+    branch; 3 classes; 96 px photos seen at 112 (padded to 128).
+
+    FCOS assigns a box to the level whose range holds its largest centre-to-side distance (``4·size .. 8·size``);
+    location sizes 4, 8, 16, 32 spread these 14–32 px boxes over P3 and P4.
+    """
     from torchvision.models.detection import FCOS
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.models.detection.fcos import FCOSHead
-    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -107,11 +127,12 @@ def small_fcos(seed: int = 0) -> nn.Module:
                 layer4=_block(64, 64),  # 32
             )
         )
-        backbone = BackboneWithFPN(
-            body, {"layer2": "0", "layer3": "1", "layer4": "2"}, [48, 64, 64], 32, extra_blocks=LastLevelP6P7(32, 32)
-        )
+        backbone = BackboneWithFPN(body, {"layer2": "0", "layer3": "1", "layer4": "2"}, [48, 64, 64], 32, extra_blocks=_last_level_p6(32))
+        anchors = AnchorGenerator(((4,), (8,), (16,), (32,)), ((1.0,),) * 4)
         head = FCOSHead(32, 1, len(CLASSES), num_convs=2)
-        return FCOS(backbone, len(CLASSES), min_size=112, max_size=112, score_thresh=0.2, detections_per_img=10, head=head)
+        return FCOS(
+            backbone, len(CLASSES), min_size=112, max_size=112, score_thresh=0.2, detections_per_img=10, anchor_generator=anchors, head=head
+        )
 
 
 def train(
@@ -133,7 +154,7 @@ def train(
             loss.backward()
             optimiser.step()
             schedule.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if progress is not None:
                 progress(step)
     model.eval()

@@ -29,7 +29,8 @@ class Explained:
     predicted_at: tuple[int, int]  # (width, height) of the model input the predictions come from
     explained_at: tuple[int, int]  # (width, height) of the model input explained
     label: int | None = None  # the class a dataset gave with the image
-    photo: Any = field(default=None, repr=False)  # the RGB image explained (PIL)
+    photo: Any = field(default=None, repr=False)  # the RGB image explained (PIL; with task="detect", its boxes drawn)
+    detections: list[dict] | None = None  # task="detect": {"number", "box", "class", "name", "score", "output"} each
 
     @property
     def map(self) -> np.ndarray:
@@ -70,5 +71,6 @@ def outputs(explained: Explained, name: str, *, run: str, rank: int, identity: A
         "predicted_at": list(explained.predicted_at),
         "explained_at": list(explained.explained_at),
         **({"label": explained.label} if explained.label is not None else {}),
+        **({"detections": explained.detections} if explained.detections is not None else {}),
     }
     return files, record
