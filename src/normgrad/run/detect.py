@@ -41,7 +41,8 @@ def check_task(options: Any, method: Any) -> None:
 
         raise NormGradError(f"--task {options.task!r} is not valid{did_you_mean(str(options.task), TASKS)}; valid: {', '.join(TASKS)}")
     if options.task != "detect":
-        given = [flag for flag, value in (("--min-score", options.min_score), ("--max-detections", options.max_detections)) if value is not None]
+        detect_only = (("--min-score", options.min_score), ("--max-detections", options.max_detections))
+        given = [flag for flag, value in detect_only if value is not None]
         if given:
             raise NormGradError(f"{' and '.join(given)} only apply to --task detect")
         return
@@ -60,9 +61,7 @@ def check_task(options: Any, method: Any) -> None:
         if given:
             raise NormGradError(f"{flag} does not apply to --task detect: {why}")
     if method is not None and method.pair is None and method.name != "gradcam":
-        raise NormGradError(
-            f"--task detect explains detections with normgrad, selective, EXTRACT+AGGREGATE or gradcam; not {method.name}"
-        )
+        raise NormGradError(f"--task detect explains detections with normgrad, selective, EXTRACT+AGGREGATE or gradcam; not {method.name}")
 
 
 def check_detector_model(loaded: Any) -> None:

@@ -34,7 +34,8 @@ class ExplainOptions:
     (with ``preprocess`` and ``class_names``, else ImageNet's).  ``method``: ``None`` is the model's default
     (:mod:`normgrad.defaults`).  ``batch_size``/``workers``/``writers``: ``None`` chooses them for the device.
     ``task``: ``"classify"``, or ``"detect"`` for a torchvision detector (:mod:`normgrad.run.detect`: one map per
-    detection scoring at least ``min_score``, at most ``max_detections`` per photo).  ``predict_at``: ``"model"`` predicts (and picks the ``auto`` target) at the model's own input size, ``"explained"``
+    detection scoring at least ``min_score``, at most ``max_detections`` per photo).  ``predict_at``: ``"model"`` predicts
+    (and picks the ``auto`` target) at the model's own input size, ``"explained"``
     at the size explained (no extra forward pass).
     """
 
