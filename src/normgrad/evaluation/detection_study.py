@@ -15,10 +15,12 @@ photo's pixel grid — by
 * **random** (uniform noise: the floor).
 
 Per detection: **hit** — the map's first maximum lies inside the
-ground-truth box (the pointing game at 0 px tolerance); **mass** — the share
-of the map's total inside the box (the energy-based pointing game).  Means
-with 95 % bootstrap intervals over detections, and the paired difference
-NormGrad − Grad-CAM.  The box covers on average ``area`` of the photo:
+ground-truth box (the pointing game at 0 px tolerance; a blank map's first
+maximum is its top-left pixel); **mass** — the share of the map's total
+inside the box (the energy-based pointing game).  Hit rates with 95 %
+Wilson intervals, masses and the paired differences NormGrad − Grad-CAM
+with 95 % bootstrap intervals over detections; and the share of blank
+(constant) maps.  The box covers on average ``area`` of the photo:
 random's expected hit rate and mass.
 """
 
@@ -104,19 +106,33 @@ def run(steps: int = 300, photos: int = 60, min_score: float = 0.3, seed: int = 
             record["area"] = float(inside(box, *scene.photo.shape[-2:]).double().mean())
             for method in METHODS:
                 record[f"{method}_hit"], record[f"{method}_mass"] = hit_and_mass(maps[method][k], box)
+                record[f"{method}_blank"] = float(maps[method][k].max() == maps[method][k].min())
             records.append(record)
     return {"steps": steps, "final_loss": float(np.mean(losses[-25:])), "photos": photos, "records": records, "summary": summarise(records)}
 
 
+def wilson(hits: int, n: int, z: float = 1.959964) -> dict[str, float]:
+    """A hit rate with its 95 % Wilson score interval (right at 0 and 1, where a bootstrap collapses to a point)."""
+    rate = hits / n
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"value": rate, "low": max(0.0, centre - half), "high": min(1.0, centre + half)}
+
+
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Means with 95 % bootstrap intervals over detections, and the paired NormGrad − Grad-CAM differences."""
+    """Hit rates with Wilson intervals, masses with 95 % bootstrap intervals over detections, the paired NormGrad − Grad-CAM
+    differences (bootstrap), and the share of blank (constant) maps per method."""
     if not records:
         return {"detections": 0}
     column = {key: np.array([r[key] for r in records], dtype=np.float64) for key in records[0] if key != "photo"}
     summary: dict[str, Any] = {"detections": len(records), "area": bootstrap(np.mean, column["area"]).as_dict()}
+    for method in METHODS:
+        summary[f"{method}_blank"] = float(column[f"{method}_blank"].mean())
     for metric in ("hit", "mass"):
         for method in METHODS:
-            summary[f"{method}_{metric}"] = bootstrap(np.mean, column[f"{method}_{metric}"]).as_dict()
+            values = column[f"{method}_{metric}"]
+            interval = wilson(int(values.sum()), len(values)) if metric == "hit" else bootstrap(np.mean, values).as_dict()
+            summary[f"{method}_{metric}"] = interval
         difference = column[f"normgrad_{metric}"] - column[f"gradcam_{metric}"]
         summary[f"normgrad_minus_gradcam_{metric}"] = bootstrap(np.mean, difference).as_dict()
     return summary
@@ -134,10 +150,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"{summary['detections']} true-positive detections on {result['photos']} held-out photos (FCOS trained {result['steps']} "
         f"steps, final loss {result['final_loss']:.2f}); the boxes cover {cell('area')} of the photo on average.",
         "",
-        "| method | hit rate | mass in box |",
-        "|---|---|---|",
-        *(f"| {method} | {cell(f'{method}_hit')} | {cell(f'{method}_mass')} |" for method in METHODS),
-        f"| NormGrad − Grad-CAM (paired) | {cell('normgrad_minus_gradcam_hit')} | {cell('normgrad_minus_gradcam_mass')} |",
+        "| method | hit rate | mass in box | blank maps |",
+        "|---|---|---|---|",
+        *(f"| {method} | {cell(f'{method}_hit')} | {cell(f'{method}_mass')} | {summary[f'{method}_blank']:.3f} |" for method in METHODS),
+        f"| NormGrad − Grad-CAM (paired) | {cell('normgrad_minus_gradcam_hit')} | {cell('normgrad_minus_gradcam_mass')} | |",
     ]
     return "\n".join(lines)
 
