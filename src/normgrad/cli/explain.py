@@ -190,7 +190,10 @@ def _print_table(result: RunResult, out: Path, options: ExplainOptions) -> None:
     earlier = f", {result.done_earlier} of them done earlier" if result.done_earlier else ""
     written = [*(["PNG overlays"] if options.overlay else []), *([f"{options.map_dtype} .npy maps"] if options.npy else []), "summary.json"]
     print(f"explained {len(records)} image(s) into {out}/{earlier} ({', '.join(written)})")
-    if records and "predicted_at" in records[0]:
+    if records and result.settings.get("task") == "detect":
+        print("prediction and p: each photo's best detection and its score; the maps explain all detections above "
+              "--min-score (<name>) and each one (<name>_det<k>), listed in summary.json")  # fmt: skip
+    elif records and "predicted_at" in records[0]:
         where = "the model's own input size" if result.settings.get("predict_at") == "model" else "the size explained"
         print(f"prediction and p: at {where} (e.g. {_size(records[0]['predicted_at'])}); the maps explain that class at "
               f"{_size(records[0]['explained_at'])} (each record's predicted_at and explained_at in summary.json)")  # fmt: skip

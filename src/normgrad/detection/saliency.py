@@ -21,6 +21,7 @@ everything.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -100,11 +101,21 @@ def maps_with(method: Method, model: nn.Module, photos: Tensor, target: Target, 
     photos = photos.to(next(model.parameters()).device)
     resized = resize(model, photos)
     if layers is None:
-        layers, _ = pyramid_levels(model, resized.tensors[:1])
+        layers = _levels(model, resized)
         if not layers:
             raise NormGradError("no module outputs a feature level of this detector's backbone; pass layers=[...]")
     levels = method(on_resized(model, resized), resized.tensors, target, layers)
     return DetectionMaps(levels, {name: resized.to_photo(level) for name, level in levels.items()}, resized)
+
+
+_LEVELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _levels(model: nn.Module, resized: Resized) -> list[str]:
+    """The model's pyramid levels, probed once per model (one no-grad backbone pass on its own input)."""
+    if model not in _LEVELS:
+        _LEVELS[model] = pyramid_levels(model, resized.tensors[:1])[0]
+    return list(_LEVELS[model])
 
 
 def gradcam(model: nn.Module, photos: Tensor, target: Target, *, layers: Layers | None = None) -> DetectionMaps:
