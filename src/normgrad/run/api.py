@@ -180,7 +180,12 @@ def _items(found: Inputs, entries: list[tuple[int, Path, str]], setup: Setup, op
     return found.read(entries, setup.prepare, options.workers or 0)
 
 
-def _loop(options: ExplainOptions, loaded: Any, setup: Setup, method: Any, say: Callable[[str], None]) -> BatchLoop:
+def _loop(options: ExplainOptions, loaded: Any, setup: Setup, method: Any, say: Callable[[str], None]) -> Any:
+    if options.task == "detect":
+        from normgrad.run import detect
+
+        return detect.DetectLoop(loaded, setup.layers, method, model_device(loaded), options.batch_size or detect.DETECT_BATCH,
+                                 options.combine, detect.min_score(options), detect.max_detections(options))  # fmt: skip
     batch_size = options.batch_size or choose_batch_size(loaded, method, setup, model_device(loaded))
     return BatchLoop(method, loaded, setup, model_device(loaded) if not isinstance(options.model, str) else options.device,
                      batch_size, options.top_k, options.combine, options.save_layers, say)  # fmt: skip

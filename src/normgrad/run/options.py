@@ -34,7 +34,9 @@ class ExplainOptions:
     ``model``: a name (:func:`normgrad.models.load`), a :class:`~normgrad.models.LoadedModel`, or an ``nn.Module``
     (with ``preprocess`` and ``class_names``, else ImageNet's).  ``method``: ``None`` is the model's default
     (:mod:`normgrad.defaults`).  ``batch_size``/``workers``/``writers``: ``None`` chooses them for the device.
-    ``predict_at``: ``"model"`` predicts (and picks the ``auto`` target) at the model's own input size, ``"explained"``
+    ``task``: ``"classify"``, or ``"detect"`` for a torchvision detector (:mod:`normgrad.run.detect`: one map per
+    detection scoring at least ``min_score``, at most ``max_detections`` per photo).  ``predict_at``: ``"model"`` predicts
+    (and picks the ``auto`` target) at the model's own input size, ``"explained"``
     at the size explained (no extra forward pass).
     """
 
@@ -62,6 +64,9 @@ class ExplainOptions:
     overwrite: bool = False
     predict_at: str = "model"
     preprocess: Any = None
+    task: str = "classify"
+    min_score: float | None = None  # task="detect": explain the detections scoring at least this (default 0.5)
+    max_detections: int | None = None  # task="detect": at most this many per photo, best first (default 10)
     class_names: Sequence[str] | None = field(default=None, repr=False)
 
     def check(self) -> Checked:
@@ -81,6 +86,9 @@ class ExplainOptions:
         ):
             raise NormGradError(f"--lr must be a finite number ≥ 0; got {self.lr!r}")
         method = self.method_object()
+        from normgrad.run.detect import check_task
+
+        check_task(self, method)
         if self.size is not None and self.size < MIN_SIZE:
             raise NormGradError(f"--size must be at least {MIN_SIZE} pixels; got {self.size}")
         check_device(self.device)

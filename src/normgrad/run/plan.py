@@ -100,6 +100,8 @@ def resolve(options: ExplainOptions, checked: Checked, loaded: Any) -> Setup:
     """The method (the model's default without ``method``), layers, target and input sizes; settings as recorded."""
     from normgrad.defaults import defaults_for
 
+    if options.task == "detect":
+        return _resolve_detect(options, checked, loaded)
     method = checked.method
     defaults = defaults_for(loaded) if method is None else None
     default_methods = dict(defaults.methods) if defaults is not None else None
@@ -132,6 +134,16 @@ def resolve(options: ExplainOptions, checked: Checked, loaded: Any) -> Setup:
     return Setup(layers, target, settings, None, default_methods, preprocess, predict)
 
 
+def _resolve_detect(options: ExplainOptions, checked: Checked, loaded: Any) -> Setup:
+    """``task="detect"``: the pyramid levels (or ``--layers``), the photo as the detector takes it (:mod:`normgrad.run.detect`)."""
+    from normgrad.detection.detector import PhotoTensor
+    from normgrad.run import detect
+
+    detect.check_detector_model(loaded)
+    layers = detect.layers_of(loaded, checked.layer_names)
+    return Setup(layers, None, detect.settings(options, checked.method, loaded, layers), None, None, PhotoTensor())
+
+
 def input_preprocess(loaded: Any, size: int | None) -> Any:
     """The preprocessing of this run: ``size`` (the shorter side), else the model's input policy (:mod:`normgrad.defaults`)."""
     from normgrad.defaults import input_policy_for
@@ -155,6 +167,12 @@ def predict_preprocess(loaded: Any, explained: Any) -> Any:
 def files_of(options: ExplainOptions, setup: Setup):
     """``name -> [files]``: each output's overlay and map (one output per layer with ``combine="none"``; layers added with
     ``save_layers``)."""
+    if options.task == "detect":
+        from functools import partial
+
+        from normgrad.run.detect import files_of as detect_files
+
+        return partial(detect_files, options)
     layers = setup.layers or []
     suffixes = options.suffixes()
 

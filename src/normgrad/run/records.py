@@ -29,7 +29,8 @@ class Explained:
     predicted_at: tuple[int, int]  # (width, height) of the model input the predictions come from
     explained_at: tuple[int, int]  # (width, height) of the model input explained
     label: int | None = None  # the class a dataset gave with the image
-    photo: Any = field(default=None, repr=False)  # the RGB image explained (PIL)
+    photo: Any = field(default=None, repr=False)  # the RGB image explained (PIL; with task="detect", its boxes drawn)
+    detections: list[dict] | None = None  # task="detect": {"number", "box", "class", "name", "score", "output"} each
 
     @property
     def map(self) -> np.ndarray:
@@ -48,7 +49,10 @@ def outputs(explained: Explained, name: str, *, run: str, rank: int, identity: A
         stem = name if layer == pipeline.COMBINED else f"{name}_{layer}"
         entry: dict[str, Any] = {"layer": layer}
         if overlay:
-            files[f"{stem}.png"] = encode_png(blend(explained.photo, plane))
+            picture = blend(explained.photo, plane)
+            if explained.detections is not None:
+                picture = boxes_on(picture, explained.detections, layer)
+            files[f"{stem}.png"] = encode_png(picture)
             entry |= {"png": f"{stem}.png", "png_bytes": len(files[f"{stem}.png"])}
         if npy:
             files[f"{stem}.npy"] = encode_npy(plane if plane.dtype == map_dtype else plane.astype(map_dtype))
@@ -70,5 +74,15 @@ def outputs(explained: Explained, name: str, *, run: str, rank: int, identity: A
         "predicted_at": list(explained.predicted_at),
         "explained_at": list(explained.explained_at),
         **({"label": explained.label} if explained.label is not None else {}),
+        **({"detections": explained.detections} if explained.detections is not None else {}),
     }
     return files, record
+
+
+def boxes_on(picture: Any, detections: list[dict], output: str) -> Any:
+    """``task="detect"``: the numbered boxes drawn on an overlay, the one its map explains (``output``) highlighted."""
+    from normgrad.detection.drawing import box_caption, draw_boxes
+
+    captions = [f"{d['number']} {box_caption(d['name'], d['score'])}" for d in detections]
+    highlight = next((k for k, d in enumerate(detections) if d["output"] == output), None)
+    return draw_boxes(picture, [d["box"] for d in detections], captions, highlight=highlight)
