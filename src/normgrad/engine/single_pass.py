@@ -34,6 +34,7 @@ from normgrad.errors import NormGradError, did_you_mean
 from normgrad.formulas.aggregate import AGGREGATES, check_aggregate
 from normgrad.formulas.extract import EXTRACTS, Extract, ForwardRecord, get_extract
 from normgrad.formulas.layout import SUPPORTED_ACTIVATIONS, Layout
+from normgrad.support import resizes_input, resizing_model_message, volume_input_message
 from normgrad.targets import Objective, Target
 
 
@@ -97,10 +98,15 @@ def check_inputs(inputs: Any, model: nn.Module | None = None) -> None:
     """Inputs must be a float tensor of images (N, C, H, W); the error tells a missing batch dimension from a 1-D model."""
     if not isinstance(inputs, Tensor):
         raise NormGradError(f"inputs must be a torch.Tensor of shape (N, C, H, W); got {type(inputs).__name__}")
+    if inputs.dim() == 5:
+        raise NormGradError(volume_input_message(tuple(inputs.shape)))
     if inputs.dim() != 4:
         raise NormGradError(_not_images_message(tuple(inputs.shape), model))
     if not inputs.is_floating_point():
         raise NormGradError(f"inputs must be a float tensor (preprocessed images); got {inputs.dtype}")
+    resizing = resizes_input(model) if model is not None else None
+    if resizing is not None:
+        raise NormGradError(resizing_model_message(resizing))
 
 
 def _not_images_message(shape: tuple[int, ...], model: nn.Module | None) -> str:
