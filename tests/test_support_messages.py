@@ -7,7 +7,6 @@ from torch import nn
 
 import normgrad as ng
 from conftest import SmallNet
-from normgrad.cli import main
 
 
 @pytest.mark.parametrize(
@@ -52,16 +51,6 @@ class Resizing(nn.Module):
 def test_a_model_that_resizes_its_input_is_refused_saying_so(model):
     with pytest.raises(ng.NormGradError, match="resizes its input internally"):
         ng.normgrad(model().eval(), torch.randn(1, 3, 40, 48), layers=["input"])
-
-
-def test_the_command_line_says_layers_with_its_flag(tmp_path, capsys):
-    from PIL import Image
-
-    Image.new("RGB", (64, 48), (120, 30, 200)).save(tmp_path / "a.png")
-    code = main(["explain", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), "--model", "timm:tnt_s_patch16_224",
-                 "--weights", "none"])  # fmt: skip
-    err = capsys.readouterr().err
-    assert code == 2 and "--layers" in err and "layers=[...] in Python" in err and err.count("\n") == 1, err
 
 
 def test_methods_that_need_layers_name_the_flag():
