@@ -230,6 +230,11 @@ def _torchvision(arch: str, weights: str | Path | None, num_classes: int | None 
     ]
     if arch not in available:
         from normgrad.engine.layers import unknown_layer_message
+        from normgrad.support import torchvision_family, unsupported_torchvision_message
+
+        family = torchvision_family(torchvision, arch)
+        if family is not None:
+            raise NormGradError(unsupported_torchvision_message(arch, family))
 
         hint = unknown_layer_message(arch, available).split(";", 1)[1].split("(")[0].strip()
         raise NormGradError(f"unknown torchvision model {arch!r}; {hint}")

@@ -25,6 +25,7 @@ from normgrad.formulas.aggregate import AGGREGATES
 from normgrad.formulas.extract import EXTRACTS
 from normgrad.meta import PAPER_LR, PAPER_STEPS, check_step, meta_saliency
 from normgrad.methods import normgrad, normgrad_selective, saliency
+from normgrad.support import needs_layers_message
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class Method:
 
     def __call__(self, model: Any, inputs: Any, target: Any = None, *, layers: Any = None, **options: Any) -> dict:
         if self.uses_layers and layers is None:
-            raise NormGradError(f"method {self.name!r} needs layers=[...]")
+            raise NormGradError(needs_layers_message(self.name))
         return self.function(model, inputs, target, layers=layers, **options)
 
 
