@@ -364,7 +364,7 @@ def test_the_study_runs_end_to_end_on_tiny_data(tmp_path, capsys, one_thread):
     text = (tmp_path / "out" / "training.md").read_text()
     assert "## What holds (computed)" in text and "QUICK MODE" in text and "ROAR" in text
     records = np.load(tmp_path / "out" / "training-records.npz")
-    assert records["fashion-mnist.masked_self"].shape == (2, 10, 2, 2, 15)
+    assert records["fashion-mnist.masked_self"].shape == (2, 10, 3, 2, 15)  # lrs, methods, fills (mean, blur, road), k, images
     assert not np.isnan(records["fashion-mnist.masked_self"]).any()
     assert records["roar.correct"].shape == (3, 2, 1, 2, 30) and records["roar.reference"].shape == (2, 30)
     overlaps = saved["per_image"]["fashion-mnist"]["overlap"]
