@@ -157,7 +157,7 @@ def _entry(store, work, t, test: Tensor, train: ImageFolder, result: Influence, 
             image, train_label = train[index]
             score = float(result.scores[t, index])
             tiles.append(overlay(image, plane[0]))
-            captions.append(f"{kind[:-1]} {score:+.3g}")
+            captions.append(f"{kind[:-1]} {score:+.3g} · {class_names[train_label]} · {train.items[index][0].name}")
             rows[kind].append({"path": str(train.items[index][0]), "index": index, "label": train_label,
                                "class": class_names[train_label], "score": score})  # fmt: skip
     strip = np.concatenate(tiles, axis=1)

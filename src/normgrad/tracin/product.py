@@ -100,7 +100,10 @@ def _batches(dataset: Dataset, batch_size: int, progress: Progress | None, what:
 
 
 def pixel_map(maps: Mapping[str, Tensor], size: tuple[int, int]) -> Tensor:
-    """Σ over layers of ``map_l`` (N, T, h, w) upsampled to ``size`` and scaled by ``h·w/(H·W)``: (N, T, H, W), about the same sum."""
+    """Σ over layers of ``map_l`` (N, T, h, w) upsampled to ``size`` and scaled by ``h·w/(H·W)``: (N, T, H, W), about the same sum.
+
+    Bilinear upsampling by an integer factor keeps the sum except near the borders (edge values are repeated).
+    """
     total = None
     for layer_map in maps.values():
         scale = layer_map.shape[-2] * layer_map.shape[-1] / (size[0] * size[1])
@@ -110,7 +113,9 @@ def pixel_map(maps: Mapping[str, Tensor], size: tuple[int, int]) -> Tensor:
     return total
 
 
-def _check_top_k(top_k: int, available: int) -> int:
+def _check_top_k(top_k: int, available: int, batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise NormGradError(f"batch_size must be a positive integer; got {batch_size!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
         raise NormGradError(f"top_k must be an integer in 1..{MAX_TOP_K}; got {top_k!r}")
     return min(top_k, available)
@@ -136,7 +141,7 @@ def influence(
     ``test_labels`` default to the model's predictions (the prediction is explained).
     """
     dataset = as_dataset(train)
-    k = _check_top_k(top_k, len(dataset))
+    k = _check_top_k(top_k, len(dataset), batch_size)
     tracin = TracIn(model, layers, extract=extract, checkpoints=checkpoints, lr=lr, loss=loss)
     tests = tracin.test_gradients(test_inputs, test_labels)
     columns = [
@@ -146,13 +151,12 @@ def influence(
     proponents = scores.topk(k, dim=1).indices
     opponents = (-scores).topk(k, dim=1).indices
     chosen = torch.cat([proponents, opponents], dim=1)  # (T, 2k): each test image's training images
-    size = tuple(test_inputs.shape[-2:])
     picked = []
     bar = progress(len(chosen), "maps") if progress else None
     for t, row in enumerate(chosen.tolist()):  # only the pairs that are shown: each test image against its own 2k images
         images, labels = zip(*(dataset[i] for i in row))
         result = tracin.maps(torch.stack(images), torch.tensor([int(label) for label in labels]), tests.select([t]))
-        picked.append(pixel_map(result.maps, size)[:, 0].cpu())
+        picked.append(pixel_map(result.maps, tuple(images[0].shape[-2:]))[:, 0].cpu())  # the training images' own size
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -176,7 +180,7 @@ def self_influence(
 ) -> SelfInfluence:
     """``TracIn(z, z)`` of every training image, and the maps of the ``top_k`` highest (mislabel and outlier candidates)."""
     dataset = as_dataset(train)
-    k = _check_top_k(top_k, len(dataset))
+    k = _check_top_k(top_k, len(dataset), batch_size)
     tracin = TracIn(model, layers, extract=extract, checkpoints=checkpoints, lr=lr, loss=loss)
     scores = torch.cat(
         [

@@ -26,16 +26,19 @@ def _signed(ax, image: Tensor, plane: Tensor | None) -> None:
 
 
 def proponents_figure(path: Path, test_x: Tensor, train_x: Tensor, patched: Tensor, result, rows: int = 4) -> None:
-    """Each row: a patched test image, then its top proponents with their signed maps (green frame: a patched image)."""
+    """Rows: the test images with the most patched proponents, each then its top proponents with their signed maps
+    (green frame: a patched training image)."""
     plt = _pyplot()
     rows = min(rows, len(test_x))
     k = result.proponents.shape[1]
+    chosen = patched[result.proponents].sum(1).argsort(descending=True, stable=True)[:rows].tolist()
     fig, axes = plt.subplots(rows, k + 1, figsize=(1.6 * (k + 1), 1.7 * rows), squeeze=False)
-    for t in range(rows):
-        _signed(axes[t, 0], test_x[t], None)
-        axes[t, 0].set_title("test", fontsize=8)
+    for row, t in enumerate(chosen):
+        axes_row = axes[row]
+        _signed(axes_row[0], test_x[t], None)
+        axes_row[0].set_title("test", fontsize=8)
         for column, index in enumerate(result.proponents[t].tolist()):
-            ax = axes[t, column + 1]
+            ax = axes_row[column + 1]
             _signed(ax, train_x[index], result.proponent_maps[t, column, 0])
             ax.set_title(f"{float(result.scores[t, index]):+.2g}", fontsize=8)
             if bool(patched[index]):

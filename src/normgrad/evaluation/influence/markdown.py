@@ -129,7 +129,8 @@ def render(document: dict[str, Any], cost: dict[str, Any] | None = None) -> str:
     ]
     lines += [f"| {name} | {_interval(value)} |" for name, value in shortcut["auroc"].items()]
     lines += ["", "![proponents](influence-proponents.png)", "",
-              "Each row: a patched test image, then its top proponents with normgrad's signed map (red: raises the test image's "
+              "Each row: one of the patched test images with the most patched proponents, then its top proponents "
+              "with normgrad's signed map (red: raises the test image's "
               "score, blue: lowers it); a green frame marks a patched training image.", ""]  # fmt: skip
     detection = mislabels["detection"]
     lines += [
