@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 import normgrad as ng
-from normgrad.defaults import Stage, choose_layers, explain_defaults, input_policy, layered, probe
+from normgrad.defaults import Stage, choose_layers, defaults_for, explain_defaults, input_policy, layered, probe
 from normgrad.errors import NormGradError
 from normgrad.models import Preprocess, load
 from normgrad.registry import get_method
@@ -15,11 +15,11 @@ from test_engine import assert_untouched, snapshot
 
 def test_the_embedded_model_gets_the_measured_default():
     loaded = load()
-    defaults = loaded.explain_defaults()
+    defaults = defaults_for(loaded)
     assert defaults.layers == ("blocks.4", "blocks.6", "bn2")
     assert defaults.methods == {"blocks.4": "selective", "blocks.6": "scaling+sum", "bn2": "scaling+sum"}
     assert defaults.combine == "product" and defaults.preprocess.max_size == 448 and defaults.preprocess.size == 224
-    assert loaded.explain_defaults() is defaults  # probed once
+    assert defaults_for(loaded) is defaults  # probed once
     assert {s.name: s.stride for s in defaults.stages}["blocks.4"] == 16
 
 

@@ -11,7 +11,7 @@ import torchvision
 from PIL import Image
 
 from normgrad.cli import main
-from normgrad.streaming import Writer
+from normgrad.run.writers import Writer
 from test_output_contract import picture
 
 
@@ -164,7 +164,7 @@ def test_overlay_png_is_the_photo_blended_with_the_map(photos, tmp_path, explain
 
 def test_background_threads_follow_the_device(monkeypatch):
     """Two readers and writers next to a CPU model; three quarters of the cores (shared by torchrun's local processes) on CUDA."""
-    from normgrad.cli.explain import background_threads
+    from normgrad.run.options import background_threads
 
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert background_threads("cpu") == 2 and background_threads("cuda") == 12 and background_threads("cuda:1") == 12

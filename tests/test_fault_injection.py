@@ -156,14 +156,15 @@ def random_kills(tmp_path: Path, seed: int, kills: int, capsys, writers: int = 2
     expected = make_photos(folder)
     slow = textwrap.dedent("""
         import sys, time
-        import normgrad.cli.explain as explain
+        import normgrad.run.api as api
+        import normgrad.run.loop as loop
         def paced(original, seconds):
             def slowly(*args, **kwargs):
                 time.sleep(seconds)
                 return original(*args, **kwargs)
             return slowly
-        explain._outputs = paced(explain._outputs, 0.5)
-        explain.pipeline.explain_batch = paced(explain.pipeline.explain_batch, 0.5)
+        api.outputs = paced(api.outputs, 0.5)
+        loop.pipeline.explain_batch = paced(loop.pipeline.explain_batch, 0.5)
         from normgrad.cli import main
         sys.exit(main(sys.argv[1:]))
     """)

@@ -101,12 +101,12 @@ def slow_run(folder: Path, out: Path, *extra: str, pause: float = 4.0) -> subpro
     """`normgrad explain` in its own process, pausing `pause` s once it holds the folder's lock (test-side injection)."""
     code = textwrap.dedent(f"""
         import sys, time
-        import normgrad.cli.explain as explain
-        original = explain._explain_share
+        from normgrad.run.loop import BatchLoop
+        original = BatchLoop.run
         def paused(*args, **kwargs):
             time.sleep({pause})
             return original(*args, **kwargs)
-        explain._explain_share = paused
+        BatchLoop.run = paused
         from normgrad.cli import main
         sys.exit(main(sys.argv[1:]))
     """)
@@ -148,12 +148,12 @@ def test_4_workers_die_with_a_killed_process(tmp_path):
         picture(folder / f"img{i}.png", seed=i)
     code = textwrap.dedent("""
         import sys, time
-        import normgrad.cli.explain as explain
-        original = explain._outputs
+        import normgrad.run.api as api
+        original = api.outputs
         def slow(*args, **kwargs):
             time.sleep(30)
             return original(*args, **kwargs)
-        explain._outputs = slow
+        api.outputs = slow
         from normgrad.cli import main
         sys.exit(main(sys.argv[1:]))
     """)

@@ -17,6 +17,7 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from normgrad import pipeline, viz  # noqa: E402
 from normgrad.cli import main  # noqa: E402
+from normgrad.defaults import defaults_for  # noqa: E402
 from normgrad.serve import Explorer, create_app  # noqa: E402
 from web import picture, tiny_model  # noqa: E402
 
@@ -83,7 +84,7 @@ def test_maps_are_the_pipelines(client, explorer):
 
 def test_the_default_is_explains(client, explorer):
     """Without a method the explorer computes `normgrad explain`'s default: its layers, each with its own method."""
-    defaults = explorer.loaded.explain_defaults()
+    defaults = defaults_for(explorer.loaded)
     info = client.get("/api/info").json()
     assert info["methods"][0] == "default" and info["explain_default"]["layers"] == list(defaults.layers)
     opened = upload(client)

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from normgrad.cli import main
-from normgrad.streaming import Item, batches, expand_inputs
+from normgrad.run.files import expand_inputs
+from normgrad.run.loading import Item, batches
 
 
 def make_folder(root: Path, count: int, start: int = 0) -> Path:
@@ -128,7 +129,7 @@ def test_torchrun_two_processes_each_image_exactly_once_then_resume(tmp_path):
 
 
 def test_any_reader_failure_skips_that_image_only(tmp_path):
-    from normgrad.streaming import ImageFiles
+    from normgrad.run.loading import ImageFiles
 
     path = make_folder(tmp_path / "photos", 1) / "b" / "img00.png"
 

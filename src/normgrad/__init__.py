@@ -3,6 +3,8 @@
 >>> import normgrad as ng
 >>> maps = ng.normgrad(model, images, layers=["layer2", "layer3", "layer4"])
 >>> combined = ng.combine(maps, size=images.shape[-2:])
+>>> result = ng.explain("photos/")              # maps at each photo's size, in memory
+>>> ng.explain("photos/", "maps/", resume=True)   # into a folder, as `normgrad explain photos/ --out maps/`
 """
 
 from normgrad.combine import COMBINE_MODES, combine, normalize, upsample
@@ -12,6 +14,7 @@ from normgrad.formulas.aggregate import AGGREGATES
 from normgrad.formulas.extract import EXTRACTS
 from normgrad.meta import WithParameters, meta_saliency
 from normgrad.methods import normgrad, normgrad_selective, saliency
+from normgrad.run import Explained, ExplainOptions, RunResult, explain
 from normgrad.segmentation import Region
 from normgrad.targets import TrainingLoss, Unit
 
@@ -33,14 +36,18 @@ __all__ = [
     "AGGREGATES",
     "COMBINE_MODES",
     "EXTRACTS",
+    "ExplainOptions",
+    "Explained",
     "INPUT",
     "NormGradError",
     "Region",
+    "RunResult",
     "TrainingLoss",
     "Unit",
     "WithParameters",
     "__version__",
     "combine",
+    "explain",
     "layer_names",
     "meta_saliency",
     "normalize",

@@ -211,3 +211,18 @@ def explain_defaults(model: nn.Module, preprocess: Any, policy: Any = None) -> E
     stages = probe(model, example)  # in eval mode, the model left as it was (the engine's guarantee)
     methods = choose_layers(stages)
     return ExplainDefaults(tuple(methods), methods, COMBINE, policy, tuple(stages))
+
+
+def input_policy_for(loaded: Any) -> Any:
+    """The preprocessing ``normgrad explain`` uses for a :class:`~normgrad.models.LoadedModel` without ``--size``
+    (:func:`input_policy`: one forward pass, no layer probe), computed once per loaded model."""
+    if "input_policy" not in loaded.cache:
+        loaded.cache["input_policy"] = input_policy(loaded.model, loaded.preprocess)
+    return loaded.cache["input_policy"]
+
+
+def defaults_for(loaded: Any) -> ExplainDefaults:
+    """:func:`explain_defaults` of a :class:`~normgrad.models.LoadedModel`, probed once per loaded model."""
+    if "explain_defaults" not in loaded.cache:
+        loaded.cache["explain_defaults"] = explain_defaults(loaded.model, loaded.preprocess, input_policy_for(loaded))
+    return loaded.cache["explain_defaults"]

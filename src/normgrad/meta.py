@@ -48,6 +48,8 @@ from normgrad.methods import normgrad
 from normgrad.segmentation import Region
 from normgrad.targets import Target, TrainingLoss, class_indices
 
+PAPER_LR, PAPER_STEPS = 2.5e-3, 1  # the paper's inner step: one SGD step of learning rate 0.0025 (the defaults everywhere)
+
 Parameters = dict[str, Tensor]
 
 
@@ -80,8 +82,8 @@ def meta_saliency(
     target: Target = None,
     *,
     method: Callable[..., Any] = normgrad,
-    lr: float = 2.5e-3,
-    steps: int = 1,
+    lr: float = PAPER_LR,
+    steps: int = PAPER_STEPS,
     adversarial: bool = False,
     per_sample: bool = True,
     labels: Any = None,

@@ -111,25 +111,8 @@ class LoadedModel:
     preprocess: Preprocess
     class_names: list[str]
     _layers: dict[tuple, list[str]] = field(default_factory=dict, repr=False)
-    _explain_defaults: Any = field(default=None, repr=False)
-    _input_policy: Preprocess | None = field(default=None, repr=False)
-
-    def input_policy(self) -> Preprocess:
-        """The preprocessing ``normgrad explain`` uses without ``--size`` (:func:`normgrad.defaults.input_policy`: one
-        forward pass, no layer probe), computed once."""
-        if self._input_policy is None:
-            from normgrad.defaults import input_policy
-
-            self._input_policy = input_policy(self.model, self.preprocess)
-        return self._input_policy
-
-    def explain_defaults(self) -> Any:
-        """Default method per layer, layers, combination and input size of ``normgrad explain`` (:mod:`normgrad.defaults`)."""
-        if self._explain_defaults is None:
-            from normgrad.defaults import explain_defaults
-
-            self._explain_defaults = explain_defaults(self.model, self.preprocess, self.input_policy())
-        return self._explain_defaults
+    cache: dict[str, Any] = field(default_factory=dict, repr=False)  # what higher layers computed once for this model
+    # (normgrad.defaults: the explain default and input policy)
 
     def default_layers(self, example: Tensor | None = None) -> list[str]:
         """One layer per stage, or evenly spaced blocks of an isotropic model; see :func:`normgrad.engine.layers.auto_layers`."""
@@ -146,7 +129,7 @@ class LoadedModel:
 
     def class_index(self, name: str) -> int:
         """The index of a class given by name (case-insensitive; a unique substring will do; typos list the closest names)."""
-        from normgrad.pipeline import class_index
+        from normgrad.targets import class_index
 
         return class_index(name, self.class_names)
 

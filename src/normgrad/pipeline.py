@@ -27,7 +27,6 @@ Upsampling is bilinear (:func:`normgrad.upsample`).  Model-free methods
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -41,7 +40,7 @@ from normgrad.engine.model_state import eval_mode
 from normgrad.errors import NormGradError
 from normgrad.images import check_input_size
 from normgrad.outputs import unwrap
-from normgrad.targets import class_indices
+from normgrad.targets import class_index, class_indices
 
 COMBINED = "combined"
 TargetOption = Union[str, int, None]  # "auto"/None: the prediction; an index; a class name
@@ -117,7 +116,7 @@ class ClassLogit:
     no separate forward is needed for the predictions.
     """
 
-    def __init__(self, target: int | None) -> None:
+    def __init__(self, target: int | Tensor | None) -> None:
         self.target = target
         self.logits: Tensor | None = None
         self.classes: Tensor | None = None
@@ -131,7 +130,7 @@ class ClassLogit:
 
 
 def explain_batch(
-    method: Any, model: nn.Module, x: Tensor, target: int | None, layers: Sequence[str] | None
+    method: Any, model: nn.Module, x: Tensor, target: int | Tensor | None, layers: Sequence[str] | None
 ) -> tuple[list[int], Prediction, Tensor, dict[str, Tensor] | None]:
     """One batch: ``(usable, prediction, targets, maps)`` for the samples whose logits are finite (``usable``).
 
@@ -156,6 +155,7 @@ def explain_batch(
     usable = [i for i in range(x.shape[0]) if prediction.finite(i)]
     if len(usable) < x.shape[0]:
         x, prediction = x[usable], Prediction(prediction.logits[usable], prediction.probabilities[usable])
+        target = target[usable] if isinstance(target, Tensor) and target.dim() == 1 else target
     classes = targets(target, prediction)
     if not usable or not method.needs_model:
         return usable, prediction, classes, None
@@ -190,24 +190,6 @@ def resolve_target(option: TargetOption, class_names: Sequence[str]) -> int | No
             )
         return option
     return class_index(option, class_names)
-
-
-def class_index(name: str, class_names: Sequence[str]) -> int:
-    """The index of a class given by name (case-insensitive; a unique substring will do); typos get the closest names."""
-    lowered = name.strip().lower()
-    exact = [i for i, n in enumerate(class_names) if n.lower() == lowered]
-    if exact:
-        return exact[0]
-    partial = [i for i, n in enumerate(class_names) if lowered in n.lower()]
-    if len(partial) == 1:
-        return partial[0]
-    if partial:
-        options = ", ".join(f"{i}: {class_names[i]}" for i in partial[:6])
-        raise NormGradError(f"class name {name!r} is ambiguous: {options}{', ...' if len(partial) > 6 else ''}")
-    close = difflib.get_close_matches(lowered, [n.lower() for n in class_names], n=5, cutoff=0.6)
-    by_lower = {n.lower(): n for n in class_names}
-    hint = f"closest names: {', '.join(repr(by_lower[c]) for c in close)}" if close else "no class name is close"
-    raise NormGradError(f"unknown class name {name!r}; {hint} (or give an index 0..{len(class_names) - 1})")
 
 
 def targets(target: int | None, prediction: Prediction) -> Tensor:
@@ -255,6 +237,32 @@ def to_image_size(
     return out
 
 
+def at_image_size(
+    method: Any,
+    maps: Mapping[str, Tensor] | None,
+    size: tuple[int, int],
+    combine_mode: str = "product",
+    *,
+    count: int = 1,
+    layers: bool = False,
+    one_as_is: bool = False,
+) -> dict[str, Tensor]:
+    """Maps at an image's size = (H, W): the one way every caller (explain, the explorer, the studies) gets there.
+
+    ``maps`` are a method's maps (:func:`run_method`), or ``None`` for a model-free method (``center``,
+    ``random``), which is defined on the original image and so evaluated at ``size`` itself (the same map for
+    ``count`` images).  Then :func:`to_image_size` with ``combine_mode`` (the module table) and ``layers``;
+    ``one_as_is``: a single map is upsampled as it is (``"raw"``: signed maps keep their sign) whatever
+    ``combine_mode`` says.
+    """
+    size = (int(size[0]), int(size[1]))
+    if maps is None:
+        maps = {name: m.expand(count, -1, -1, -1) for name, m in model_free_maps(method, 1, size).items()}
+    if one_as_is and len(maps) == 1 and combine_mode != "none":
+        combine_mode = "raw"
+    return to_image_size(maps, size, combine_mode, layers=layers)
+
+
 def method_maps(
     method: Any,
     loaded: Any,
@@ -266,11 +274,9 @@ def method_maps(
     *,
     per_layer: bool = False,
 ) -> dict[str, Tensor]:
-    """``run_method`` then ``to_image_size``; model-free methods are evaluated at ``size`` itself."""
-    if not method.needs_model:
-        return to_image_size(model_free_maps(method, x.shape[0], size), size, "raw" if combine_mode != "none" else "none", layers=per_layer)
-    maps = run_method(method, loaded.model, x, target, layers)
-    return to_image_size(maps, size, combine_mode, layers=per_layer)
+    """``run_method`` then :func:`at_image_size`; model-free methods are evaluated at ``size`` itself (one map, as it is)."""
+    maps = run_method(method, loaded.model, x, target, layers) if method.needs_model else None
+    return at_image_size(method, maps, size, combine_mode, count=x.shape[0], layers=per_layer, one_as_is=maps is None)
 
 
 def check_finite(maps: Mapping[str, Tensor]) -> None:

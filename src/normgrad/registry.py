@@ -24,7 +24,7 @@ from normgrad import baselines
 from normgrad.errors import NormGradError, did_you_mean
 from normgrad.formulas.aggregate import AGGREGATES
 from normgrad.formulas.extract import EXTRACTS
-from normgrad.meta import meta_saliency
+from normgrad.meta import PAPER_LR, PAPER_STEPS, meta_saliency
 from normgrad.methods import normgrad, normgrad_selective, saliency
 
 
@@ -66,7 +66,7 @@ def method_names() -> list[str]:
     return [*_FIXED, "meta", "adversarial", "meta:<method>", "adversarial:<method>", "<extract>+<aggregate>"]
 
 
-def get_method(name: str, *, lr: float = 2.5e-3, steps: int = 1) -> Method:
+def get_method(name: str, *, lr: float = PAPER_LR, steps: int = PAPER_STEPS) -> Method:
     """The method called ``name``; meta variants take ``lr`` (finite, ≥ 0) and ``steps`` (≥ 0).
 
     Unknown names list the closest valid ones.

@@ -23,6 +23,7 @@ the sign of ``∂J/∂a``.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -156,3 +157,21 @@ class Objective:
         if scores.shape != (batch,):
             raise NormGradError(f"the objective must give one score per sample, shape ({batch},); got {tuple(scores.shape)}")
         return scores
+
+
+def class_index(name: str, class_names: Sequence[str]) -> int:
+    """The index of a class given by name (case-insensitive; a unique substring will do); typos get the closest names."""
+    lowered = name.strip().lower()
+    exact = [i for i, n in enumerate(class_names) if n.lower() == lowered]
+    if exact:
+        return exact[0]
+    partial = [i for i, n in enumerate(class_names) if lowered in n.lower()]
+    if len(partial) == 1:
+        return partial[0]
+    if partial:
+        options = ", ".join(f"{i}: {class_names[i]}" for i in partial[:6])
+        raise NormGradError(f"class name {name!r} is ambiguous: {options}{', ...' if len(partial) > 6 else ''}")
+    close = difflib.get_close_matches(lowered, [n.lower() for n in class_names], n=5, cutoff=0.6)
+    by_lower = {n.lower(): n for n in class_names}
+    hint = f"closest names: {', '.join(repr(by_lower[c]) for c in close)}" if close else "no class name is close"
+    raise NormGradError(f"unknown class name {name!r}; {hint} (or give an index 0..{len(class_names) - 1})")

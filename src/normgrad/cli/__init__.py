@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from normgrad.cli import compare, demo, evaluate, explain, gallery, layers, serve
 from normgrad.cli.common import Parser
 from normgrad.errors import NormGradError
+from normgrad.run.shard import Quiet
 
 COMMANDS = (explain, compare, layers, demo, evaluate, gallery, serve)
 
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except explain.Quiet as quiet:
+    except Quiet as quiet:
         return quiet.code
     except NormGradError as error:
         return _error(str(error))

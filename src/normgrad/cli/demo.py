@@ -23,7 +23,6 @@ def run(args: argparse.Namespace) -> int:
     import skimage.data
 
     import normgrad as ng
-    from normgrad.cli import build_parser, explain
     from normgrad.cli.compare import DEFAULT_METHODS, compare_figure, save_figure
     from normgrad.store import atomic_write
 
@@ -42,7 +41,10 @@ def run(args: argparse.Namespace) -> int:
     figure_path = out / "chelsea_compare.png"
     save_figure(compare_figure(loaded, ng.images.load_image(paths[0]), methods, None, None), figure_path, replace=True)
     print(f"wrote {figure_path} (rows: layers and their product; columns: methods)")
-    explain_args = build_parser().parse_args(["explain", *map(str, paths), "--out", str(out / "explain"), "--overwrite", "--save-layers"])
-    status = explain.run(explain_args)
+    result = ng.explain(paths, out / "explain", model=loaded, overwrite=True, save_layers=True)
+    for record in result.records:
+        best, (width, height) = record["predictions"][0], record["predicted_at"]
+        print(f"{Path(record['image']).name}: {best['name']} {best['probability']:.1%} (predicted at the model's {width}x{height})")
+    print(f"wrote {len(result.records)} explained photo(s) into {out / 'explain'}/ (gallery: {out / 'explain' / 'index.html'})")
     print(f"demo outputs are in {out.resolve()}/")
-    return status
+    return 0 if result.ok else 1

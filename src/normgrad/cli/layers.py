@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from normgrad.cli.common import check_weights, command, positive_int, weights_option
+from normgrad.defaults import defaults_for
 from normgrad.errors import NormGradError
 
 EXAMPLES = """examples:
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     height, width = (args.size, args.size) if args.size else loaded.preprocess.example_size
     example = torch.zeros(1, 3, height, width)
     defaults = set(loaded.default_layers(example))
-    explain = loaded.explain_defaults() if args.size is None else None
+    explain = defaults_for(loaded) if args.size is None else None
     infos = ng.engine.layers.describe_layers(loaded.model, example)
     name_width = max(len(info.name) for info in infos)
     print(f"   {'name':{name_width}s}  {'type':24s}  {'output shape':20s}  {'layout (or why no map)':30s}  calls")

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         from normgrad.serve.app import create_app
     except ImportError as error:
         raise NormGradError(f"normgrad serve needs the serve extra ({error.name} is missing): pip install 'normgrad[serve]'") from None
-    from normgrad import streaming
+    from normgrad.run.files import expand_inputs
     from normgrad.serve import Explorer
 
     check_device(args.device)
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if args.images is not None:
         if not args.images.is_dir():
             raise NormGradError(f"--images {args.images} is not a folder")
-        found = streaming.expand_inputs([args.images])
+        found = expand_inputs([args.images])
         listed = [Path(i.path) for i in found]
         names = [Path(i.path).relative_to(i.root).as_posix() for i in found]
     listener = _listen(args.host, args.port)  # before the model loads: a taken port is one line, at once

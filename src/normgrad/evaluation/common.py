@@ -7,6 +7,7 @@ from typing import Any
 from torch import Tensor
 
 from normgrad import pipeline
+from normgrad.meta import PAPER_LR
 from normgrad.registry import Method, get_method
 
 # the methods compared throughout (issue: NormGrad per layer and combined, selective, meta, adversarial, baselines)
@@ -26,7 +27,7 @@ STUDY_METHODS = (
 )
 
 
-def methods(names: tuple[str, ...] | list[str] = STUDY_METHODS, lr: float = 2.5e-3) -> list[Method]:
+def methods(names: tuple[str, ...] | list[str] = STUDY_METHODS, lr: float = PAPER_LR) -> list[Method]:
     return [get_method(name, lr=lr) for name in names]
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 import normgrad as ng
+from normgrad.defaults import defaults_for
 from normgrad.errors import NormGradError
 from normgrad.evaluation.benchmark_photos import PHOTO_ROOT, confident_photos, install_hint, photo_files, split
 from normgrad.evaluation.grid import LAYOUTS, Grid, benchmark_grids, bootstrap_mean, cell_scores, make_grid
@@ -228,7 +229,7 @@ def development_and_heldout(photos: list[dict], seed: int = 0) -> dict[str, list
 
 def report_candidates(loaded: Any) -> list[Candidate]:
     """The headline comparison for any model, from its architecture: the new default, the old one, Grad-CAM."""
-    defaults = loaded.explain_defaults()
+    defaults = defaults_for(loaded)
     stages = tuple(loaded.default_layers())
     native, keep = str(loaded.preprocess.size), f"keep<={defaults.preprocess.max_size or loaded.preprocess.size}"
     new = tuple(f"{defaults.methods[layer]}/{layer}" for layer in defaults.layers)

@@ -172,7 +172,7 @@ def _difficult(image: AnnotatedImage, cls: int, flags: dict[str, list[int]] | No
 def method_maps(loaded: Any, method: Any, layers: list[str] | None, combine: str = "product", device: str = "cpu") -> MapsFn:
     """``maps_for(image, classes)`` for a registry method: one batched pass per image (one sample per class).
 
-    Maps at the original size (:func:`normgrad.pipeline.method_maps`): one
+    Maps at the original size (:func:`normgrad.pipeline.at_image_size`): one
     map as it is, several combined with ``combine``; model-free methods
     (centre, random) are defined on the original image.
     """
@@ -183,11 +183,11 @@ def method_maps(loaded: Any, method: Any, layers: list[str] | None, combine: str
 
     def maps_for(image: AnnotatedImage, classes: list[int]) -> np.ndarray:
         size = (image.height, image.width)
-        if not method.needs_model:
-            x = torch.zeros(len(classes), 3, *size)
-            return pipeline.method_maps(method, None, x, None, None, size)[pipeline.COMBINED][:, 0].numpy()
-        x = pipeline.prepare(load_image(image.path), loaded.preprocess)[None].expand(len(classes), -1, -1, -1).to(device)
-        maps = pipeline.run_method(method, loaded.model, x, torch.tensor(classes, device=device), layers)
-        return pipeline.to_image_size(maps, size, combine if len(maps) > 1 else "raw")[pipeline.COMBINED][:, 0].numpy()
+        maps = None
+        if method.needs_model:
+            x = pipeline.prepare(load_image(image.path), loaded.preprocess)[None].expand(len(classes), -1, -1, -1).to(device)
+            maps = pipeline.run_method(method, loaded.model, x, torch.tensor(classes, device=device), layers)
+        at_size = pipeline.at_image_size(method, maps, size, combine, count=len(classes), one_as_is=True)
+        return at_size[pipeline.COMBINED][:, 0].numpy()
 
     return maps_for

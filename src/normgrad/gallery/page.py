@@ -103,6 +103,8 @@ def item(entry: dict, settings: dict | None, status: str, pictures_found: set[st
         ],  # fmt: skip
         "predictions": entry.get("predictions", []),
         "target": entry.get("target"),
+        "predicted_at": entry.get("predicted_at"),  # (width, height) of the input the predictions come from
+        "explained_at": entry.get("explained_at"),
         "method": settings.get("method"),
         "model": settings.get("model"),
         "layers": entry.get("layers") or settings.get("layers") or [],

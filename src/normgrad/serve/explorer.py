@@ -7,7 +7,7 @@ call                            does
                                 ``open_photo``
 ``open_listed(index)``          the same for the ``index``-th image of ``--images`` (never a path from a request)
 ``open_photo(photo, name)``     ``pipeline.prepare`` → ``pipeline.predict``; a token for the photo, the top-k
-``explain(request)``            ``pipeline.run_method`` (or the model-free maps) → ``pipeline.to_image_size`` at
+``explain(request)``            ``pipeline.run_method`` (or the model-free maps) → ``pipeline.at_image_size`` at
                                 display size (longer side ≤ ``DISPLAY_SIDE``): the combined map and each layer's
 ``download(result, k, kind)``   map ``k`` at the photo's own size: float32 ``.npy`` or ``viz.overlay`` ``.png``
 ==============================  ===============================================================================
@@ -38,10 +38,12 @@ import numpy as np
 import torch
 
 from normgrad import images, pipeline
-from normgrad.cli.common import DEFAULT_LR, DEFAULT_STEPS
 from normgrad.combine import COMBINE_MODES
+from normgrad.defaults import defaults_for
 from normgrad.errors import NormGradError
 from normgrad.gallery import pictures
+from normgrad.meta import PAPER_LR as DEFAULT_LR
+from normgrad.meta import PAPER_STEPS as DEFAULT_STEPS
 from normgrad.viz import colour_table
 
 DISPLAY_SIDE = 512
@@ -74,6 +76,7 @@ class Result:
     maps: dict[str, torch.Tensor]  # as the method returned them, (1, 1, h, w)
     combine: str
     names: list[str]  # what map k is: "combined" or a layer
+    method: Any = None  # the registry method that made the maps
 
 
 class Explorer:
@@ -93,7 +96,7 @@ class Explorer:
         with self.model_lock:
             self.default_layers = list(loaded.default_layers())
             try:  # the default of `normgrad explain`: its layers, a method per layer, its input size
-                self.defaults = loaded.explain_defaults()
+                self.defaults = defaults_for(loaded)
             except NormGradError:  # e.g. a model without two usable layers: the other methods only
                 self.defaults = None
         self.preprocess = self.defaults.preprocess if self.defaults is not None else loaded.preprocess
@@ -139,8 +142,10 @@ class Explorer:
 
     def open_photo(self, photo: Any, name: str) -> dict:
         x = pipeline.prepare(photo, self.preprocess)
+        own = pipeline.prepare(photo, self.loaded.preprocess)  # predictions at the model's own size, as explain gives them
+        own = x if own.shape == x.shape and self.loaded.preprocess.mean == self.preprocess.mean else own
         with self.model_lock:
-            prediction = pipeline.predict(self.loaded.model, x[None].to(self.device))
+            prediction = pipeline.predict(self.loaded.model, own[None].to(self.device))
         if not prediction.finite(0):
             raise NormGradError("the model's output is NaN or infinite for this image")
         size = pictures.fit(*photo.size, DISPLAY_SIDE)
@@ -154,6 +159,8 @@ class Explorer:
             "height": photo.size[1],
             "display": list(size),
             "predictions": prediction.top(0, TOP_K, self.loaded.class_name),
+            "predicted_at": [int(own.shape[-1]), int(own.shape[-2])],  # (width, height): the predictions' input
+            "explained_at": [int(x.shape[-1]), int(x.shape[-2])],  # the maps' input (methods with a model)
         }
 
     def display(self, token: str) -> bytes:
@@ -206,7 +213,7 @@ class Explorer:
             else:
                 target, layers = None, None
                 maps = pipeline.model_free_maps(method, 1, (height, width))
-        result = Result(secrets.token_urlsafe(12), opened, maps, combine, [])
+        result = Result(secrets.token_urlsafe(12), opened, maps, combine, [], method)
         shown = self._at_size(result, (opened.display_size[1], opened.display_size[0]))
         result.names = list(shown)
         self._remember(self._results, result.token, result, MAX_RESULTS)
@@ -265,13 +272,13 @@ class Explorer:
         return method
 
     def _at_size(self, result: Result, size: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """``pipeline.to_image_size``: one map as it is (signed maps keep their sign), several as combined + each layer."""
+        """``pipeline.at_image_size``: one map as it is (signed maps keep their sign), several as combined + each layer."""
         maps = result.maps
         if len(maps) == 1:
             ((name, only),) = maps.items()
-            shown = {name: pipeline.to_image_size(maps, size, "raw")[pipeline.COMBINED]}
+            shown = {name: pipeline.at_image_size(result.method, maps, size, one_as_is=True)[pipeline.COMBINED]}
         else:
-            shown = pipeline.to_image_size(maps, size, result.combine, layers=True)
+            shown = pipeline.at_image_size(result.method, maps, size, result.combine, layers=True)
             shown = {pipeline.COMBINED: shown.pop(pipeline.COMBINED), **shown}
         pipeline.check_finite(shown)
         return shown

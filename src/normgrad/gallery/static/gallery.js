@@ -163,7 +163,8 @@
     if (item.name !== item.file && item.name.includes("/")) caption.appendChild(text("div", "meta", item.name));
     const t = top(item);
     if (item.status === "ok" && t) {
-      caption.appendChild(text("div", "prediction", t.name + " · " + percent(t.probability)));
+      const where = item.predicted_at ? " (at " + item.predicted_at[0] + "×" + item.predicted_at[1] + ")" : "";
+      caption.appendChild(text("div", "prediction", t.name + " · " + percent(t.probability) + where));
       if (item.target) caption.appendChild(text("div", "meta explained", "explained: " + item.target.name + " (" + percent(item.target.probability) + ")"));
       caption.appendChild(text("div", "meta method", (item.method || "") + " · " + (item.layers || []).join(", ")));
     }
@@ -247,7 +248,8 @@
     applyOpacity();
 
     const predictions = document.createElement("table");
-    predictions.appendChild(text("caption", "", "top predictions"));
+    const at = (size) => (size ? size[0] + " × " + size[1] : "");
+    predictions.appendChild(text("caption", "", "top predictions" + (item.predicted_at ? " (model input " + at(item.predicted_at) + ")" : "")));
     for (const p of item.predictions || []) {
       const row = document.createElement("tr");
       row.appendChild(text("td", "", p.name));
@@ -270,6 +272,8 @@
     add("steps", item.steps);
     add("model", item.model);
     add("size", item.size ? item.size[0] + " × " + item.size[1] : "");
+    add("predicted at", item.predicted_at ? at(item.predicted_at) + " (the predictions and probabilities)" : "");
+    add("explained at", item.explained_at ? at(item.explained_at) + " (the maps, brought to the image's size)" : "");
     add("input", item.image);
     const files = document.createElement("div");
     for (const m of maps) {

@@ -113,6 +113,10 @@
     $("photo-name").textContent = data.name + " · " + data.width + " × " + data.height + " px";
     const list = $("predictions");
     list.replaceChildren();
+    if (data.predicted_at) {
+      list.title = "predicted at the model's input size " + data.predicted_at[0] + " × " + data.predicted_at[1] +
+        "; the maps explain at " + data.explained_at[0] + " × " + data.explained_at[1];
+    }
     for (const p of data.predictions) {
       const item = document.createElement("li");
       const button = document.createElement("button");

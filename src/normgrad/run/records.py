@@ -1,0 +1,74 @@
+"""One explained image: in memory (:class:`Explained`), and as files and a record in an output folder (:func:`outputs`).
+
+Numbers and the size they belong to: ``predictions`` (top-k) and the target's ``probability`` come from the
+model's input at ``predicted_at`` (width, height: the model's own preprocessing, unless ``predict_at="explained"``);
+the maps explain that class at ``explained_at``, and are brought to the image's ``size``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from normgrad import pipeline
+
+
+@dataclass
+class Explained:
+    """One image's result: maps at the image's size (``{"combined" | layer: (H, W) float32}``), predictions, target."""
+
+    index: int
+    name: str
+    image: str  # the path, or a dataset's "<dataset>/000017"
+    size: tuple[int, int]  # (width, height) of the image
+    maps: dict[str, np.ndarray]
+    predictions: list[dict]  # [{"class", "name", "probability"}, ...] at predicted_at
+    target: dict  # the class explained: {"class", "name", "probability"} (probability at predicted_at)
+    predicted_at: tuple[int, int]  # (width, height) of the model input the predictions come from
+    explained_at: tuple[int, int]  # (width, height) of the model input explained
+    label: int | None = None  # the class a dataset gave with the image
+    photo: Any = field(default=None, repr=False)  # the RGB image explained (PIL)
+
+    @property
+    def map(self) -> np.ndarray:
+        """The combined map (the only one with ``combine="none"`` and one layer): (H, W) at the image's size."""
+        return self.maps.get(pipeline.COMBINED, next(iter(self.maps.values())))
+
+
+def outputs(explained: Explained, name: str, *, run: str, rank: int, identity: Any, layers: list[str] | None, overlay: bool,
+            npy: bool, map_dtype: str) -> tuple[dict[str, bytes], dict]:  # fmt: skip
+    """One image's files (``.png`` overlay and ``.npy`` map per output, at the photo's size) and its record."""
+    from normgrad.store import encode_npy, encode_png
+    from normgrad.viz import overlay as blend
+
+    files, listed = {}, []
+    for layer, plane in explained.maps.items():
+        stem = name if layer == pipeline.COMBINED else f"{name}_{layer}"
+        entry: dict[str, Any] = {"layer": layer}
+        if overlay:
+            files[f"{stem}.png"] = encode_png(blend(explained.photo, plane))
+            entry |= {"png": f"{stem}.png", "png_bytes": len(files[f"{stem}.png"])}
+        if npy:
+            files[f"{stem}.npy"] = encode_npy(plane if plane.dtype == map_dtype else plane.astype(map_dtype))
+            entry |= {"npy": f"{stem}.npy", "npy_bytes": len(files[f"{stem}.npy"])}
+        listed.append(entry)
+    record = {
+        "type": "image",
+        "run": run,
+        "rank": rank,
+        "index": explained.index,
+        "name": name,
+        "image": explained.image,
+        "input": identity,
+        "size": list(explained.size),
+        "layers": layers or ["input"],
+        "outputs": listed,
+        "predictions": explained.predictions,
+        "target": explained.target,
+        "predicted_at": list(explained.predicted_at),
+        "explained_at": list(explained.explained_at),
+        **({"label": explained.label} if explained.label is not None else {}),
+    }
+    return files, record
