@@ -35,6 +35,7 @@ EXAMPLES = """examples:
   normgrad explain "photos/**/*.jpg" --out maps/ --resume             # continue after an interruption
   torchrun --nproc-per-node 2 -m normgrad explain photos/ --out maps/   # shard across processes
   normgrad explain cat.jpg --method meta --lr 0.0025 --target "tiger cat"
+  normgrad explain street.jpg --model hf:segformer-folder --task segment --target car --region 40,60,200,180
   normgrad explain cat.jpg --method conv3x3+max --layers blocks.2,blocks.4 --combine none
   normgrad explain cat.jpg --model torchvision:resnet50 --weights resnet50.pth --method gradcam
   normgrad explain photos/ --out maps/ --save-layers       # each layer's map too; open maps/index.html
@@ -72,6 +73,14 @@ def add_parser(subparsers: Any) -> None:
         "--combine", default="product", choices=[*COMBINE_MODES, "none"], help="how layer maps become one map (default: product)"
     )
     parser.add_argument("--target", default=None, help="'auto' (the predicted class, default), a class index, or a class name")
+    parser.add_argument(
+        "--task",
+        default="classify",
+        choices=["classify", "segment"],
+        help="segment: explain --target's scores summed over --region (or where the model predicts it) of a segmenter; "
+        "writes <name>_mask.png, the predicted mask, beside the map (default: classify)",
+    )
+    parser.add_argument("--region", type=region_box, default=None, help="x0,y0,x1,y1: the box explained (image pixels), --task segment")
     parser.add_argument("--top-k", type=non_negative_int, default=5, help="predictions listed per image (default: 5)")
     parser.add_argument("--out", type=Path, default=Path("normgrad-out"), help="output folder (default: normgrad-out)")
     parser.add_argument(
@@ -147,7 +156,20 @@ def options_from(args: argparse.Namespace) -> ExplainOptions:
         resume=args.resume,
         overwrite=args.overwrite,
         predict_at=args.predict_at,
+        task=args.task,
+        region=args.region,
     )
+
+
+def region_box(text: str) -> tuple[int, int, int, int]:
+    """``x0,y0,x1,y1`` as four non-negative ints (argparse reports a bad one)."""
+    parts = text.split(",")
+    if len(parts) != 4 or not all(part.strip().isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"expected x0,y0,x1,y1 (four non-negative integers); got {text!r}")
+    x0, y0, x1, y1 = (int(part) for part in parts)
+    if not (x0 < x1 and y0 < y1):
+        raise argparse.ArgumentTypeError(f"expected x0 < x1 and y0 < y1; got {text!r}")
+    return x0, y0, x1, y1
 
 
 def run(args: argparse.Namespace) -> int:

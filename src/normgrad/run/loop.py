@@ -70,6 +70,10 @@ class BatchLoop:
 
     def batch(self, batch: list[Item]) -> list[tuple[Item, Explained | str]]:
         """One batch: each item with its :class:`Explained`, or why it was skipped."""
+        if self.setup.task == "segment":
+            from normgrad.run.segment import segment_batch
+
+            return segment_batch(self, batch)
         setup, model = self.setup, self.loaded.model
         refused: list[tuple[Item, Explained | str]] = []
         own = self._predict_at_model_size(batch)
@@ -125,6 +129,13 @@ class BatchLoop:
             for k, i in enumerate(group):
                 logits[i] = found.logits[k]
         return pipeline.prediction_of(torch.stack(logits))
+
+    def at_image_size(self, batch: list[Item], maps: dict | None) -> list[dict | str]:
+        """Per image: its outputs at the photo's size, or why one is refused (see :meth:`_at_image_size`)."""
+        return self._at_image_size(batch, maps)
+
+    def warn_constant(self, item: Item, planes: dict) -> None:
+        self._warn_constant(item, planes)
 
     def _at_image_size(self, batch: list[Item], maps: dict | None) -> list[dict | str]:
         """Per image: ``{output: (H, W) float32 array}`` at the photo's size — the combined map first, then each layer's
