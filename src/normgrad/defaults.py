@@ -138,7 +138,7 @@ def probe(model: nn.Module, example: Tensor) -> list[Stage]:
     if not ordered:
         raise NormGradError("cannot choose default layers: the model has neither stage outputs nor a sequence of blocks")
     device = next(model.parameters()).device
-    maps = saliency(model, example.to(device), 0, layers=ordered, extract="bias", aggregate="norm")  # ‖∂J/∂a_u‖
+    maps = saliency(model, example.to(device), probe_target(model, example.to(device)), layers=ordered, extract="bias", aggregate="norm")
     stages: list[Stage] = []
     kept: dict[str, Tensor] = {}
     for name in ordered:
@@ -157,6 +157,15 @@ def probe(model: nn.Module, example: Tensor) -> list[Stage]:
         kept[name] = gradient
     order = {name: i for i, name in enumerate(ordered)}
     return sorted(stages, key=lambda s: order[s.name])
+
+
+def probe_target(model: nn.Module, example: Tensor) -> Any:
+    """Class 0 for a classifier; for a segmenter (dense scores), class 0's scores summed over the whole image."""
+    from normgrad.segmentation import Region, is_segmenter_output
+
+    with torch.no_grad(), eval_mode(model):
+        dense = is_segmenter_output(model(example))
+    return Region(0, mask=torch.ones(example.shape[-2:])) if dense else 0
 
 
 def _has_spatial(infos: list) -> bool:

@@ -36,6 +36,7 @@ EXAMPLES = """examples:
   normgrad explain "photos/**/*.jpg" --out maps/ --resume             # continue after an interruption
   torchrun --nproc-per-node 2 -m normgrad explain photos/ --out maps/   # shard across processes
   normgrad explain cat.jpg --method meta --lr 0.0025 --target "tiger cat"
+  normgrad explain street.jpg --model hf:segformer-folder --task segment --target car --region 40,60,200,180
   normgrad explain cat.jpg --method conv3x3+max --layers blocks.2,blocks.4 --combine none
   normgrad explain cat.jpg --model torchvision:resnet50 --weights resnet50.pth --method gradcam
   normgrad explain street.jpg --task detect --model torchvision:fasterrcnn_resnet50_fpn --weights frcnn.pth --min-score 0.7
@@ -77,18 +78,21 @@ def add_parser(subparsers: Any) -> None:
         "--combine", default="product", choices=[*COMBINE_MODES, "none"], help="how layer maps become one map (default: product)"
     )
     parser.add_argument(
-        "--task",
-        choices=("classify", "detect"),
-        default="classify",
-        help="classify (default), or detect: a torchvision detector's detections above --min-score, one map each, boxes drawn",
-    )
-    parser.add_argument(
         "--min-score", type=float, default=None, help="--task detect: explain the detections scoring at least this (default: 0.5)"
     )
     parser.add_argument(
         "--max-detections", type=positive_int, default=None, help="--task detect: at most this many per photo, best first (default: 10)"
     )
     parser.add_argument("--target", default=None, help="'auto' (the predicted class, default), a class index, or a class name")
+    parser.add_argument(
+        "--task",
+        default="classify",
+        choices=["classify", "detect", "segment"],
+        help="classify (default); detect: a torchvision detector's detections above --min-score, one map each, boxes drawn; "
+        "segment: explain --target's scores summed over --region (or where the model predicts it) of a segmenter, "
+        "writing <name>_mask.png, the predicted mask, beside the map",
+    )
+    parser.add_argument("--region", type=region_box, default=None, help="x0,y0,x1,y1: the box explained (image pixels), --task segment")
     parser.add_argument("--top-k", type=non_negative_int, default=5, help="predictions listed per image (default: 5)")
     parser.add_argument("--out", type=Path, default=Path("normgrad-out"), help="output folder (default: normgrad-out)")
     parser.add_argument(
@@ -178,7 +182,19 @@ def options_from(args: argparse.Namespace) -> ExplainOptions:
         task=args.task,
         min_score=args.min_score,
         max_detections=args.max_detections,
+        region=args.region,
     )
+
+
+def region_box(text: str) -> tuple[int, int, int, int]:
+    """``x0,y0,x1,y1`` as four non-negative ints (argparse reports a bad one)."""
+    parts = text.split(",")
+    if len(parts) != 4 or not all(part.strip().isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"expected x0,y0,x1,y1 (four non-negative integers); got {text!r}")
+    x0, y0, x1, y1 = (int(part) for part in parts)
+    if not (x0 < x1 and y0 < y1):
+        raise argparse.ArgumentTypeError(f"expected x0 < x1 and y0 < y1; got {text!r}")
+    return x0, y0, x1, y1
 
 
 def run(args: argparse.Namespace) -> int:

@@ -206,7 +206,7 @@ def _one_pass(
             raise NormGradError(_skipped_message(probes, 0))
         if objective.unit is not None and not unit_values:
             raise NormGradError(f"target unit layer {objective.unit.layer!r} never ran in the forward pass")
-        scores = objective.scores(output, unit_values[0] if unit_values else None, inputs.shape[0])
+        scores = objective.scores(output, unit_values[0] if unit_values else None, inputs.shape[0], tuple(inputs.shape[-2:]))
         if not scores.requires_grad:
             raise NormGradError("the objective does not depend on the input through autograd")
         del output, unit_values

@@ -73,6 +73,10 @@ class BatchLoop:
     def batch(self, batch: list[Item]) -> list[tuple[Item, Pending | str]]:
         """One batch: each item with its :class:`Pending` result (the maps still at the model's resolution), or why it
         was skipped."""
+        if self.setup.task == "segment":
+            from normgrad.run.segment import segment_batch
+
+            return segment_batch(self, batch)
         setup, model = self.setup, self.loaded.model
         results: list[tuple[Item, Pending | str]] = []
         own = self._predict_at_model_size(batch)

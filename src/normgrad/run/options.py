@@ -23,6 +23,7 @@ EMBEDDED = "efficientnet_lite0"
 MIN_SIZE = 16  # the smallest --size: below it most models have no spatial map left
 COMBINE_CHOICES = ("product", "geometric", "sum", "none")
 PREDICT_AT = ("model", "explained")
+TASKS = ("classify", "segment")
 MAP_DTYPES = ("float32", "float16")
 STORAGES = ("files", "shards")  # a .npy file per map, or each process's maps in one file (normgrad.store.shards)
 
@@ -68,6 +69,8 @@ class ExplainOptions:
     min_score: float | None = None  # task="detect": explain the detections scoring at least this (default 0.5)
     max_detections: int | None = None  # task="detect": at most this many per photo, best first (default 10)
     class_names: Sequence[str] | None = field(default=None, repr=False)
+    task: str = "classify"  # "segment": the target class's scores summed over region (or the class's predicted region)
+    region: Sequence[int] | None = None  # (x0, y0, x1, y1) in the image's pixels, end exclusive; segment only
 
     def check(self) -> Checked:
         """Every option checked (no model loaded): the method (``None``: the default), layer names, target option."""
@@ -77,6 +80,8 @@ class ExplainOptions:
         _choice("--map-dtype", self.map_dtype, MAP_DTYPES)
         _choice("--storage", self.storage, STORAGES)
         _choice("--predict-at", self.predict_at, PREDICT_AT)
+        _choice("--task", self.task, TASKS)
+        self._check_task()
         for flag, value, low in (("--top-k", self.top_k, 0), ("--batch-size", self.batch_size, 1), ("--size", self.size, 1),
                                  ("--workers", self.workers, 0), ("--writers", self.writers, 0), ("--steps", self.steps, 1)):  # fmt: skip
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
@@ -124,6 +129,20 @@ class ExplainOptions:
             raise NormGradError(f"--save-layers does not apply to {method.name}: it has no layer maps; drop --save-layers")
         if self.save_layers and self.combine == "none":
             raise NormGradError("--save-layers with --combine none: every layer's map is written already; drop --save-layers")
+
+    def _check_task(self) -> None:
+        """``--task segment`` explains one class (``--target``), in ``--region`` or where the model predicts it."""
+        if self.task != "segment":
+            if self.region is not None:
+                raise NormGradError("--region applies to --task segment only (a class inside a region of a segmenter's output)")
+            return
+        if self.target is None or str(self.target).strip().lower() in ("", "auto"):
+            raise NormGradError("--task segment needs --target CLASS (a class index or name): the class explained inside the region")
+        if self.region is not None:
+            box = tuple(self.region)
+            valid = len(box) == 4 and all(isinstance(v, int) and not isinstance(v, bool) for v in box)
+            if not valid or not (0 <= box[0] < box[2] and 0 <= box[1] < box[3]):
+                raise NormGradError(f"--region must be x0,y0,x1,y1 in pixels with 0 ≤ x0 < x1 and 0 ≤ y0 < y1; got {self.region!r}")
 
     def _check_outputs(self) -> None:
         """Something must be written; float16 maps only where the map is a combination in [0, 1] (raw maps could overflow)."""

@@ -16,6 +16,7 @@ from normgrad.errors import NormGradError
 from normgrad.run.loading import Prepare
 from normgrad.run.options import Checked, ExplainOptions, weights_identity, weights_option
 
+MASK = "mask"  # segment: the output holding the target class's predicted mask (1 inside), shown beside the map
 FALLBACK_METHOD = "selective"  # layers the default names no method for (normgrad.defaults.FINE_METHOD)
 
 
@@ -31,6 +32,8 @@ class Setup:
     default_methods: dict[str, str] | None  # the default method (no --method): layer -> registry method
     preprocess: Any
     predict_preprocess: Any = None  # None: predictions at the size explained
+    task: str = "classify"
+    region: tuple[int, int, int, int] | None = None  # segment: (x0, y0, x1, y1) in the image's pixels
 
     @property
     def prepare(self) -> Prepare:
@@ -115,7 +118,8 @@ def resolve(options: ExplainOptions, checked: Checked, loaded: Any) -> Setup:
         default_methods = {layer: default_methods.get(layer, FALLBACK_METHOD) for layer in layers}
     target = pipeline.resolve_target(checked.target, loaded.class_names) if method.needs_model else None
     preprocess = input_preprocess(loaded, options.size)
-    predict = predict_preprocess(loaded, preprocess) if options.predict_at == "model" else None
+    segment = options.task == "segment"
+    predict = predict_preprocess(loaded, preprocess) if options.predict_at == "model" and not segment else None
     settings = {
         "model": loaded.name,
         "weights": None,  # filled in by into_folder (a hash of the tensors for a model passed in)
@@ -129,9 +133,11 @@ def resolve(options: ExplainOptions, checked: Checked, loaded: Any) -> Setup:
         "steps": options.inner_steps if method.inner_step else None,
         "predict_at": options.predict_at,
         **({"save_layers": True} if options.save_layers else {}),  # absent unless given: records of earlier versions still match
+        **({"task": "segment", "region": list(options.region) if options.region else None} if segment else {}),
         **options.output_settings(),
     }
-    return Setup(layers, target, settings, None, default_methods, preprocess, predict)
+    region = tuple(options.region) if segment and options.region else None
+    return Setup(layers, target, settings, None, default_methods, preprocess, predict, options.task, region)  # type: ignore[arg-type]
 
 
 def _resolve_detect(options: ExplainOptions, checked: Checked, loaded: Any) -> Setup:
@@ -179,6 +185,7 @@ def files_of(options: ExplainOptions, setup: Setup):
     def files(name: str) -> list[str]:
         stems = [f"{name}_{layer}" for layer in layers] if setup.per_layer else [name]
         stems += [f"{name}_{layer}" for layer in layers] if options.save_layers else []
+        stems += [f"{name}_{MASK}"] if setup.task == "segment" else []
         return [f"{stem}{suffix}" for stem in stems for suffix in suffixes]
 
     return files

@@ -37,6 +37,11 @@ class Explained:
         """The combined map (the only one with ``combine="none"`` and one layer): (H, W) at the image's size."""
         return self.maps.get(pipeline.COMBINED, next(iter(self.maps.values())))
 
+    def __call__(self) -> Explained:
+        """A result that is complete already: the loops hand the writers a callable (see ``normgrad.run.loop.Pending``),
+        and an :class:`Explained` made whole in the main thread (detection, segmentation) is its own."""
+        return self
+
 
 def outputs(explained: Explained, name: str, *, run: str, rank: int, identity: Any, layers: list[str] | None, overlay: bool,
             npy: bool, map_dtype: str) -> tuple[dict[str, bytes], dict]:  # fmt: skip
