@@ -281,7 +281,7 @@ ARCHITECTURES: dict[str, Arch] = {
     "unet3d_volume": Arch(UNet3d, size=(32, 48), frames=16, target=_volume_segmentation_target),
 }
 
-FAST = ("tv_swin", "timm_vit", "timm_levit", "hf_segformer", "tv_r2plus1d_18", "tv_mvit_v2")  # in the default run; the rest are marked slow
+FAST = ("tv_swin", "timm_vit", "timm_levit", "hf_segformer", "tv_mvit_v2")  # in the default run; the rest are marked slow
 
 
 def informative(model: nn.Module) -> nn.Module:

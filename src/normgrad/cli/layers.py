@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import torch
-
 from normgrad.cli.common import check_weights, command, positive_int, weights_option
 from normgrad.defaults import defaults_for
 from normgrad.errors import NormGradError
+from normgrad.video.explain import example_input
 
 EXAMPLES = """examples:
   normgrad layers efficientnet_lite0
@@ -37,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
     if args.size is not None and fixed is not None:
         raise NormGradError(f"--size does not apply to {loaded.name}: its input size is fixed, {fixed[0]}x{fixed[1]}; drop --size")
     height, width = (args.size, args.size) if args.size else loaded.preprocess.example_size
-    example = torch.zeros(1, 3, height, width)
+    example = example_input(loaded.model, height, width)  # videos and volumes: (1, 3, 16, H, W)
     defaults = set(loaded.default_layers(example))
-    explain = defaults_for(loaded) if args.size is None else None
+    explain = defaults_for(loaded) if args.size is None and example.dim() == 4 else None  # clips: explain uses the stage outputs
     infos = ng.engine.layers.describe_layers(loaded.model, example)
     name_width = max(len(info.name) for info in infos)
     print(f"   {'name':{name_width}s}  {'type':24s}  {'output shape':20s}  {'layout (or why no map)':30s}  calls")
@@ -48,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         shape = "x".join(map(str, info.output_shape)) if info.output_shape else "-"
         print(f"{mark} {info.name:{name_width}s}  {info.type:24s}  {shape:20s}  {info.layout_text[:30]:30s}  {info.calls}")
     in_order = [info.name for info in infos if info.name in defaults]
-    print(f"{len(infos)} layers of {loaded.name} at {height}x{width}; * = default layers ({', '.join(in_order)})")
+    clip = f"{example.shape[2]} frames of " if example.dim() == 5 else ""
+    print(f"{len(infos)} layers of {loaded.name} at {clip}{height}x{width}; * = default layers ({', '.join(in_order)})")
     if explain is not None:
         print(f"e = the layers of `normgrad explain`'s default: {explain.describe()}")
     return 0

@@ -100,6 +100,8 @@ def check_inputs(inputs: Any, model: nn.Module | None = None) -> None:
         raise NormGradError(f"inputs must be a torch.Tensor of shape (N, C, H, W); got {type(inputs).__name__}")
     if inputs.dim() not in (4, 5):
         raise NormGradError(_not_images_message(tuple(inputs.shape), model))
+    if inputs.dim() == 4 and model is not None and isinstance(_first_convolution(model), nn.Conv3d):  # Conv3d takes (C, T, H, W) unbatched
+        raise NormGradError(_not_images_message(tuple(inputs.shape), model))
     if not inputs.is_floating_point():
         raise NormGradError(f"inputs must be a float tensor (preprocessed images); got {inputs.dtype}")
     resizing = resizes_input(model) if model is not None else None
@@ -109,20 +111,22 @@ def check_inputs(inputs: Any, model: nn.Module | None = None) -> None:
 
 def _not_images_message(shape: tuple[int, ...], model: nn.Module | None) -> str:
     message = f"inputs must be images of shape (N, C, H, W); got a {len(shape)}-D tensor {shape}"
-    first = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None) if model is not None else None
+    first = _first_convolution(model) if model is not None else None
     if len(shape) == 3 and isinstance(first, nn.Conv2d) and shape[0] == first.in_channels:
         return f"{message}: one image (C, H, W) needs a batch dimension, x[None]"
-    if len(shape) == 4 and isinstance(first, nn.Conv3d) and shape[0] == first.in_channels:
-        return (
-            f"inputs of a 3-D model must be videos or volumes (N, C, T, H, W); got a 4-D tensor {shape}: "
-            "one clip (C, T, H, W) needs a batch dimension, x[None]"
-        )
+    if len(shape) == 4 and isinstance(first, nn.Conv3d):
+        hint = ": one clip (C, T, H, W) needs a batch dimension, x[None]" if shape[0] == first.in_channels else ""
+        return f"inputs of a 3-D model (its first convolution is a Conv3d) must be videos or volumes (N, C, T, H, W); got {shape}{hint}"
     if len(shape) == 3:
         return (
             f"{message}: a sequence (N, C, L) of a 1-D model has no image grid, and normgrad's maps are 2-D (N, 1, h, w); "
             "1-D models are not supported"
         )
     return message
+
+
+def _first_convolution(model: nn.Module) -> nn.Module | None:
+    return next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
 
 
 PerLayer = Mapping[str, tuple[str, str]]

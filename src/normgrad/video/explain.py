@@ -103,9 +103,22 @@ def explain_clip(
     )
 
 
+DEFAULT_FRAMES = 16  # what torchvision's video models are trained on (MViT takes exactly its temporal size)
+
+
+def example_input(model: nn.Module, height: int, width: int) -> Tensor:
+    """A zero input of the right rank for ``model``: (1, C, T, H, W) when its first convolution is a Conv3d, else (1, 3, H, W)."""
+    first = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+    if isinstance(first, nn.Conv3d):
+        steps = getattr(getattr(model, "pos_encoding", None), "temporal_size", None)  # MViT: time steps of its patch grid
+        frames = DEFAULT_FRAMES if steps is None else steps * model.conv_proj.stride[0]
+        return torch.zeros(1, first.in_channels, frames, height, width)
+    return torch.zeros(1, 3, height, width)
+
+
 def _input_channels(model: nn.Module) -> int:
     first = next((m for m in model.modules() if isinstance(m, nn.Conv3d)), None)
     return first.in_channels if first is not None else 3
 
 
-__all__ = ["ClipResult", "clip_tensor", "explain_clip"]
+__all__ = ["ClipResult", "clip_tensor", "example_input", "explain_clip"]
