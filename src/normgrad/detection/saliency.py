@@ -12,11 +12,12 @@ the photo exactly (:mod:`normgrad.detection.geometry`).
 
 A single detection is scored from *one* level: a two-stage detector pools
 its box from the level its size selects (``MultiScaleRoIAlign``), a
-one-stage detector scores it at one anchor of one level, and the FPN's
-output convolutions do not feed each other.  The other levels get no
-gradient, so their maps are exactly zero; :meth:`DetectionMaps.combined`
-leaves such levels out per image instead of letting a product zero
-everything.
+one-stage detector scores it at one anchor of one level.  The FPN's output
+convolutions do not feed each other, so the other levels get no gradient
+(except those that feed the one read: RetinaNet/FCOS's P6 is computed from
+P5, SSD's blocks form a chain) and their maps are exactly zero;
+:meth:`DetectionMaps.combined` leaves such levels out per image instead of
+letting a product zero everything.
 """
 
 from __future__ import annotations
