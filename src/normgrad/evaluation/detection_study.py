@@ -173,7 +173,8 @@ def figure(path: Path, steps: int = 300, seed: int = 7) -> None:
     boxes, labels, scores = found["boxes"][keep], found["labels"][keep], found["scores"][keep]
     maps = explain_photo(model, scene.photo, boxes, labels, seed)
     photo = Image.fromarray((scene.photo.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-    captions = [f"{k + 1} {box_caption(synthetic_boxes.CLASSES[int(label)], float(score))}" for k, (label, score) in enumerate(zip(labels, scores))]
+    names = [synthetic_boxes.CLASSES[int(label)] for label in labels]
+    captions = [f"{k + 1} {box_caption(name, float(score))}" for k, (name, score) in enumerate(zip(names, scores))]
     scale = 3
     tiles = [draw_boxes(photo.resize((photo.width * scale, photo.height * scale)), boxes * scale, captions)]
     for method, title in (("normgrad", "NormGrad"), ("gradcam", "Grad-CAM")):
