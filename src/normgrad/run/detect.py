@@ -72,6 +72,12 @@ def check_detector_model(loaded: Any) -> None:
         )
 
 
+def refuse_detector(loaded: Any) -> None:
+    """A detector explained as a classifier: one line saying to add ``--task detect``."""
+    if det.is_detector(loaded.model):
+        raise NormGradError(f"{loaded.name} is a detector: add --task detect (one map per detection above --min-score)")
+
+
 def settings(options: Any, method: Any, loaded: Any, layers: list[str]) -> dict:
     return {
         "task": "detect",
@@ -222,4 +228,4 @@ class _Chosen:
         return torch.stack(scores)
 
 
-__all__ = ["TASKS", "DetectLoop", "check_detector_model", "check_task", "files_of", "layers_of", "settings"]
+__all__ = ["TASKS", "DetectLoop", "check_detector_model", "check_task", "files_of", "layers_of", "refuse_detector", "settings"]

@@ -102,6 +102,9 @@ def resolve(options: ExplainOptions, checked: Checked, loaded: Any) -> Setup:
 
     if options.task == "detect":
         return _resolve_detect(options, checked, loaded)
+    from normgrad.run.detect import refuse_detector
+
+    refuse_detector(loaded)
     method = checked.method
     defaults = defaults_for(loaded) if method is None else None
     default_methods = dict(defaults.methods) if defaults is not None else None
