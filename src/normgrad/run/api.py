@@ -25,7 +25,7 @@ from normgrad.run.loop import BatchLoop
 from normgrad.run.options import ExplainOptions, background_threads
 from normgrad.run.plan import Setup, into_folder, load_model, model_device, resolve
 from normgrad.run.records import Explained, outputs
-from normgrad.run.report import counter, progress, quiet, say
+from normgrad.run.report import counter, printable, progress, quiet, say
 from normgrad.run.writers import Writer
 
 
@@ -135,7 +135,7 @@ def _in_memory(inputs: Any, options: ExplainOptions, checked: Any, say: Callable
     loaded = load_model(options)
     setup = resolve(options, checked, loaded)
     method = setup.method(checked.method)
-    result = RunResult(None, setup.settings)
+    result = RunResult(None, setup.settings, failed=_report_problems(found, say))
     count = found.count if found.files is None else len(found.files)
     progress_bar = counter(count or 0, "explaining", "img", disable=say is quiet)
 
@@ -144,7 +144,7 @@ def _in_memory(inputs: Any, options: ExplainOptions, checked: Any, say: Callable
         progress_bar.update(1)
 
     def fail(item: Any, error: str) -> None:
-        say(f"normgrad: skipping {item.path}: {error}")
+        say(f"normgrad: skipping {printable(str(item.path))}: {error}")
         result.failed.append({"index": item.index, "name": item.name, "image": str(item.path), "error": error})
         progress_bar.update(1)
 
@@ -154,6 +154,13 @@ def _in_memory(inputs: Any, options: ExplainOptions, checked: Any, say: Callable
         progress_bar.close()
     result.images.sort(key=lambda e: e.index)
     return result
+
+
+def _report_problems(found: Inputs, say: Callable[[str], None]) -> list[dict]:
+    """One line per folder not searched; those that could not be read, as skipped inputs (they count in the exit status)."""
+    for folder, why, _ in found.problems:
+        say(f"normgrad: skipping {printable(folder)}: {why}")
+    return [{"image": folder, "error": why} for folder, why, counts in found.problems if counts]
 
 
 def _entries(found: Inputs) -> list[tuple[int, Path, str]]:
@@ -215,7 +222,8 @@ def _into_folder(inputs: Any, out: Path, options: ExplainOptions, checked: Any, 
         method = setup.method(checked.method)
         plan = setup.plan
         for path, reason in plan.skipped if shard.rank == 0 else []:
-            say(f"normgrad: skipping {path}: {reason}")
+            say(f"normgrad: skipping {printable(str(path))}: {reason}")
+        unsearched = _report_problems(found, say) if shard.rank == 0 else []
         _explain_share(options, method, loaded, setup, store, found, plan.work[shard.rank :: shard.world], shard, gallery, say)
         shards.finish_shard(shard)
         if shard.rank != 0:
@@ -232,7 +240,7 @@ def _into_folder(inputs: Any, out: Path, options: ExplainOptions, checked: Any, 
     failed = [
         {"image": e.get("image", e.get("name")), "error": e.get("error") or e.get("status")} for e in entries if e.get("status") != "ok"
     ]
-    failed += [{"image": str(path), "error": reason} for path, reason in plan.skipped]
+    failed += [{"image": str(path), "error": reason} for path, reason in plan.skipped] + unsearched
     return RunResult(out, setup.settings, records=[e for e in entries if e.get("status") == "ok"], failed=failed,
                      done_earlier=len(plan.done), distributed=shard.distributed,
                      gallery=out / "index.html" if plan.gallery else None)  # fmt: skip
@@ -268,7 +276,7 @@ def _explain_share(options: ExplainOptions, method: Any, loaded: Any, setup: Set
     progress_bar = counter(len(mine), "explaining", "img", disable=shard.rank != 0 or say is quiet)
 
     def fail(item: Any, error: str) -> None:
-        say(f"normgrad: skipping {item.path}: {error}")
+        say(f"normgrad: skipping {printable(str(item.path))}: {error}")
         record = {"type": "failed", "run": run_id, "rank": shard.rank, "index": item.index, "name": item.name,
                   "image": str(item.path), "input": item.identity, "error": error}  # fmt: skip
         store.journal.append(record)

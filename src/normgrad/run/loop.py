@@ -23,6 +23,7 @@ from normgrad import pipeline
 from normgrad.errors import NormGradError
 from normgrad.run.loading import Item, batches, to_device
 from normgrad.run.records import Explained
+from normgrad.run.report import printable
 
 NOT_FINITE = "the model's output is NaN or infinite for this image"
 
@@ -151,7 +152,7 @@ class BatchLoop:
         constant = [name for name, plane in planes.items() if plane.min() == plane.max()]
         if constant:  # written as computed, but it points nowhere: say so
             value = float(planes[constant[0]].flat[0])
-            self.say(f"normgrad: warning: {item.path}: the {', '.join(constant)} map is constant ({value:g} everywhere): "
+            self.say(f"normgrad: warning: {printable(str(item.path))}: the {', '.join(constant)} map is constant ({value:g} everywhere): "
                      "no location moves the objective there (in a product, one layer's map is zero)")  # fmt: skip
 
 
