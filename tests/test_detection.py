@@ -237,5 +237,6 @@ def test_every_torchvision_detector_explains_its_top_detection(arch):
     assert all(m.shape == (1, 1, *PHOTO) and bool(torch.isfinite(m).all()) for m in maps.photo.values())
     assert float(maps.combined().max()) == 1.0
     reference = hook_maps(model, photos, det.DetectionScore(boxes, labels), levels[:2])
-    for name in levels[:2]:
-        torch.testing.assert_close(maps.levels[name], reference[name], rtol=1e-4, atol=1e-7 * float(reference[name].max()) + 1e-30)
+    for name in levels[:2]:  # float32 through a whole detector: differences of 1e-6 of the map's maximum are rounding
+        scale = float(reference[name].detach().max())
+        torch.testing.assert_close(maps.levels[name], reference[name], rtol=1e-4, atol=1e-5 * scale + 1e-30)
