@@ -219,6 +219,8 @@ def test_a_classifier_or_bad_photos_are_refused(fcos, small_net):
         det.saliency(small_net, torch.rand(1, 3, 32, 32), det.AllDetections())
     with pytest.raises(NormGradError, match=r"photos must be a float tensor \(N, 3, H, W\)"):
         det.saliency(fcos, torch.rand(3, 32, 32), det.AllDetections())
+    with pytest.raises(NormGradError, match=r"RGB values in \[0, 1\] \(the detector normalises them itself\)"):
+        det.detect(fcos, torch.randn(1, 3, 32, 32))  # ImageNet-normalised pixels would be normalised twice
 
 
 # Every torchvision detector

@@ -94,6 +94,11 @@ def check_photos(photos: Any) -> Tensor:
         raise NormGradError(f"photos must hold 1 or more images of at most {PHOTO_PIXELS} pixels each; got {tuple(photos.shape)}")
     if not bool(torch.isfinite(photos).all()):
         raise NormGradError("photos hold NaN or infinite values")
+    low, high = float(photos.min()), float(photos.max())
+    if low < 0.0 or high > 1.0:  # normalised pixels would be normalised twice, silently
+        raise NormGradError(
+            f"photos must hold RGB values in [0, 1] (the detector normalises them itself); got values in [{low:.3g}, {high:.3g}]"
+        )
     return photos
 
 
