@@ -242,3 +242,12 @@ def test_every_torchvision_detector_explains_its_top_detection(arch):
     for name in levels[:2]:  # float32 through a whole detector: differences of 1e-6 of the map's maximum are rounding
         scale = float(reference[name].detach().max())
         torch.testing.assert_close(maps.levels[name], reference[name], rtol=1e-4, atol=1e-5 * scale + 1e-30)
+
+
+def test_a_combination_without_any_gradient_warns_that_it_is_blank(fcos, photos):
+    boxes, labels, _ = top_detection(fcos, photos[:1])
+    maps = det.saliency(fcos, photos[:1], det.DetectionScore(boxes, labels))
+    unused = {name: m for name, m in maps.levels.items() if float(m.max()) == 0}
+    blank = det.DetectionMaps(unused, {name: maps.photo[name] for name in unused}, maps.resized)
+    with pytest.warns(UserWarning, match=r"image\(s\) \[0\]: no selected layer receives gradient"):
+        assert float(blank.combined().max()) == 0.0

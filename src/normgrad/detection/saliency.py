@@ -22,6 +22,7 @@ letting a product zero everything.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +60,13 @@ class DetectionMaps:
             raise NormGradError(f"unknown combine mode {mode!r}; valid modes: {', '.join(COMBINE_MODES)}")
         stacked = torch.stack([normalize(m) for m in self.photo.values()])  # (L, N, 1, H, W)
         used = torch.stack([m.flatten(1).abs().amax(1) > 0 for m in self.photo.values()]).float().view(*stacked.shape[:2], 1, 1, 1)
+        blank = [i for i in range(used.shape[1]) if not bool(used[:, i].any())]
+        if blank:
+            warnings.warn(
+                f"image(s) {blank}: no selected layer receives gradient from the target, so the combined map is blank; "
+                "select the levels the detection is read from (the default: every pyramid level)",
+                stacklevel=2,
+            )
         count = used.sum(0).clamp_min(1)
         if mode == "sum":
             combined = (stacked * used).sum(0) / count

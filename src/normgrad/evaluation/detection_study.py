@@ -161,12 +161,14 @@ def markdown(result: dict[str, Any]) -> str:
 def figure(path: Path, steps: int = 300, seed: int = 7) -> None:
     """A held-out photo with its detections, and the NormGrad and Grad-CAM map of each (the README's figure)."""
     from PIL import Image, ImageDraw
+    from tqdm import tqdm
 
     from normgrad.detection.drawing import box_caption, draw_boxes
     from normgrad.viz import overlay
 
     model = synthetic_boxes.small_fcos()
-    synthetic_boxes.train(model, steps=steps)
+    with tqdm(total=steps, desc="training FCOS", mininterval=5) as bar:
+        synthetic_boxes.train(model, steps=steps, progress=lambda step: bar.update(1))
     scene = next(s for s in synthetic_boxes.scenes(40, seed) if len(s.boxes) >= 2)
     found = det.detect(model, scene.photo[None])[0]
     keep = found["scores"] >= 0.3
