@@ -251,3 +251,15 @@ def test_a_combination_without_any_gradient_warns_that_it_is_blank(fcos, photos)
     blank = det.DetectionMaps(unused, {name: maps.photo[name] for name in unused}, maps.resized)
     with pytest.warns(UserWarning, match=r"image\(s\) \[0\]: no selected layer receives gradient"):
         assert float(blank.combined().max()) == 0.0
+
+
+def test_the_engine_called_directly_on_a_detector_gives_the_same_level_maps(fcos):
+    import normgrad as ng
+
+    photos = torch.rand(2, 3, 12, 15, generator=torch.Generator().manual_seed(4))  # upsampled inside: P3 (16 × 20) > the photo
+    target = det.AllDetections(min_score=0.0)
+    levels = ["backbone.fpn.layer_blocks.0", "backbone.fpn.layer_blocks.1"]
+    direct = ng.normgrad(fcos, photos, target, layers=levels)  # the photo in, the model's own transform inside
+    maps = det.saliency(fcos, photos, target, layers=levels)
+    for name in levels:
+        torch.testing.assert_close(direct[name], maps.levels[name], rtol=1e-4, atol=1e-6 * float(direct[name].max()))

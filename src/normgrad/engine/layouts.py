@@ -122,8 +122,21 @@ class Evidence:
             family = "first"
         else:
             family = None
-        height, width = inputs.shape[-2:]
+        height, width = _detector_input(model, inputs) or inputs.shape[-2:]
         return cls((int(height), int(width)), int(inputs.shape[0]), prefix, family, raster_tokens)
+
+
+def _detector_input(model: nn.Module, inputs: torch.Tensor) -> tuple[int, int] | None:
+    """A torchvision detector resizes and pads its input inside the model (``GeneralizedRCNNTransform``): its layers lie
+    on the grid of that padded input, whose size its transform gives (run on one image, no gradient)."""
+    transform = vars(model).get("_modules", {}).get("transform")
+    if type(transform).__name__ != "GeneralizedRCNNTransform" or inputs.dim() != 4:
+        return None
+    from normgrad.engine.model_state import eval_mode
+
+    with torch.no_grad(), eval_mode(transform):
+        resized, _ = transform([inputs[0].detach()])
+    return int(resized.tensors.shape[-2]), int(resized.tensors.shape[-1])
 
 
 @lru_cache(maxsize=1024)
