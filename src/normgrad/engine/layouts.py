@@ -17,7 +17,8 @@ The evidence, strongest first:
    does (:func:`graph_axis`): a convolution, BatchNorm or pooling behind
    element-wise operations and sums means channels first.
 3. **The input's grid**: the positions must lie on a grid of the H × W
-   input: ``h = ⌊H/s⌋`` or ``⌈H/s⌉`` and ``w`` likewise for one integer
+   input (for a torchvision detector, which resizes and pads its input
+   inside the model, the H × W of that padded input): ``h = ⌊H/s⌋`` or ``⌈H/s⌉`` and ``w`` likewise for one integer
    stride ``s`` (a few positions less for unpadded convolutions; any size up
    to the input's for a convolution's own output).  Tokens ``(N, T, C)``
    must be ``k`` prefix tokens plus exactly such a grid, with ``k`` the
