@@ -249,7 +249,7 @@ def test_a_combination_without_any_gradient_warns_that_it_is_blank(fcos, photos)
     maps = det.saliency(fcos, photos[:1], det.DetectionScore(boxes, labels))
     unused = {name: m for name, m in maps.levels.items() if float(m.max()) == 0}
     blank = det.DetectionMaps(unused, {name: maps.photo[name] for name in unused}, maps.resized)
-    with pytest.warns(UserWarning, match=r"image\(s\) \[0\]: no selected layer receives gradient"):
+    with pytest.warns(UserWarning, match=r"image\(s\) \[0\]: every selected layer's map is zero"):
         assert float(blank.combined().max()) == 0.0
 
 

@@ -49,7 +49,7 @@ class DetectionMaps:
     resized: Resized
 
     def combined(self, mode: str = "sum") -> Tensor:
-        """One (N, 1, H, W) map in [0, 1] from the photo-grid maps of the levels that received gradient (see the module doc).
+        """One (N, 1, H, W) map in [0, 1] from the photo-grid maps of the levels whose map is not zero (see the module doc).
 
         Each level is min-max normalised per image; ``sum`` averages them,
         ``product`` / ``geometric`` multiply them (equal weights); a level
@@ -63,8 +63,8 @@ class DetectionMaps:
         blank = [i for i in range(used.shape[1]) if not bool(used[:, i].any())]
         if blank:
             warnings.warn(
-                f"image(s) {blank}: no selected layer receives gradient from the target, so the combined map is blank; "
-                "select the levels the detection is read from (the default: every pyramid level)",
+                f"image(s) {blank}: every selected layer's map is zero, so the combined map is blank (no gradient reaches "
+                "those layers — the default selects every pyramid level — or the method zeroed them, as Grad-CAM's ReLU does)",
                 stacklevel=2,
             )
         count = used.sum(0).clamp_min(1)
