@@ -97,7 +97,7 @@ def report(table: dict, count: int, results: dict) -> tuple[str, str]:
         for k, row in rows.items():
             lines.append(f"| {variant} | {k} | {row['images_per_s']:.1f} | {row['per_core']:.1f} | {row['scaling']:.2f} |")
     body = "\n".join(lines)
-    where = f"{results['machine']}; load average before/after {results['load'][0]} / {results['load'][1]}"
+    where = f"{results['machine']}; load average before/after {results['load'][0]:.2f} / {results['load'][1]:.2f}"
     section = (
         f"The pipeline alone (a trivial model: one 3×3 convolution), {count} JPEG photos of 400×300, one torch thread, "
         f"k readers and k writers pinned to k cores ({where}); `python benchmarks/bench_pipeline.py`:\n\n{body}\n"

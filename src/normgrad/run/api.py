@@ -139,7 +139,11 @@ def _in_memory(inputs: Any, options: ExplainOptions, checked: Any, say: Callable
     count = found.count if found.files is None else len(found.files)
     progress_bar = counter(count or 0, "explaining", "img", disable=say is quiet)
 
-    def done(item: Any, explained: Explained) -> None:
+    def done(item: Any, pending: Any) -> None:
+        explained = pending()
+        if isinstance(explained, str):
+            fail(item, explained)
+            return
         result.images.append(explained)
         progress_bar.update(1)
 
@@ -295,8 +299,8 @@ def _explain_share(options: ExplainOptions, method: Any, loaded: Any, setup: Set
     writer = Writer(options.writers or 0, limit=2 * (options.batch_size or 8))
     loop = _loop(options, loaded, setup, method, say)
 
-    def done(item: Any, explained: Explained) -> None:
-        finished(writer.submit(_write, options, setup, work[item.index], item, explained, shard.rank, store, gallery))
+    def done(item: Any, pending: Any) -> None:
+        finished(writer.submit(_write, options, setup, work[item.index], item, pending, shard.rank, store, gallery))
 
     try:
         entries = [(w.index, Path(w.path), w.name) for w in mine]
@@ -337,12 +341,15 @@ def _not_done(items: Any, recorded: dict[str, dict], store: Any, progress_bar: A
         yield item
 
 
-def _write(options: ExplainOptions, setup: Setup, work: Any, item: Any, explained: Explained, rank: int, store: Any,
+def _write(options: ExplainOptions, setup: Setup, work: Any, item: Any, pending: Any, rank: int, store: Any,
            gallery: Any) -> tuple[Any, str | None]:  # fmt: skip
-    """A writer thread: one image's files and record, committed by the store, then its gallery pictures;
-    ``(item, None)`` or ``(item, why it was skipped)``."""
+    """A writer thread: one image's maps at its size, its files and record, committed by the store, then its gallery
+    pictures; ``(item, None)`` or ``(item, why it was skipped)``."""
     from normgrad.store import StoreError
 
+    explained = pending()
+    if isinstance(explained, str):
+        return item, explained
     try:
         files, record = outputs(explained, work.name, run=setup.plan.run, rank=rank, identity=item.identity, layers=setup.layers,
                                 overlay=options.overlay, npy=options.npy, map_dtype=options.map_dtype)  # fmt: skip
