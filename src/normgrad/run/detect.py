@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -132,8 +133,9 @@ class DetectLoop:
     min_score: float
     max_detections: int
 
-    def run(self, items: Iterator[Item], done: Callable[[Item, Any], None], fail: Callable[[Item, str], None],
+    def run(self, items: Iterator[Item], done: Callable[[Item, Callable[[], Any]], None], fail: Callable[[Item, str], None],
             after_batch: Callable[[], None] | None = None) -> None:  # fmt: skip
+        """As :meth:`normgrad.run.loop.BatchLoop.run`: ``done(item, pending)``, ``pending()`` the :class:`Explained`."""
         from normgrad.run.loop import _model_message
 
         for item in items:
@@ -147,7 +149,7 @@ class DetectLoop:
             except (RuntimeError, ValueError, TypeError, IndexError, AssertionError, NotImplementedError) as error:
                 fail(item, _model_message(error))
             else:
-                done(item, explained)
+                done(item, partial(_ready, explained))  # the run's contract: a result the writers complete; this one is complete
             if after_batch is not None:
                 after_batch()
 
@@ -207,6 +209,10 @@ class DetectLoop:
                 raise NormGradError("a detection's map is NaN or infinite (the model's output is not finite for this photo)")
             planes += [combined[k, 0].cpu().numpy() for k in range(len(chunk))]
         return planes
+
+
+def _ready(explained: Any) -> Any:
+    return explained
 
 
 @dataclass(frozen=True)
