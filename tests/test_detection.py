@@ -219,6 +219,8 @@ def test_a_classifier_or_bad_photos_are_refused(fcos, small_net):
         det.saliency(small_net, torch.rand(1, 3, 32, 32), det.AllDetections())
     with pytest.raises(NormGradError, match=r"photos must be a float tensor \(N, 3, H, W\)"):
         det.saliency(fcos, torch.rand(3, 32, 32), det.AllDetections())
+    with pytest.raises(NormGradError, match=r"RGB values in \[0, 1\] \(the detector normalises them itself\)"):
+        det.detect(fcos, torch.randn(1, 3, 32, 32))  # ImageNet-normalised pixels would be normalised twice
 
 
 # Every torchvision detector
@@ -237,5 +239,27 @@ def test_every_torchvision_detector_explains_its_top_detection(arch):
     assert all(m.shape == (1, 1, *PHOTO) and bool(torch.isfinite(m).all()) for m in maps.photo.values())
     assert float(maps.combined().max()) == 1.0
     reference = hook_maps(model, photos, det.DetectionScore(boxes, labels), levels[:2])
-    for name in levels[:2]:
-        torch.testing.assert_close(maps.levels[name], reference[name], rtol=1e-4, atol=1e-7 * float(reference[name].max()) + 1e-30)
+    for name in levels[:2]:  # float32 through a whole detector: differences of 1e-6 of the map's maximum are rounding
+        scale = float(reference[name].detach().max())
+        torch.testing.assert_close(maps.levels[name], reference[name], rtol=1e-4, atol=1e-5 * scale + 1e-30)
+
+
+def test_a_combination_without_any_gradient_warns_that_it_is_blank(fcos, photos):
+    boxes, labels, _ = top_detection(fcos, photos[:1])
+    maps = det.saliency(fcos, photos[:1], det.DetectionScore(boxes, labels))
+    unused = {name: m for name, m in maps.levels.items() if float(m.max()) == 0}
+    blank = det.DetectionMaps(unused, {name: maps.photo[name] for name in unused}, maps.resized)
+    with pytest.warns(UserWarning, match=r"image\(s\) \[0\]: every selected layer's map is zero"):
+        assert float(blank.combined().max()) == 0.0
+
+
+def test_the_engine_called_directly_on_a_detector_gives_the_same_level_maps(fcos):
+    import normgrad as ng
+
+    photos = torch.rand(2, 3, 12, 15, generator=torch.Generator().manual_seed(4))  # upsampled inside: P3 (16 × 20) > the photo
+    target = det.AllDetections(min_score=0.0)
+    levels = ["backbone.fpn.layer_blocks.0", "backbone.fpn.layer_blocks.1"]
+    direct = ng.normgrad(fcos, photos, target, layers=levels)  # the photo in, the model's own transform inside
+    maps = det.saliency(fcos, photos, target, layers=levels)
+    for name in levels:
+        torch.testing.assert_close(direct[name], maps.levels[name], rtol=1e-4, atol=1e-6 * float(direct[name].max()))

@@ -93,3 +93,30 @@ def test_a_classifier_is_refused_for_detection_and_detection_options_without_it(
     assert code == 2 and "--task detect needs a torchvision detector" in err
     code, _, err = run(capsys, "explain", photo, "--min-score", "0.3", "--out", tmp_path)
     assert code == 2 and "--min-score only apply to --task detect" in err
+
+
+def test_a_detector_without_the_detect_task_is_refused_in_one_line(capsys, photo, weights, tmp_path):
+    code, _, err = run(capsys, "explain", photo, "--model", f"torchvision:{SSD}", "--weights", weights, "--out", tmp_path)
+    assert code == 2 and "is a detector: add --task detect" in err and err.count("\n") == 1
+
+
+def test_the_python_api_explains_detections_in_memory(photo, weights):
+    import normgrad as ng
+
+    result = ng.explain(photo, model=f"torchvision:{SSD}", weights=weights, task="detect", min_score=0.0, max_detections=2, verbose=False)
+    [image] = result.images
+    assert [d["number"] for d in image.detections] == [1, 2]
+    assert set(image.maps) == {"combined", "det1", "det2"} and image.maps["det1"].shape == (120, 160)
+
+
+def test_a_detector_fine_tuned_on_other_classes_loads_with_its_class_count(capsys, photo, tmp_path):
+    import torchvision
+
+    path = tmp_path / "seven.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.get_model(SSD, weights=None, weights_backbone=None, num_classes=7).state_dict(), path)
+    code, _, err = detect(capsys, photo, path, tmp_path / "out", "--min-score", "0", "--max-detections", "1")
+    assert code == 0, err
+    [record] = json.loads((tmp_path / "out" / "summary.json").read_text())["images"]
+    [found] = record["detections"]
+    assert 0 <= found["class"] < 7 and found["name"] == f"class {found['class']}"

@@ -244,12 +244,17 @@ def _torchvision(arch: str, weights: str | Path | None, num_classes: int | None 
         except Exception as error:  # offline: URLError, OSError, RuntimeError from the hub
             raise _offline_error(f"torchvision:{arch}", error) from error
     else:
+        state = _read_state(weights) if weights is not None else None
+        if num_classes is None and state is not None and arch in torchvision.models.list_models(module=torchvision.models.detection):
+            from normgrad.detection.detector import classes_in_state_dict
+
+            num_classes = classes_in_state_dict(state)  # a detector fine-tuned on the user's classes
         options: dict[str, Any] = {"num_classes": num_classes} if num_classes else {}
         if "weights_backbone" in inspect.signature(torchvision.models.get_model_builder(arch)).parameters:
             options["weights_backbone"] = None  # random or local weights: nothing to download
         model = torchvision.models.get_model(arch, weights=None, **options)
-        if weights is not None:
-            _load_file(model, weights)
+        if state is not None:
+            _load_state(model, state, weights)
     from normgrad.detection.detector import PhotoTensor, is_detector
 
     return LoadedModel(
@@ -327,6 +332,11 @@ def _class_names(num_classes: int | None) -> list[str]:
 
 
 def _load_file(model: nn.Module, path: str | Path) -> None:
+    _load_state(model, _read_state(path), path)
+
+
+def _read_state(path: str | Path) -> dict:
+    """The state dict in a weights file (read safely: ``weights_only=True``), ``module.`` prefixes removed."""
     path = Path(path)
     if not path.is_file():
         raise NormGradError(f"weights file {str(path)!r} does not exist")
@@ -345,7 +355,10 @@ def _load_file(model: nn.Module, path: str | Path) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise NormGradError(f"weights file {str(path)!r} does not hold a state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_state(model: nn.Module, state: dict, path: str | Path) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

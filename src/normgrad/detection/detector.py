@@ -46,6 +46,31 @@ class PhotoTensor:
         return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
+def classes_in_state_dict(state: dict[str, Tensor]) -> int | None:
+    """The class count of a torchvision detector's state dict (its heads' output sizes), or ``None`` if it does not say.
+
+    Faster / Mask R-CNN: ``roi_heads.box_predictor.cls_score`` has one output per class; RetinaNet and FCOS:
+    ``cls_logits`` has ``A·K`` outputs for ``A`` anchors, ``bbox_reg`` ``4·A``; SSD(lite): the first level's last
+    classification and regression convolutions likewise.
+    """
+    score = state.get("roi_heads.box_predictor.cls_score.weight")
+    if isinstance(score, Tensor):
+        return int(score.shape[0])
+    pairs = [("head.classification_head.cls_logits.weight", "head.regression_head.bbox_reg.weight")]
+    ssd = [
+        sorted(k for k in state if k.startswith(f"head.{part}_head.module_list.0.") and k.endswith("weight"))
+        for part in ("classification", "regression")
+    ]
+    if all(ssd):  # the last convolution of the first level (SSDlite: a depthwise then a pointwise one)
+        pairs.append((ssd[0][-1], ssd[1][-1]))
+    for classes, boxes in pairs:
+        if isinstance(state.get(classes), Tensor) and isinstance(state.get(boxes), Tensor):
+            anchors, remainder = divmod(int(state[boxes].shape[0]), 4)
+            if anchors and not remainder and int(state[classes].shape[0]) % anchors == 0:
+                return int(state[classes].shape[0]) // anchors
+    return None
+
+
 def is_detector(model: Any) -> bool:
     """A torchvision detector: a ``GeneralizedRCNNTransform`` as ``model.transform`` and a ``model.backbone``."""
     transform = getattr(model, "transform", None)
@@ -69,6 +94,11 @@ def check_photos(photos: Any) -> Tensor:
         raise NormGradError(f"photos must hold 1 or more images of at most {PHOTO_PIXELS} pixels each; got {tuple(photos.shape)}")
     if not bool(torch.isfinite(photos).all()):
         raise NormGradError("photos hold NaN or infinite values")
+    low, high = float(photos.min()), float(photos.max())
+    if low < 0.0 or high > 1.0:  # normalised pixels would be normalised twice, silently
+        raise NormGradError(
+            f"photos must hold RGB values in [0, 1] (the detector normalises them itself); got values in [{low:.3g}, {high:.3g}]"
+        )
     return photos
 
 

@@ -12,15 +12,17 @@ the photo exactly (:mod:`normgrad.detection.geometry`).
 
 A single detection is scored from *one* level: a two-stage detector pools
 its box from the level its size selects (``MultiScaleRoIAlign``), a
-one-stage detector scores it at one anchor of one level, and the FPN's
-output convolutions do not feed each other.  The other levels get no
-gradient, so their maps are exactly zero; :meth:`DetectionMaps.combined`
-leaves such levels out per image instead of letting a product zero
-everything.
+one-stage detector scores it at one anchor of one level.  The FPN's output
+convolutions do not feed each other, so the other levels get no gradient
+(except those that feed the one read: RetinaNet/FCOS's P6 is computed from
+P5, SSD's blocks form a chain) and their maps are exactly zero;
+:meth:`DetectionMaps.combined` leaves such levels out per image instead of
+letting a product zero everything.
 """
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,7 +49,7 @@ class DetectionMaps:
     resized: Resized
 
     def combined(self, mode: str = "sum") -> Tensor:
-        """One (N, 1, H, W) map in [0, 1] from the photo-grid maps of the levels that received gradient (see the module doc).
+        """One (N, 1, H, W) map in [0, 1] from the photo-grid maps of the levels whose map is not zero (see the module doc).
 
         Each level is min-max normalised per image; ``sum`` averages them,
         ``product`` / ``geometric`` multiply them (equal weights); a level
@@ -58,6 +60,13 @@ class DetectionMaps:
             raise NormGradError(f"unknown combine mode {mode!r}; valid modes: {', '.join(COMBINE_MODES)}")
         stacked = torch.stack([normalize(m) for m in self.photo.values()])  # (L, N, 1, H, W)
         used = torch.stack([m.flatten(1).abs().amax(1) > 0 for m in self.photo.values()]).float().view(*stacked.shape[:2], 1, 1, 1)
+        blank = [i for i in range(used.shape[1]) if not bool(used[:, i].any())]
+        if blank:
+            warnings.warn(
+                f"image(s) {blank}: every selected layer's map is zero, so the combined map is blank (no gradient reaches "
+                "those layers — the default selects every pyramid level — or the method zeroed them, as Grad-CAM's ReLU does)",
+                stacklevel=2,
+            )
         count = used.sum(0).clamp_min(1)
         if mode == "sum":
             combined = (stacked * used).sum(0) / count

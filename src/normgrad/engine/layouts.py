@@ -17,7 +17,8 @@ The evidence, strongest first:
    does (:func:`graph_axis`): a convolution, BatchNorm or pooling behind
    element-wise operations and sums means channels first.
 3. **The input's grid**: the positions must lie on a grid of the H × W
-   input: ``h = ⌊H/s⌋`` or ``⌈H/s⌉`` and ``w`` likewise for one integer
+   input (for a torchvision detector, which resizes and pads its input
+   inside the model, the H × W of that padded input): ``h = ⌊H/s⌋`` or ``⌈H/s⌉`` and ``w`` likewise for one integer
    stride ``s`` (a few positions less for unpadded convolutions; any size up
    to the input's for a convolution's own output).  Tokens ``(N, T, C)``
    must be ``k`` prefix tokens plus exactly such a grid, with ``k`` the
@@ -139,9 +140,22 @@ class Evidence:
             family = "first"
         else:
             family = None
-        height, width = inputs.shape[-2:]
+        height, width = _detector_input(model, inputs) or inputs.shape[-2:]
         frames = int(inputs.shape[2]) if inputs.dim() == 5 else None
         return cls((int(height), int(width)), int(inputs.shape[0]), prefix, family, raster_tokens, frames)
+
+
+def _detector_input(model: nn.Module, inputs: torch.Tensor) -> tuple[int, int] | None:
+    """A torchvision detector resizes and pads its input inside the model (``GeneralizedRCNNTransform``): its layers lie
+    on the grid of that padded input, whose size its transform gives (run on one image, no gradient)."""
+    transform = vars(model).get("_modules", {}).get("transform")
+    if type(transform).__name__ != "GeneralizedRCNNTransform" or inputs.dim() != 4:
+        return None
+    from normgrad.engine.model_state import eval_mode
+
+    with torch.no_grad(), eval_mode(transform):
+        resized, _ = transform([inputs[0].detach()])
+    return int(resized.tensors.shape[-2]), int(resized.tensors.shape[-1])
 
 
 @lru_cache(maxsize=1024)

@@ -160,32 +160,37 @@ def markdown(result: dict[str, Any]) -> str:
 
 def figure(path: Path, steps: int = 300, seed: int = 7) -> None:
     """A held-out photo with its detections, and the NormGrad and Grad-CAM map of each (the README's figure)."""
-    from PIL import Image
+    from PIL import Image, ImageDraw
+    from tqdm import tqdm
 
     from normgrad.detection.drawing import box_caption, draw_boxes
     from normgrad.viz import overlay
 
     model = synthetic_boxes.small_fcos()
-    synthetic_boxes.train(model, steps=steps)
+    with tqdm(total=steps, desc="training FCOS", mininterval=5) as bar:
+        synthetic_boxes.train(model, steps=steps, progress=lambda step: bar.update(1))
     scene = next(s for s in synthetic_boxes.scenes(40, seed) if len(s.boxes) >= 2)
     found = det.detect(model, scene.photo[None])[0]
     keep = found["scores"] >= 0.3
     boxes, labels, scores = found["boxes"][keep], found["labels"][keep], found["scores"][keep]
     maps = explain_photo(model, scene.photo, boxes, labels, seed)
     photo = Image.fromarray((scene.photo.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-    captions = [box_caption(synthetic_boxes.CLASSES[int(label)], float(score)) for label, score in zip(labels, scores)]
+    names = [synthetic_boxes.CLASSES[int(label)] for label in labels]
+    captions = [f"{k + 1} {box_caption(name, float(score))}" for k, (name, score) in enumerate(zip(names, scores))]
     scale = 3
     tiles = [draw_boxes(photo.resize((photo.width * scale, photo.height * scale)), boxes * scale, captions)]
-    for method in ("normgrad", "gradcam"):
+    for method, title in (("normgrad", "NormGrad"), ("gradcam", "Grad-CAM")):
         for k in range(len(boxes)):
             tile = overlay(photo, maps[method][k]).resize((photo.width * scale, photo.height * scale))
-            tiles.append(draw_boxes(tile, boxes * scale, captions, highlight=k))
+            tile = draw_boxes(tile, boxes * scale, captions, highlight=k)
+            ImageDraw.Draw(tile).text((4, tile.height - 14), f"{title}: detection {k + 1}", fill=(255, 255, 255))
+            tiles.append(tile)
     sheet = Image.new("RGB", (sum(t.width for t in tiles) + 4 * (len(tiles) - 1), tiles[0].height), "white")
     x = 0
     for tile in tiles:
         sheet.paste(tile, (x, 0))
         x += tile.width + 4
-    sheet.save(path)
+    sheet.save(path, optimize=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -70,6 +71,12 @@ def check_detector_model(loaded: Any) -> None:
             f"--task detect needs a torchvision detector (e.g. --model torchvision:fasterrcnn_resnet50_fpn --weights FILE); "
             f"{loaded.name} is not one"
         )
+
+
+def refuse_detector(loaded: Any) -> None:
+    """A detector explained as a classifier: one line saying to add ``--task detect``."""
+    if det.is_detector(loaded.model):
+        raise NormGradError(f"{loaded.name} is a detector: add --task detect (one map per detection above --min-score)")
 
 
 def settings(options: Any, method: Any, loaded: Any, layers: list[str]) -> dict:
@@ -126,8 +133,9 @@ class DetectLoop:
     min_score: float
     max_detections: int
 
-    def run(self, items: Iterator[Item], done: Callable[[Item, Any], None], fail: Callable[[Item, str], None],
+    def run(self, items: Iterator[Item], done: Callable[[Item, Callable[[], Any]], None], fail: Callable[[Item, str], None],
             after_batch: Callable[[], None] | None = None) -> None:  # fmt: skip
+        """As :meth:`normgrad.run.loop.BatchLoop.run`: ``done(item, pending)``, ``pending()`` the :class:`Explained`."""
         from normgrad.run.loop import _model_message
 
         for item in items:
@@ -141,7 +149,7 @@ class DetectLoop:
             except (RuntimeError, ValueError, TypeError, IndexError, AssertionError, NotImplementedError) as error:
                 fail(item, _model_message(error))
             else:
-                done(item, explained)
+                done(item, partial(_ready, explained))  # the run's contract: a result the writers complete; this one is complete
             if after_batch is not None:
                 after_batch()
 
@@ -203,6 +211,10 @@ class DetectLoop:
         return planes
 
 
+def _ready(explained: Any) -> Any:
+    return explained
+
+
 @dataclass(frozen=True)
 class _Chosen:
     """Per copy of the photo: the sum of the scores of all ``boxes`` (``None``), or the score of box ``k``."""
@@ -222,4 +234,4 @@ class _Chosen:
         return torch.stack(scores)
 
 
-__all__ = ["TASKS", "DetectLoop", "check_detector_model", "check_task", "files_of", "layers_of", "settings"]
+__all__ = ["TASKS", "DetectLoop", "check_detector_model", "check_task", "files_of", "layers_of", "refuse_detector", "settings"]

@@ -151,6 +151,8 @@ def item_of(value: Any, index: int, path: Path, name: str, prepare: Prepare) -> 
         tensor, predict_tensor = prepare(photo)
     except NormGradError as error:
         return Item(index, path, name, error=f"item {index}: {error}")
+    except Exception as error:  # an odd value the conversion did not foresee: this item only
+        return Item(index, path, name, error=f"item {index} is not an image normgrad can read: {type(error).__name__}: {error}")
     identity = {"path": os.path.abspath(path), "pixels": pixel_hash(photo), "size": list(photo.size)}
     return Item(index, path, name, tensor, photo, identity=identity, predict_tensor=predict_tensor, label=label)
 
