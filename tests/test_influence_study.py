@@ -106,3 +106,22 @@ def test_a_difference_from_captum_beyond_rounding_does_not_hold():
 def test_the_report_names_its_command_and_asks_for_the_cost_benchmark_until_it_has_run():
     text = render(document())
     assert "normgrad eval influence --quick" in text and "bench_influence.py" in text
+
+
+def test_the_study_runs_end_to_end_on_a_tiny_dataset_and_writes_its_report(tmp_path):
+    from normgrad.evaluation.influence.study import StudyConfig, run_study
+    from normgrad.evaluation.training.fashion_mnist import write_idx
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, count in (("train", 300), ("t10k", 12)):
+        fake = fake_split(count)
+        write_idx(data / f"{split}-images-idx3-ubyte", fake.images.numpy())
+        write_idx(data / f"{split}-labels-idx1-ubyte", fake.labels.numpy().astype(np.uint8))
+    config = StudyConfig(setup=SetupConfig(train_images=300, test_images=6, epochs=1, lrs=(0.05,), width=4, mislabel_share=0.05),
+                         top_k=3, batch_size=100, captum_images=40, resamples=100)  # fmt: skip
+    document = run_study(config, tmp_path / "out", data=data, log=lambda message: None)
+    assert document["mislabels"]["captum_max_relative_difference"] < 1e-4
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {
+        "influence.json", "influence.md", "influence-proponents.png", "influence-flagged.png"
+    }  # fmt: skip

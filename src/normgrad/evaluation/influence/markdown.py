@@ -170,6 +170,12 @@ def render(document: dict[str, Any], cost: dict[str, Any] | None = None) -> str:
         ]
     else:
         lines.append("Not measured yet: `python benchmarks/bench_influence.py --out docs` writes `influence-cost.json` and this section.")
+    lines += [
+        "",
+        "`python benchmarks/bench_influence.py --overhead` times, for a batch of training images and one test image, a plain "
+        "forward/backward of the batch loss, `TracIn.scores` (per-example gradients and their dot products) and `TracIn.maps` "
+        "(scores and the per-location maps): the maps cost about one more forward/backward.",
+    ]
     return "\n".join(lines) + "\n"
 
 

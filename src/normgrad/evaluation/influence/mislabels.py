@@ -13,6 +13,7 @@ rounding level.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +46,9 @@ def captum_self_influence(setup: Setup, layers: list[str], count: int, batch_siz
                       checkpoints_load_func=load, layers=layers, loss_fn=nn.CrossEntropyLoss(reduction="sum"),
                       sample_wise_grads_per_batch=True,
                       batch_size=batch_size)  # fmt: skip
-    return tracin.self_influence()
+    with warnings.catch_warnings():  # Captum says it set requires_grad on the inputs: expected, not the user's concern
+        warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
+        return tracin.self_influence()
 
 
 def run(setup: Setup, layers: list[str], batch_size: int, captum_images: int, resamples: int,
