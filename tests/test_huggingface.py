@@ -150,3 +150,50 @@ def test_the_loader_refuses_what_it_cannot_read_in_one_line(tmp_path, setup, mes
     with pytest.raises(ng.NormGradError, match=message) as error:
         load(f"hf:{folder}")
     assert "\n" not in str(error.value)
+
+
+def test_a_model_without_a_head_is_refused_with_what_to_use():
+    model = transformers.ViTModel(transformers.ViTConfig(**TINY_VIT)).eval()
+    with pytest.raises(ng.NormGradError, match=r"with its head \(AutoModelForImageClassification\) or a callable target"):
+        ng.normgrad(model, torch.randn(1, 3, 32, 48), 0, layers=["layers.0"])
+
+
+def test_a_saved_object_detector_is_refused_naming_what_works(tmp_path):
+    backbone = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1], out_features=["stage4"])
+    config = transformers.DetrConfig(use_timm_backbone=False, backbone_config=backbone, use_pretrained_backbone=False)
+    config.architectures = ["DetrForObjectDetection"]
+    config.save_pretrained(tmp_path)
+    with pytest.raises(ng.NormGradError, match=r"object detector .* torchvision's detectors are supported \(--task detect\)"):
+        load(f"hf:{tmp_path}")
+
+
+def explain_cli(*argv) -> tuple[int, str]:
+    from normgrad.cli import main
+
+    return main([str(a) for a in argv])
+
+
+def test_explain_a_saved_segmenter_inside_a_region(tmp_path, capsys):
+    torch.manual_seed(0)
+    config = transformers.SegformerConfig(
+        hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 2, 2], num_labels=3,
+        id2label={0: "sky", 1: "road", 2: "car"}, label2id={"sky": 0, "road": 1, "car": 2},
+    )  # fmt: skip
+    folder = save_folder(tmp_path / "model", transformers.SegformerForSemanticSegmentation(config).eval(),
+                         transformers.SegformerImageProcessor(size={"height": 64, "width": 64}))  # fmt: skip
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 120, 3), dtype=np.uint8)).save(tmp_path / "street.png")
+    out = tmp_path / "out"
+    common = ["--model", folder, "--task", "segment", "--target", "car", "--workers", 0, "--writers", 0]
+    assert explain_cli("explain", tmp_path / "street.png", *common, "--region", "20,10,90,60", "--out", out) == 0
+    saliency_map, mask = np.load(out / "street.npy"), np.load(out / "street_mask.npy")
+    assert saliency_map.shape == mask.shape == (80, 120) and np.isfinite(saliency_map).all() and saliency_map.max() > saliency_map.min()
+    assert set(np.unique(mask)) <= {0.0, 1.0}
+    record = json.loads((out / "summary.json").read_text())
+    assert record["settings"]["task"] == "segment" and record["settings"]["region"] == [20, 10, 90, 60]
+    (image,) = record["images"]
+    assert image["target"]["name"] == "car" and [output["layer"] for output in image["outputs"]] == ["combined", "mask"]
+    assert (out / "street_mask.png").is_file() and (out / "index.html").is_file()
+    assert explain_cli("explain", tmp_path / "street.png", *common, "--out", tmp_path / "out2") in (0, 1)  # the predicted region
+    capsys.readouterr()
+    assert explain_cli("explain", tmp_path / "street.png", "--model", folder, "--task", "segment", "--out", tmp_path / "o3") == 2
+    assert "--task segment needs --target CLASS" in capsys.readouterr().err

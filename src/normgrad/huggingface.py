@@ -64,6 +64,11 @@ def load_folder(folder: str | Path, weights: Any = DEFAULT, num_classes: int | N
     except ValueError as error:
         if "Unrecognized configuration class" not in str(error):
             raise NormGradError(f"cannot load hf:{folder}: {str(error).splitlines()[0]}") from error
+        if any("ObjectDetection" in name for name in architectures):
+            raise NormGradError(
+                f"hf:{folder} is a Hugging Face object detector ({', '.join(architectures)}), which normgrad does not explain; "
+                "torchvision's detectors are supported (--task detect)"
+            ) from None
         raise NormGradError(
             f"hf:{folder} is a {config.model_type!r} model without an image-classification or semantic-segmentation head "
             f"({', '.join(architectures) or 'no architecture named'}); normgrad explains class scores: save the model "

@@ -126,7 +126,7 @@ def dense_logits(output: Any) -> Tensor:
     if logits is None or logits.dim() != 4:
         raise NormGradError(
             f"a region target needs dense class scores (N, K, h, w) from the model; got an output {describe(output)} "
-            "(for a classifier, give a class: target=int)"
+            "(a classifier: explain a class, target=int, without --task segment)"
         )
     return logits
 

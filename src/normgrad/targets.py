@@ -120,9 +120,13 @@ def _logits(output: Any, what: str) -> Tensor:
     if not isinstance(output, Tensor) or output.dim() != 2:
         shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
         dense = isinstance(output, Tensor) and output.dim() == 4 or isinstance(output, dict) and "out" in output
-        instead = (
-            "a Region target (a class inside a mask, a box or its predicted region) or a callable target" if dense else "a callable target"
-        )
+        hidden = hasattr(output, "last_hidden_state")  # a Hugging Face model without a head
+        if dense:
+            instead = "a Region target (a class inside a mask, a box or its predicted region) or a callable target"
+        elif hidden:
+            instead = "the model with its head (AutoModelForImageClassification) or a callable target on its hidden states"
+        else:
+            instead = "a callable target"
         raise NormGradError(f"{what} by class needs model outputs of shape (N, num_classes); got {shape}. Pass {instead} instead")
     return output
 
