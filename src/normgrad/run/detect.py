@@ -8,7 +8,10 @@ numbered 1, 2, ...; the outputs are
   :class:`normgrad.detection.DetectionScore`);
 
 each map at every pyramid level of the one pass (``normgrad.detection``), combined and carried back to the photo's
-pixels, its overlay drawn with the numbered boxes.  The record lists the detections (box in photo pixels, class,
+pixels, its overlay drawn with the numbered boxes.  A detection's levels are combined as ``combine`` says (most
+detections are read from one level); the map of all of them always sums its levels, since its detections are read
+from different levels and a product of their maps would be zero wherever they do not overlap.  The record lists the
+detections (box in photo pixels, class,
 score, output); the gallery shows them as the image's predictions.  A photo without a detection above
 ``min_score`` is skipped with one line saying its best score.
 """
@@ -33,6 +36,7 @@ MAX_DETECTIONS = 10
 MAX_DETECTIONS_BOUND = 100
 DETECT_BATCH = 4  # copies of one photo per pass (one per detection explained) when no batch size is given
 MATCH_IOU = 0.9  # the explained pass finds the detection again: same class, nearly the same box
+ALL_COMBINE = "sum"  # the map of all detections: they are read from different levels, whose product would be zero
 
 
 def check_task(options: Any, method: Any) -> None:
@@ -88,6 +92,7 @@ def settings(options: Any, method: Any, loaded: Any, layers: list[str]) -> dict:
         "input": "the photo (the detector resizes it)",
         "layers": layers,
         "combine": options.combine,
+        "combine_all": ALL_COMBINE,
         "min_score": min_score(options),
         "max_detections": max_detections(options),
         **options.output_settings(),
@@ -204,7 +209,8 @@ class DetectLoop:
             else:
                 extract, aggregate = self.method.pair if self.method is not None else ("conv1x1", "norm")
                 maps = det.saliency(self.loaded.model, copies, target, layers=self.layers, extract=extract, aggregate=aggregate)
-            combined = maps.combined(self.combine)
+            each, every = maps.combined(self.combine), maps.combined(ALL_COMBINE) if None in chunk else None
+            combined = torch.stack([(every if spec is None else each)[k] for k, spec in enumerate(chunk)])
             if not bool(torch.isfinite(combined).all()):
                 raise NormGradError("a detection's map is NaN or infinite (the model's output is not finite for this photo)")
             planes += [combined[k, 0].cpu().numpy() for k in range(len(chunk))]
