@@ -54,6 +54,8 @@ VARIANTS = {  # name -> extra explain flags, measured once per round after the m
     "--writers 0 (writing in the main thread)": ["--writers", "0"],
     "--writers 1": ["--writers", "1"],
     "--workers 0 (reading in the main thread)": ["--workers", "0"],
+    "--workers 1 --writers 1": ["--workers", "1", "--writers", "1"],
+    "--predict-at explained (no forward at the model's own size)": ["--predict-at", "explained"],
 }
 
 
@@ -108,10 +110,18 @@ def seconds(argv: list[str], check: bool = True) -> float:
 EXPLAIN_ARGS: list[str] = []  # --explain-args: given to every explain run (workers, writers)
 
 
-def explain_argv(inputs: Path, out: Path, model: list[str], batch_size: int, extra: list[str] = ()) -> list[str]:
+def explain_argv(inputs: Path, out: Path, model: list[str], batch_size: int | None, extra: list[str] = ()) -> list[str]:
+    """``normgrad explain``'s command line; ``batch_size=None``: explain's own choice (no ``--batch-size``)."""
     shutil.rmtree(out, ignore_errors=True)
-    return [sys.executable, "-m", "normgrad", "explain", str(inputs), "--out", str(out), "--batch-size", str(batch_size), *model,
-            *EXPLAIN_ARGS, *extra]  # fmt: skip
+    size = [] if batch_size is None else ["--batch-size", str(batch_size)]
+    return [sys.executable, "-m", "normgrad", "explain", str(inputs), "--out", str(out), *size, *model, *EXPLAIN_ARGS, *extra]
+
+
+def best_engine(folder: Path, model: list[str], sizes: list[int]) -> tuple[float, int]:
+    """The engine alone at each batch size: (seconds per image at the fastest, that batch size)."""
+    timings = {size: engine_alone(folder, model, size)["per_image"] for size in sizes}
+    best = min(timings, key=timings.get)
+    return timings[best], best
 
 
 def engine_alone(folder: Path, model: list[str], batch_size: int) -> dict:
@@ -133,19 +143,22 @@ def throughput(args: argparse.Namespace, folder: Path, one: Path, scratch: Path,
     model = model_args(args)
     count = len(list(folder.glob("*.jpg")))
     rounds: list[dict] = []
+    explain_size = None if args.explain_batch_size == "auto" else int(args.explain_batch_size)
+    engine_sizes = [int(size) for size in args.engine_batch_sizes.split(",")] if args.engine_batch_sizes else [args.batch_size]
     for r in range(args.repeats):
         row: dict[str, Any] = {}
-        before = engine_alone(folder, model, args.batch_size)["per_image"]  # the engine before and after explain:
-        row["all"] = seconds(explain_argv(folder, scratch / "out-all", model, args.batch_size))  # the machine's drift cancels
-        row["one"] = seconds(explain_argv(one, scratch / "out-one", model, args.batch_size))
-        row["engine"] = (before + engine_alone(folder, model, args.batch_size)["per_image"]) / 2
+        before, best = best_engine(folder, model, engine_sizes)  # the engine before and after explain:
+        row["all"] = seconds(explain_argv(folder, scratch / "out-all", model, explain_size))  # the machine's drift cancels
+        row["one"] = seconds(explain_argv(one, scratch / "out-one", model, explain_size))
+        after, best_after = best_engine(folder, model, engine_sizes)
+        row["engine"], row["engine_batch_sizes"] = (before + after) / 2, [best, best_after]
         for name, flags in variants.items():
-            row[name] = seconds(explain_argv(folder, scratch / "out-variant", model, args.batch_size, flags))
+            row[name] = seconds(explain_argv(folder, scratch / "out-variant", model, explain_size, flags))
         rounds.append(row)
         steady = (row["all"] - row["one"]) / (count - 1)
         print(f"  round {r + 1}: explain {row['all']:.1f} s, one photo {row['one']:.1f} s, steady {1000 * steady:.1f} ms/img, "
               f"engine {1000 * row['engine']:.1f} ms/img, ratio {row['engine'] / steady:.3f}", flush=True)  # fmt: skip
-    median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0] if key != "engine_batch_sizes"}
     per_image = {key: (median[key] - median["one"]) / (count - 1) for key in ["all", *variants]}
     ratios = [r["engine"] / ((r["all"] - r["one"]) / (count - 1)) for r in rounds]
     return {"count": count, "rounds": rounds, "median": median, "steady_per_image": per_image, "ratios": ratios,
@@ -161,13 +174,13 @@ def startup(args: argparse.Namespace, one: Path, scratch: Path) -> dict:
         "floor: import torch + model load": [sys.executable, "-c", load],
         "normgrad --help": [sys.executable, "-m", "normgrad", "--help"],
         "an argument error (--batch-size 0)": [sys.executable, "-m", "normgrad", "explain", str(one), "--batch-size", "0"],
-        "normgrad explain (one photo)": explain_argv(one, scratch / "out-start", model_args(args), args.batch_size),
+        "normgrad explain (one photo)": explain_argv(one, scratch / "out-start", model_args(args), None),
     }
     times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(args.repeats + 2):
         for name, argv in commands.items():
             if name == "normgrad explain (one photo)":
-                argv = explain_argv(one, scratch / "out-start", model_args(args), args.batch_size)
+                argv = explain_argv(one, scratch / "out-start", model_args(args), None)
             times[name].append(seconds(argv, check="error" not in name))
     return {name: statistics.median(t) for name, t in times.items()}
 
@@ -346,7 +359,8 @@ def matplotlib_overlay_ms(paths: list[Path], count: int = 16) -> float:
 def report(args: argparse.Namespace, results: dict) -> tuple[str, str]:
     """The full markdown page and the short end-to-end section of benchmarks.md."""
     t, s, st = results["throughput"], results["startup"], results["stages"]
-    explain_flags = ["--batch-size", str(args.batch_size), *EXPLAIN_ARGS]
+    explain_flags = ([] if args.explain_batch_size == "auto" else ["--batch-size", args.explain_batch_size]) + EXPLAIN_ARGS
+    best = sorted({size for r in t["rounds"] for size in r.get("engine_batch_sizes", [])})
     count, device = t["count"], results["device"]
     command = " ".join(["python benchmarks/bench_explain.py", *map(shlex.quote, sys.argv[1:])])
     header = (
@@ -359,9 +373,11 @@ def report(args: argparse.Namespace, results: dict) -> tuple[str, str]:
     rows = [
         "| | per image | images/s | vs the engine alone |",
         "|---|---:|---:|---:|",
-        f"| engine alone (same batches, layers, method; inputs ready) | {1000 * t['engine_per_image']:.1f} ms | "
+        f"| engine alone at its best batch size ({args.engine_batch_sizes} tried; best: {best}), same layers, method; inputs ready "
+        f"| {1000 * t['engine_per_image']:.1f} ms | "
         f"{1 / t['engine_per_image']:.1f} | 1.00 |",
-        f"| `normgrad explain`, steady state (defaults: PNG + float32 NPY) | {1000 * steady:.1f} ms | {1 / steady:.1f} | "
+        f"| `normgrad explain`, steady state (batch size {args.explain_batch_size}, PNG + float32 NPY) "
+        f"| {1000 * steady:.1f} ms | {1 / steady:.1f} | "
         f"**{t['ratio']:.2f}** (median of the rounds: {', '.join(f'{r:.2f}' for r in t['ratios'])}; "
         f"ratio of the medians {t['ratio_of_medians']:.2f}) |",
     ]
@@ -440,7 +456,15 @@ def report(args: argparse.Namespace, results: dict) -> tuple[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=192, help="photos (default: 192)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="the batch of the per-stage costs (default: 16)")
+    parser.add_argument(
+        "--explain-batch-size", default="auto", help="explain's --batch-size in the throughput runs (default: auto, explain's own choice)"
+    )
+    parser.add_argument(
+        "--engine-batch-sizes",
+        default="1,2,4,8,16",
+        help="the engine alone at each of these batch sizes; the fastest is the reference (default: 1,2,4,8,16)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--weights", default="default")

@@ -101,12 +101,12 @@ def slow_run(folder: Path, out: Path, *extra: str, pause: float = 4.0) -> subpro
     """`normgrad explain` in its own process, pausing `pause` s once it holds the folder's lock (test-side injection)."""
     code = textwrap.dedent(f"""
         import sys, time
-        import normgrad.run.api as api
-        original = api._explain_share
+        from normgrad.run.loop import BatchLoop
+        original = BatchLoop.run
         def paused(*args, **kwargs):
             time.sleep({pause})
             return original(*args, **kwargs)
-        api._explain_share = paused
+        BatchLoop.run = paused
         from normgrad.cli import main
         sys.exit(main(sys.argv[1:]))
     """)

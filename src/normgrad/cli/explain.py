@@ -16,6 +16,10 @@ This module is the parser, the options object built from it and the table printe
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,7 @@ from normgrad.cli.common import add_meta_options, add_model_options, command, no
 from normgrad.combine import COMBINE_MODES
 from normgrad.run import ExplainOptions, RunResult
 from normgrad.run import run as run_explain
-from normgrad.run.report import say
+from normgrad.run.report import printable, say
 
 EXAMPLES = """examples:
   normgrad explain cat.jpg                                  # the default (normgrad.defaults), embedded model
@@ -156,7 +160,8 @@ def options_from(args: argparse.Namespace) -> ExplainOptions:
 
 def run(args: argparse.Namespace) -> int:
     options = options_from(args)
-    result = run_explain(args.images, args.out, options)
+    with terminate_as_interrupt():
+        result = run_explain(args.images, args.out, options)
     if result.rank != 0:  # rank 0 reports
         return 0
     _print_table(result, args.out, options)
@@ -171,14 +176,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_table(result: RunResult, out: Path, options: ExplainOptions) -> None:
     records = result.records
-    width = max([len(Path(r["image"]).name) for r in records] + [5])
+    names = [printable(Path(r["image"]).name) for r in records]  # control characters quoted: one line per image
+    width = max([len(name) for name in names] + [5])
     print(f"{'image':{width}s}  {'prediction':28s} {'p':>6s}  {'explained':24s}  output")
-    for r in records:
+    for name, r in zip(names, records):
         best = r["predictions"][0] if r["predictions"] else r["target"]
-        print(
-            f"{Path(r['image']).name:{width}s}  {best['name'][:28]:28s} {best['probability']:6.1%}  "
-            f"{r['target']['name'][:24]:24s}  {out / next(r['outputs'][0][k] for k in ('png', 'npy', 'shard') if k in r['outputs'][0])}"
-        )
+        first = r["outputs"][0]
+        output = printable(str(out / next(first[k] for k in ("png", "npy", "shard") if k in first)))
+        print(f"{name:{width}s}  {best['name'][:28]:28s} {best['probability']:6.1%}  {r['target']['name'][:24]:24s}  {output}")
     earlier = f", {result.done_earlier} of them done earlier" if result.done_earlier else ""
     maps = f"{options.map_dtype} maps in shards/" if options.storage == "shards" else f"{options.map_dtype} .npy maps"
     written = [*(["PNG overlays"] if options.overlay else []), *([maps] if options.npy else []), "summary.json"]
@@ -191,3 +196,21 @@ def _print_table(result: RunResult, out: Path, options: ExplainOptions) -> None:
 
 def _size(size: Any) -> str:
     return f"{size[0]}x{size[1]}" if isinstance(size, (list, tuple)) and len(size) == 2 else "?"
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's stop) ends the run as Ctrl-C does: files and records complete, the gallery
+    told, one line, exit status 130 (in the main thread only; Python's default would exit without any of it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

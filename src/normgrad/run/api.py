@@ -25,7 +25,7 @@ from normgrad.run.loop import BatchLoop
 from normgrad.run.options import ExplainOptions, background_threads
 from normgrad.run.plan import Setup, into_folder, load_model, model_device, resolve
 from normgrad.run.records import Explained, outputs
-from normgrad.run.report import counter, progress, quiet, say
+from normgrad.run.report import counter, printable, progress, quiet, say
 from normgrad.run.writers import Writer
 
 
@@ -135,16 +135,20 @@ def _in_memory(inputs: Any, options: ExplainOptions, checked: Any, say: Callable
     loaded = load_model(options)
     setup = resolve(options, checked, loaded)
     method = setup.method(checked.method)
-    result = RunResult(None, setup.settings)
+    result = RunResult(None, setup.settings, failed=_report_problems(found, say))
     count = found.count if found.files is None else len(found.files)
     progress_bar = counter(count or 0, "explaining", "img", disable=say is quiet)
 
-    def done(item: Any, explained: Explained) -> None:
+    def done(item: Any, pending: Any) -> None:
+        explained = pending()
+        if isinstance(explained, str):
+            fail(item, explained)
+            return
         result.images.append(explained)
         progress_bar.update(1)
 
     def fail(item: Any, error: str) -> None:
-        say(f"normgrad: skipping {item.path}: {error}")
+        say(f"normgrad: skipping {printable(str(item.path))}: {error}")
         result.failed.append({"index": item.index, "name": item.name, "image": str(item.path), "error": error})
         progress_bar.update(1)
 
@@ -154,6 +158,13 @@ def _in_memory(inputs: Any, options: ExplainOptions, checked: Any, say: Callable
         progress_bar.close()
     result.images.sort(key=lambda e: e.index)
     return result
+
+
+def _report_problems(found: Inputs, say: Callable[[str], None]) -> list[dict]:
+    """One line per folder not searched; those that could not be read, as skipped inputs (they count in the exit status)."""
+    for folder, why, _ in found.problems:
+        say(f"normgrad: skipping {printable(folder)}: {why}")
+    return [{"image": folder, "error": why} for folder, why, counts in found.problems if counts]
 
 
 def _entries(found: Inputs) -> list[tuple[int, Path, str]]:
@@ -210,7 +221,8 @@ def _into_folder(inputs: Any, out: Path, options: ExplainOptions, checked: Any, 
         method = setup.method(checked.method)
         plan = setup.plan
         for path, reason in plan.skipped if shard.rank == 0 else []:
-            say(f"normgrad: skipping {path}: {reason}")
+            say(f"normgrad: skipping {printable(str(path))}: {reason}")
+        unsearched = _report_problems(found, say) if shard.rank == 0 else []
         _explain_share(options, method, loaded, setup, store, found, plan.work[shard.rank :: shard.world], shard, gallery, say)
         shards.finish_shard(shard)
         if shard.rank != 0:
@@ -227,7 +239,7 @@ def _into_folder(inputs: Any, out: Path, options: ExplainOptions, checked: Any, 
     failed = [
         {"image": e.get("image", e.get("name")), "error": e.get("error") or e.get("status")} for e in entries if e.get("status") != "ok"
     ]
-    failed += [{"image": str(path), "error": reason} for path, reason in plan.skipped]
+    failed += [{"image": str(path), "error": reason} for path, reason in plan.skipped] + unsearched
     return RunResult(out, setup.settings, records=[e for e in entries if e.get("status") == "ok"], failed=failed,
                      done_earlier=len(plan.done), distributed=shard.distributed,
                      gallery=out / "index.html" if plan.gallery else None)  # fmt: skip
@@ -263,7 +275,7 @@ def _explain_share(options: ExplainOptions, method: Any, loaded: Any, setup: Set
     progress_bar = counter(len(mine), "explaining", "img", disable=shard.rank != 0 or say is quiet)
 
     def fail(item: Any, error: str) -> None:
-        say(f"normgrad: skipping {item.path}: {error}")
+        say(f"normgrad: skipping {printable(str(item.path))}: {error}")
         record = {"type": "failed", "run": run_id, "rank": shard.rank, "index": item.index, "name": item.name,
                   "image": str(item.path), "input": item.identity, "error": error}  # fmt: skip
         store.journal.append(record)
@@ -282,8 +294,8 @@ def _explain_share(options: ExplainOptions, method: Any, loaded: Any, setup: Set
     writer = Writer(options.writers or 0, limit=2 * (options.batch_size or 8))
     loop = _loop(options, loaded, setup, method, say)
 
-    def done(item: Any, explained: Explained) -> None:
-        finished(writer.submit(_write, options, setup, work[item.index], item, explained, shard.rank, store, gallery))
+    def done(item: Any, pending: Any) -> None:
+        finished(writer.submit(_write, options, setup, work[item.index], item, pending, shard.rank, store, gallery))
 
     try:
         entries = [(w.index, Path(w.path), w.name) for w in mine]
@@ -319,12 +331,15 @@ def _not_done(items: Any, recorded: dict[str, dict], store: Any, progress_bar: A
         yield item
 
 
-def _write(options: ExplainOptions, setup: Setup, work: Any, item: Any, explained: Explained, rank: int, store: Any,
+def _write(options: ExplainOptions, setup: Setup, work: Any, item: Any, pending: Any, rank: int, store: Any,
            gallery: Any) -> tuple[Any, str | None]:  # fmt: skip
-    """A writer thread: one image's files and record, committed by the store, then its gallery pictures;
-    ``(item, None)`` or ``(item, why it was skipped)``."""
+    """A writer thread: one image's maps at its size, its files and record, committed by the store, then its gallery
+    pictures; ``(item, None)`` or ``(item, why it was skipped)``."""
     from normgrad.store import StoreError
 
+    explained = pending()
+    if isinstance(explained, str):
+        return item, explained
     try:
         files, record = outputs(explained, work.name, run=setup.plan.run, rank=rank, identity=item.identity, layers=setup.layers,
                                 overlay=options.overlay, npy=options.npy, map_dtype=options.map_dtype)  # fmt: skip

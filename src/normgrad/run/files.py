@@ -29,23 +29,30 @@ class Input:
     root: Path
 
 
-def expand_inputs(items: list[str | Path], exclude: str | Path | None = None) -> list[Input]:
+def expand_inputs(
+    items: list[str | Path], exclude: str | Path | None = None, problems: list[tuple[str, str, bool]] | None = None
+) -> list[Input]:
     """Every input image, in order, each once (see the module docstring); ``exclude``: a folder never entered.
 
     Roots: a folder argument is its own root, a glob's root is its directory
     part before the first wildcard, files given by name share their deepest
     common folder.  A missing file stays in the list (it is reported when read).
+    Folders that cannot be listed, and folders holding normgrad results (a
+    ``.normgrad`` folder: another run's overlays and gallery are no inputs), are
+    not searched: each is added to ``problems`` as ``(folder, why, counts)``,
+    ``counts`` true where the folder was wanted but could not be read.
     """
     skip = _identity(exclude) if exclude is not None else None
+    problems = [] if problems is None else problems
     found: list[tuple[Path, Path | None]] = []  # (path, root); None: a file given by name
     for item in map(str, items):
         path = Path(item)
         if path.is_dir():
-            found += [(p, path) for p in _walk(path, skip, lambda rel: rel.suffix.lower() in IMAGE_SUFFIXES)]
+            found += [(p, path) for p in _walk(path, skip, lambda rel: rel.suffix.lower() in IMAGE_SUFFIXES, problems)]
         elif _MAGIC.search(item) and not path.exists():
             root, pattern = _split_glob(item)
-            matches = _walk(root, skip, _glob_matcher(pattern)) if root.is_dir() else []
-            if not matches:
+            matches = _walk(root, skip, _glob_matcher(pattern), problems) if root.is_dir() else []
+            if not matches and not problems:
                 raise NormGradError(f"no file matches {item!r}")
             found += [(p, root) for p in matches]
         else:
@@ -58,6 +65,9 @@ def expand_inputs(items: list[str | Path], exclude: str | Path | None = None) ->
     return list(unique.values())
 
 
+RESULTS_MARK = ".normgrad"  # the folder every normgrad output folder holds (normgrad.store.INTERNAL)
+
+
 def _identity(path: str | Path) -> tuple[int, int] | None:
     try:
         info = os.stat(path)
@@ -66,8 +76,9 @@ def _identity(path: str | Path) -> tuple[int, int] | None:
     return info.st_dev, info.st_ino
 
 
-def _walk(root: Path, skip: tuple[int, int] | None, wanted: Callable[[Path], bool]) -> list[Path]:
-    """Files below ``root`` whose relative path is ``wanted``, sorted; symlinked folders followed once, hidden names skipped."""
+def _walk(root: Path, skip: tuple[int, int] | None, wanted: Callable[[Path], bool], problems: list[tuple[str, str, bool]]) -> list[Path]:
+    """Files below ``root`` whose relative path is ``wanted``, sorted; symlinked folders followed once, hidden names skipped;
+    folders that cannot be listed or hold normgrad results added to ``problems``."""
     seen: set[tuple[int, int]] = set()
     files: list[Path] = []
     stack = [Path()]
@@ -80,7 +91,11 @@ def _walk(root: Path, skip: tuple[int, int] | None, wanted: Callable[[Path], boo
         seen.add(key)
         try:
             entries = list(os.scandir(folder))
-        except OSError:
+        except OSError as error:
+            problems.append((str(folder), f"cannot list this folder: {error.strerror or error}", True))
+            continue
+        if any(entry.name == RESULTS_MARK and entry.is_dir(follow_symlinks=False) for entry in entries):
+            problems.append((str(folder), "it holds normgrad results (another run's output folder): not searched", False))
             continue
         for entry in entries:
             if entry.name.startswith("."):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class Inputs:
     files: list[Input] | None = None
     source: Any = None
     count: int | None = None  # None: a loader of unknown length
+    problems: list[tuple[str, str, bool]] = field(default_factory=list)  # folders not searched: (folder, why, counts as skipped)
 
     @property
     def paths(self) -> list[tuple[str, str]]:
@@ -74,8 +75,8 @@ class Inputs:
 
 def collect(inputs: Any, exclude: str | Path | None = None) -> Inputs:
     """Classify ``inputs`` (see the module table); an empty or unknown kind is one error."""
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
+    if isinstance(inputs, (str, os.PathLike, np.ndarray)) or type(inputs).__module__.startswith("PIL"):
+        inputs = [inputs]  # one path or one image
     if isinstance(inputs, torch.Tensor):
         if inputs.dim() not in (3, 4):
             raise NormGradError(f"a tensor of images must be (N, C, H, W) (or one (C, H, W) image); got shape {tuple(inputs.shape)}")
@@ -84,10 +85,12 @@ def collect(inputs: Any, exclude: str | Path | None = None) -> Inputs:
     if isinstance(inputs, DataLoader):
         return Inputs(source=inputs, count=_loader_length(inputs))
     if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(i, (str, os.PathLike)) for i in inputs):
-        files = expand_inputs(list(inputs), exclude=exclude)
+        problems: list[tuple[str, str, bool]] = []
+        files = expand_inputs(list(inputs), exclude=exclude, problems=problems)
         if not files:
-            raise NormGradError(NO_IMAGES)
-        return Inputs(files=files)
+            unreadable = [f"{folder}: {why}" for folder, why, counts in problems if counts]
+            raise NormGradError(f"no image given; {unreadable[0]}" if unreadable else NO_IMAGES)
+        return Inputs(files=files, problems=problems)
     if isinstance(inputs, (list, tuple, Dataset)) or (hasattr(inputs, "__getitem__") and hasattr(inputs, "__len__")):
         try:
             count = len(inputs)
@@ -148,6 +151,8 @@ def item_of(value: Any, index: int, path: Path, name: str, prepare: Prepare) -> 
         tensor, predict_tensor = prepare(photo)
     except NormGradError as error:
         return Item(index, path, name, error=f"item {index}: {error}")
+    except Exception as error:  # an odd value the conversion did not foresee: this item only
+        return Item(index, path, name, error=f"item {index} is not an image normgrad can read: {type(error).__name__}: {error}")
     identity = {"path": os.path.abspath(path), "pixels": pixel_hash(photo), "size": list(photo.size)}
     return Item(index, path, name, tensor, photo, identity=identity, predict_tensor=predict_tensor, label=label)
 

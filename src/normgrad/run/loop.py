@@ -5,7 +5,8 @@ Per batch (images of one input size, :func:`~normgrad.run.loading.batches`):
 1. predictions at the model's own size (``predict_at="model"``): one no-gradient forward of the images at the
    model's preprocessing (grouped by size); they give the ``auto`` target;
 2. :func:`normgrad.pipeline.explain_batch` at the size explained: engine methods in one forward and backward;
-3. :func:`normgrad.pipeline.at_image_size` brings each image's maps to its own size (images of one size together).
+3. :func:`normgrad.pipeline.at_image_size` brings each image's maps to its own size: a :class:`Pending` result that
+   the writer threads complete (upsampling and combining run beside the model, not between its batches).
 
 An image whose output is NaN or infinite, or whose maps are, is handed to ``fail`` with the reason; a model that
 raises on the batch fails each of its images with the model's own message, and the run goes on.
@@ -23,6 +24,7 @@ from normgrad import pipeline
 from normgrad.errors import NormGradError
 from normgrad.run.loading import Item, batches, to_device
 from normgrad.run.records import Explained
+from normgrad.run.report import printable
 
 NOT_FINITE = "the model's output is NaN or infinite for this image"
 
@@ -41,9 +43,10 @@ class BatchLoop:
     save_layers: bool = False
     say: Callable[[str], None] = print
 
-    def run(self, items: Iterator[Item], done: Callable[[Item, Explained], None], fail: Callable[[Item, str], None],
+    def run(self, items: Iterator[Item], done: Callable[[Item, Pending], None], fail: Callable[[Item, str], None],
             after_batch: Callable[[], None] | None = None) -> None:  # fmt: skip
-        """Explain every item; ``done(item, explained)`` or ``fail(item, why)`` for each, in batch order."""
+        """Explain every item; ``done(item, pending)`` (call ``pending()`` for the :class:`Explained` at the image's size)
+        or ``fail(item, why)`` for each, in batch order."""
         for batch in batches(items, self.batch_size, lambda item: fail(item, item.error or "unreadable")):
             try:
                 results = self.batch(batch)
@@ -67,50 +70,64 @@ class BatchLoop:
             if after_batch is not None:
                 after_batch()
 
-    def batch(self, batch: list[Item]) -> list[tuple[Item, Explained | str]]:
-        """One batch: each item with its :class:`Explained`, or why it was skipped."""
+    def batch(self, batch: list[Item]) -> list[tuple[Item, Pending | str]]:
+        """One batch: each item with its :class:`Pending` result (the maps still at the model's resolution), or why it
+        was skipped."""
         setup, model = self.setup, self.loaded.model
-        refused: list[tuple[Item, Explained | str]] = []
+        results: list[tuple[Item, Pending | str]] = []
         own = self._predict_at_model_size(batch)
         target: Any = setup.target
         if own is not None:
             finite = [i for i in range(len(batch)) if own.finite(i)]
-            refused += [(batch[i], NOT_FINITE) for i in range(len(batch)) if i not in finite]
+            results += [(batch[i], NOT_FINITE) for i in range(len(batch)) if i not in finite]
             batch, own = [batch[i] for i in finite], _rows(own, finite)
             if not batch:
-                return refused
+                return results
             if target is None:
                 target = own.classes
         x = to_device([item.tensor for item in batch], self.device)
         if isinstance(target, torch.Tensor):
             target = target.to(x.device)
         usable, prediction, classes, maps = pipeline.explain_batch(self.method, model, x, target, setup.layers)
-        refused += [(batch[i], NOT_FINITE) for i in range(len(batch)) if i not in set(usable)]
+        results += [(batch[i], NOT_FINITE) for i in range(len(batch)) if i not in set(usable)]
         batch = [batch[i] for i in usable]
         shown = _rows(own, usable) if own is not None else prediction
-        results = refused
-        for i, (item, planes) in enumerate(zip(batch, self._at_image_size(batch, maps))):
-            if isinstance(planes, str):
-                results.append((item, planes))
-                continue
-            self._warn_constant(item, planes)
+        for i, item in enumerate(batch):
             target_class = int(classes[i])
             height, width = item.tensor.shape[-2:]
             at = item.predict_tensor.shape[-2:] if item.predict_tensor is not None else (height, width)
-            results.append((item, Explained(
+            explained = Explained(
                 index=item.index,
                 name=item.name,
                 image=str(item.path),
                 size=tuple(item.photo.size),
-                maps=planes,
+                maps={},
                 predictions=shown.top(i, self.top_k, self.loaded.class_name),
                 target=pipeline.entry(target_class, float(shown.probabilities[i, target_class]), self.loaded.class_name),
                 predicted_at=(int(at[1]), int(at[0])),
                 explained_at=(int(width), int(height)),
                 label=item.label,
                 photo=item.photo,
-            )))  # fmt: skip
+            )
+            own_maps = {name: m[i : i + 1] for name, m in maps.items()} if maps is not None else None
+            results.append((item, Pending(self, item, explained, own_maps)))
         return results
+
+    def at_image_size(self, item: Item, maps: dict | None) -> dict | str:
+        """One image's ``{output: (H, W) float32 array}`` at its size — the combined map first, then each layer's with
+        ``save_layers``; one output per layer with ``combine="none"`` — or why it is refused (a NaN map)."""
+        per_layer = self.setup.per_layer
+        mode = self.combine if self.combine != "none" else ("none" if per_layer else "raw")
+        size = (item.photo.size[1], item.photo.size[0])
+        at_size = pipeline.at_image_size(self.method, maps, size, mode, layers=per_layer or self.save_layers)
+        outputs = list(at_size) if per_layer else [pipeline.COMBINED, *(name for name in at_size if name != pipeline.COMBINED)]
+        try:
+            pipeline.check_finite({name: at_size[name] for name in outputs})
+        except NormGradError as error:
+            return str(error)
+        planes = {name: at_size[name][0, 0].numpy() for name in outputs}
+        self._warn_constant(item, planes)
+        return planes
 
     def _predict_at_model_size(self, batch: list[Item]) -> pipeline.Prediction | None:
         """The predictions at the model's own size (``None``: every image is explained at that size already)."""
@@ -125,34 +142,31 @@ class BatchLoop:
                 logits[i] = found.logits[k]
         return pipeline.prediction_of(torch.stack(logits))
 
-    def _at_image_size(self, batch: list[Item], maps: dict | None) -> list[dict | str]:
-        """Per image: ``{output: (H, W) float32 array}`` at the photo's size — the combined map first, then each layer's
-        with ``save_layers``; one output per layer with ``combine="none"`` — or why it is refused (a NaN map).
-        Images of the same size are upsampled and combined together."""
-        per_layer = self.setup.per_layer
-        mode = self.combine if self.combine != "none" else ("none" if per_layer else "raw")
-        sizes = [(item.photo.size[1], item.photo.size[0]) for item in batch]
-        results: list[dict | str] = [""] * len(batch)
-        for size in dict.fromkeys(sizes):
-            group = [i for i, s in enumerate(sizes) if s == size]
-            own = {name: m[group] for name, m in maps.items()} if maps is not None else None
-            at_size = pipeline.at_image_size(self.method, own, size, mode, count=len(group), layers=per_layer or self.save_layers)
-            outputs = list(at_size) if per_layer else [pipeline.COMBINED, *(name for name in at_size if name != pipeline.COMBINED)]
-            for k, i in enumerate(group):
-                try:
-                    pipeline.check_finite({name: at_size[name][k] for name in outputs})
-                except NormGradError as error:
-                    results[i] = str(error)
-                    continue
-                results[i] = {name: at_size[name][k, 0].numpy() for name in outputs}
-        return results
-
     def _warn_constant(self, item: Item, planes: dict) -> None:
         constant = [name for name, plane in planes.items() if plane.min() == plane.max()]
         if constant:  # written as computed, but it points nowhere: say so
             value = float(planes[constant[0]].flat[0])
-            self.say(f"normgrad: warning: {item.path}: the {', '.join(constant)} map is constant ({value:g} everywhere): "
+            self.say(f"normgrad: warning: {printable(str(item.path))}: the {', '.join(constant)} map is constant ({value:g} everywhere): "
                      "no location moves the objective there (in a product, one layer's map is zero)")  # fmt: skip
+
+
+@dataclass
+class Pending:
+    """An image explained whose maps are still at the model's resolution: calling it brings them to the image's size
+    (upsampling, combination, checks) and gives the :class:`Explained`, or why it is refused.  The writer threads call
+    it, so that the main thread only runs the model."""
+
+    loop: BatchLoop
+    item: Item
+    explained: Explained
+    maps: dict | None  # {layer: (1, 1, h, w)}, or None for a model-free method
+
+    def __call__(self) -> Explained | str:
+        planes = self.loop.at_image_size(self.item, self.maps)
+        if isinstance(planes, str):
+            return planes
+        self.explained.maps = planes
+        return self.explained
 
 
 def _rows(prediction: pipeline.Prediction, rows: list[int]) -> pipeline.Prediction:

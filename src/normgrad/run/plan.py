@@ -72,8 +72,15 @@ def _class_names(model: nn.Module, preprocess: Any) -> list[str]:
     from normgrad.models import imagenet_classes
 
     device = next(model.parameters()).device
-    with torch.no_grad(), eval_mode(model):
-        output = model(torch.zeros(1, 3, *preprocess.example_size, device=device))
+    try:
+        with torch.no_grad(), eval_mode(model):
+            output = model(torch.zeros(1, 3, *preprocess.example_size, device=device))
+    except Exception as error:
+        message = " ".join(str(error).split())[:200]
+        raise NormGradError(
+            f"the model failed on a {preprocess.example_size[0]}x{preprocess.example_size[1]} input ({type(error).__name__}: {message}); "
+            "pass preprocess= the preprocessing it takes (normgrad.models.Preprocess) and class_names="
+        ) from None
     count = output.shape[-1] if isinstance(output, torch.Tensor) and output.dim() == 2 else 0
     return imagenet_classes() if count == 1000 else [f"class {i}" for i in range(count)]
 

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import sys
+import unicodedata
 from typing import Any
 
 
 def say(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def printable(text: str) -> str:
+    """``text`` as is, or quoted with escapes (``repr``) when it holds control or format characters (a newline, an ANSI
+    escape, a right-to-left override) that would break or disguise a line of the table or of a message."""
+    if any(unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") for char in text):
+        return repr(text)
+    return text
 
 
 def quiet(message: str) -> None:
