@@ -39,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--preset",
         choices=["quick", "small", "full"],
         default="full",
-        help="sizes: full (default), small (fits a shared 2-core machine in under an hour), quick",
+        help="sizes: full (default), small (docs/faithfulness.md: about 80 min of computation on a busy 2-core machine), quick",
     )
     parser.add_argument("--cache", type=Path, default=None, help="folder for the trained CNN (default: $NORMGRAD_CACHE, ~/.cache/normgrad)")
     parser.add_argument("--data", type=Path, default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's)")

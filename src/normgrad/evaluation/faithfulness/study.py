@@ -102,7 +102,7 @@ def quick_config() -> FaithfulnessConfig:
 
 
 def small_config() -> FaithfulnessConfig:
-    """A run that fits a shared 2-core machine in well under an hour: fewer images, fractions and photos."""
+    """Fewer images, fractions and photos: docs/faithfulness.md (about 80 min of computation on a busy 2-core machine)."""
     from normgrad.evaluation.training.cnn import TrainConfig
 
     return FaithfulnessConfig(
