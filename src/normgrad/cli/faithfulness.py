@@ -39,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--preset",
         choices=["quick", "small", "full"],
         default="full",
-        help="sizes: full (default), small (fits a shared 2-core machine in under an hour), quick",
+        help="sizes: full (default), small (docs/faithfulness.md: about 80 min of computation on a busy 2-core machine), quick",
     )
     parser.add_argument("--cache", type=Path, default=None, help="folder for the trained CNN (default: $NORMGRAD_CACHE, ~/.cache/normgrad)")
     parser.add_argument("--data", type=Path, default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's)")
@@ -80,12 +80,20 @@ def run(args: argparse.Namespace) -> int:
     if args.regime:
         config = replace(config, regimes=tuple(dict.fromkeys(args.regime)))
     torch.set_num_threads(args.threads)
+    preset = "quick" if args.quick else args.preset
+    regenerate = "normgrad eval faithfulness" + ("" if preset == "full" else f" --preset {preset}") + " --out docs"
     if args.merge:
-        document = write_report(config, args.out, [read_records(path) for path in args.merge])
+        document = write_report(config, args.out, [read_records(path) for path in args.merge], regenerate=regenerate)
     else:
         command = " ".join(["normgrad", *sys.argv[1:]]) if sys.argv[1:2] == ["eval"] else "normgrad eval faithfulness"
         document = run_faithfulness(
-            config, args.out, data=args.data, cache=args.cache, log=lambda message: print(message, file=sys.stderr), command=command
+            config,
+            args.out,
+            data=args.data,
+            cache=args.cache,
+            log=lambda message: print(message, file=sys.stderr),
+            command=command,
+            regenerate=regenerate,
         )
     for claim in document.get("shortcut", {}).get("claims", []):
         print(f"- {claim['claim']} [shortcut]: {claim['verdict']}")

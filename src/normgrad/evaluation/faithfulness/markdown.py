@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from normgrad.evaluation.faithfulness.summary import MARGIN, PRIMARY
@@ -36,7 +37,14 @@ def render(document: dict[str, Any]) -> str:
         "# Which map is faithful to the model? ROAD and insertion/deletion for every method",
         "",
         f"Regenerate with `{document.get('command', 'normgrad eval faithfulness --out docs')}` "
-        f"({total / 60:.1f} min on this machine). Raw numbers: `faithfulness.json`.",
+        f"({total / 60:.1f} min of computation on a shared 2-core machine"
+        + (
+            f"; this page's parts ran as separate processes, `{'`, `'.join(re.sub(' --out [^ ]+', '', p) for p in document['parts'])}`, "
+            "merged with `--merge`"
+            if len(document.get("parts", [])) > 1
+            else ""
+        )
+        + "). Raw numbers: `faithfulness.json`.",
         "",
         "Metrics, per image, then averaged (95 % bootstrap intervals over images; fewer than 20 images: ± t · jackknife SE):",
         "",

@@ -187,11 +187,11 @@ def claims(reliance: dict, auroc: dict[str, np.ndarray], controls: dict, config:
     half = 1.96 * ((reliance["clean"] * (1 - reliance["clean"]) + reliance["other_patch"] * (1 - reliance["other_patch"])) / n) ** 0.5
     interval = stats.Interval(drop, drop - half, drop + half)  # two accuracies on the same images: conservative (unpaired) width
     out.append({"claim": "The CNN relies on the patch: another class's patch lowers its accuracy", "difference": interval.as_dict(),
-                "verdict": stats.verdict(interval, 1, MARGIN)})  # fmt: skip
+                "direction": 1})  # fmt: skip
     for name, values in auroc.items():
         entry = stats.mean_interval(values - 0.5, resamples=config.resamples, seed=config.seed)
         out.append({"claim": f"{name}'s map ranks the patch above the other pixels (AUROC − 0.5 > 0)", "difference": entry.as_dict(),
-                    "verdict": stats.verdict(entry, 1, MARGIN)})  # fmt: skip
+                    "direction": 1})  # fmt: skip
     for a, b, direction, text in (
         ("meta", "normgrad", 1, "Meta-saliency finds the patch better than NormGrad (AUROC)"),
         ("meta:selective", "selective", 1, "meta:selective finds the patch better than selective (AUROC)"),
@@ -201,8 +201,8 @@ def claims(reliance: dict, auroc: dict[str, np.ndarray], controls: dict, config:
     ):
         if a in auroc and b in auroc:
             comparison = compare(auroc[a], auroc[b], config.resamples, config.seed)
-            verdict = stats.verdict(stats.Interval(**comparison["difference"]), direction, MARGIN)
-            out.append({"claim": text, "difference": comparison["difference"], "wilcoxon_p": comparison["wilcoxon_p"], "verdict": verdict})
+            row = {"claim": text, "difference": comparison["difference"], "wilcoxon_p": comparison["wilcoxon_p"]}
+            out.append({**row, "direction": direction})
     chance = controls["other_image"]
     for name, text, leaks in (
         ("mask_alone", "The class leaks through the mask alone (accuracy above the unmasked other image's)", True),
@@ -215,11 +215,23 @@ def claims(reliance: dict, auroc: dict[str, np.ndarray], controls: dict, config:
         d = controls[name]["accuracy"] - chance["accuracy"]
         half = 1.96 * sum(c["accuracy"] * (1 - c["accuracy"]) / c["test_images"] for c in (controls[name], chance)) ** 0.5
         interval = stats.Interval(d, d - half, d + half)
-        if leaks:
-            verdict = stats.verdict(interval, 1, MARGIN)
-        else:  # "no leak" holds when the whole interval lies below the margin
-            verdict = "supported" if interval.high < MARGIN else "not supported" if interval.low > MARGIN else "inconclusive"
-        out.append({"claim": text, "difference": interval.as_dict(), "verdict": verdict})
+        out.append({"claim": text, "difference": interval.as_dict(), "direction": 1 if leaks else 0})
+    return with_verdicts(out)
+
+
+def with_verdicts(claims: list[dict]) -> list[dict]:
+    """Each claim's verdict from its interval and ``direction`` (+1 / −1: the sign claimed; 0: "no difference beyond
+    +MARGIN", supported when the whole interval lies below it)."""
+    from normgrad.evaluation.faithfulness.summary import verdict
+
+    out = []
+    for claim in claims:
+        interval = stats.Interval(**claim["difference"])
+        if claim["direction"] == 0:
+            result = "supported" if interval.high < MARGIN else "not supported" if interval.low > MARGIN else "inconclusive"
+        else:
+            result = verdict(interval, claim["direction"], MARGIN)
+        out.append({**claim, "verdict": result})
     return out
 
 

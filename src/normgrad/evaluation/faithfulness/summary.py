@@ -8,8 +8,10 @@ Wilcoxon signed-rank p.  Verdict (:func:`~normgrad.evaluation.training.stats.ver
 *supported* when the interval lies on the claimed side of 0; *not
 supported* when it lies on the other side, or inside ±:data:`MARGIN`
 (no practical difference, in probability units); *inconclusive* otherwise.
-The headline verdict is ROAD's combined score (:data:`PRIMARY`); the other
-metrics' verdicts stand beside it.
+An interval that lies wholly inside ±:data:`MARGIN` is *not supported* even
+when it excludes 0 (a difference too small to matter is not "more
+faithful"). The headline verdict is ROAD's combined score (:data:`PRIMARY`);
+the other metrics' verdicts stand beside it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ CLAIMS: tuple[tuple[str, str, str, str, int], ...] = (
     ("metaselective-selective", "meta:selective is more faithful than selective NormGrad", "meta:selective", "selective", 1),
     ("adversarial-meta", "The adversarial map is less faithful than meta-saliency", "adversarial", "meta", -1),
 )
+
+
+def verdict(interval: stats.Interval, direction: int, margin: float = MARGIN) -> str:
+    """:func:`normgrad.evaluation.training.stats.verdict`, except that an interval wholly inside ±margin is *not supported*."""
+    if math.isfinite(interval.low) and math.isfinite(interval.high) and -margin < interval.low and interval.high < margin:
+        return "not supported"
+    return stats.verdict(interval, direction, margin)
 
 
 def compare(a: np.ndarray, b: np.ndarray, resamples: int, seed: int) -> dict[str, Any]:
@@ -75,7 +84,7 @@ def summarise(results: dict[str, dict], regimes: dict[str, dict], *, resamples: 
                     continue
                 comparison = compare(values[a][metric], values[b][metric], resamples, seed)
                 sign = direction * (1 if HIGHER_IS_BETTER[metric] else -1)
-                comparison["verdict"] = stats.verdict(stats.Interval(**comparison["difference"]), sign, MARGIN)
+                comparison["verdict"] = verdict(stats.Interval(**comparison["difference"]), sign, MARGIN)
                 row["metrics"][metric] = comparison
             row["verdict"] = row["metrics"].get(PRIMARY, {}).get("verdict", "inconclusive")
             claims.append(row)
