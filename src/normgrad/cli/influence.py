@@ -37,17 +37,29 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--lr", nargs="+", type=positive_float, default=[1.0], help="learning rate: one, or one per checkpoint")
     parser.add_argument("--layers", default=None, help="comma-separated layer names (default: the model's default layers)")
     parser.add_argument("--extract", default="conv1x1", choices=["conv1x1", "scaling", "layer"], help="the weight split (default: conv1x1)")
-    parser.add_argument("--top-k", type=positive_int, default=5, help="proponents and opponents per test image (default: 5, at most 100)")
+    parser.add_argument("--top-k", type=_top_k, default=5, help="proponents and opponents per test image (default: 5, at most 100)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="training images per forward/backward (default: 64)")
     parser.add_argument("--overwrite", action="store_true", help="start the output folder afresh")
     parser.set_defaults(run=run)
     return parser
 
 
+def _top_k(text: str) -> int:
+    from normgrad.tracin.product import MAX_TOP_K
+
+    value = positive_int(text)
+    if value > MAX_TOP_K:
+        raise argparse.ArgumentTypeError(f"at most {MAX_TOP_K}; got {value}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
+    from normgrad.errors import NormGradError
     from normgrad.tracin.folder import InfluenceRequest, run_influence
 
     check_weights(args.weights)
+    if not args.train.is_dir():  # before the model loads
+        raise NormGradError(f"--train {args.train} is not a folder; give a folder with one subfolder of images per class")
     layers = parse_layers(args.layers)
     request = InfluenceRequest(
         tests=tuple(args.tests), train=args.train, out=args.out, model=args.model, weights=None if args.weights == "none" else args.weights,
