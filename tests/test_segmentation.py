@@ -149,3 +149,22 @@ def test_captum_baselines_take_a_region_target():
     ixg = input_x_gradient(model, x, region)["input"]
     engine = ng.saliency(model, x, region, layers="input", extract="scaling", aggregate="sum")["input"]
     torch.testing.assert_close(ixg, engine, rtol=1e-4, atol=1e-6)
+
+
+def test_a_box_in_photo_pixels_covers_the_same_part_of_the_model_input():
+    from normgrad.run.segment import box_mask
+
+    mask = box_mask((10, 20, 50, 40), photo_size=(100, 80), size=(40, 50))  # photo 100×80 (W×H) → input 40×50 (H×W)
+    rows, cols = mask.nonzero(as_tuple=True)
+    assert (int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1) == (10, 20, 5, 25)
+
+
+@pytest.mark.slow
+def test_on_the_synthetic_task_the_map_of_a_region_peaks_inside_its_object():
+    from normgrad.evaluation import segmentation as task
+
+    model = task.train(60)
+    table = task.summarise(task.evaluate(model, 6))
+    assert table["normgrad (product)"]["objects"] >= 8
+    assert table["normgrad (product)"]["hit"] >= 0.8 > table["random"]["hit"] + 0.3
+    assert table["normgrad (product)"]["mass"] > table["gradcam (stride 4)"]["mass"] and table["random"]["mass"] < 0.2
