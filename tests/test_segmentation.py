@@ -163,7 +163,7 @@ def test_a_box_in_photo_pixels_covers_the_same_part_of_the_model_input():
 def test_on_the_synthetic_task_the_map_of_a_region_peaks_inside_its_object():
     from normgrad.evaluation import segmentation as task
 
-    model = task.train(60)
+    model = task.train(150)  # the study's model (docs/tasks.md): 60 steps leave most objects unpredicted
     table = task.summarise(task.evaluate(model, 6))
     assert table["normgrad (product)"]["objects"] >= 8
     assert table["normgrad (product)"]["hit"] >= 0.8 > table["random"]["hit"] + 0.3
