@@ -28,8 +28,8 @@ from torch.utils.data import Dataset
 
 from normgrad.errors import NormGradError
 from normgrad.images import load_image
+from normgrad.run.files import IMAGE_SUFFIXES, expand_inputs
 from normgrad.store import OutputConflict, OutputStore, encode_npy, encode_png, new_run_id
-from normgrad.streaming import IMAGE_SUFFIXES, expand_inputs
 from normgrad.tracin.product import Influence, Progress, influence
 
 MAX_TRAIN_IMAGES = 2_000_000
