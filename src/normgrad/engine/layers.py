@@ -16,6 +16,7 @@ import collections
 import difflib
 import fnmatch
 import math
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Union
@@ -27,6 +28,7 @@ from normgrad.engine.layouts import Evidence, LayoutError, activation_of, decide
 from normgrad.engine.model_state import Hooks, eval_mode
 from normgrad.errors import NormGradError
 from normgrad.formulas.layout import Layout
+from normgrad.support import LAYERS_HINT
 
 INPUT = "input"
 
@@ -86,7 +88,7 @@ def resolve_layers(model: nn.Module, layers: Layers) -> list[Selected]:
     if not chosen:
         if unmatched:
             raise NormGradError(f"no layer of the model matches {' or '.join(unmatched)}")
-        raise NormGradError("no layer selected: pass layer names, module types or a predicate in layers=[...]")
+        raise NormGradError(f"no layer selected: {LAYERS_HINT} (names, module types or a predicate)")
     return list(chosen.values())
 
 
@@ -152,7 +154,12 @@ class LayerInfo:
 
     ``layout`` is ``None`` when the output has no map; ``note`` then says why.
     ``takes_image`` marks modules whose input is the image itself (stems,
-    patch embeddings and the containers that hold them).
+    patch embeddings and the containers that hold them).  ``feeds_parent``:
+    the output (or a view of it) is part of the output of the nearest
+    enclosing module that runs (a block sequence that ends its stage; not a
+    branch added to a shortcut, not a part of an attention).  ``zero``: the
+    gradient of the summed logits is exactly zero there (patch tokens after a
+    class-token model's last attention); ``None`` when not computed.
     """
 
     name: str
@@ -162,6 +169,8 @@ class LayerInfo:
     layout: Layout | None = None
     note: str = ""
     takes_image: bool = False
+    feeds_parent: bool = False
+    zero: bool | None = None
 
     @property
     def layout_text(self) -> str:
@@ -176,15 +185,22 @@ def model_device(model: nn.Module, default: torch.device | str = "cpu") -> torch
     return tensor.device if tensor is not None else torch.device(default)
 
 
-def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
+def describe_layers(model: nn.Module, example: torch.Tensor, *, gradients: bool = False) -> list[LayerInfo]:
     """Every submodule with its type, output shape and layout, in execution (post-)order, from one forward pass.
 
     The pass builds the autograd graph (as the engine's does) so that layouts
-    are decided on the same evidence; nothing is back-propagated.
+    are decided on the same evidence; with ``gradients`` the summed logits
+    are back-propagated once to tell which outputs get a zero gradient
+    (nothing is stored but one flag per layer).
     """
     modules = named_layers(model)
     evidence = Evidence.of(model, example)
     seen: dict[str, LayerInfo] = {}
+    outputs: dict[str, list[weakref.ref]] = {}  # weak: a child's output that its parent dropped is gone, never mistaken
+    below: dict[str, list[str]] = collections.defaultdict(list)  # a running module → the modules whose nearest running ancestor it is
+    for name in modules:
+        below[_running_ancestor(name, modules)].append(name)
+    zero: dict[str, bool] = {}
     with torch.inference_mode(False), torch.enable_grad(), eval_mode(model), Hooks() as hooks:
         image = example.detach().to(model_device(model, example.device)).requires_grad_(True).clone()  # a non-leaf, as in the engine
 
@@ -195,6 +211,8 @@ def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
                     info.calls += 1
                     info.layout, info.note = None, "runs more than once (a shared module)"
                     return
+                _mark_feeders(name, output, below, outputs, seen)
+                outputs[name] = [weakref.ref(t) for t in _tensors(output)]
                 takes_image = bool(inputs) and inputs[0] is image
                 activation = activation_of(output)
                 if activation is None:
@@ -203,16 +221,49 @@ def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
                 output = activation
                 layout, note = _layout_or_reason(output, module, evidence, name)
                 seen[name] = LayerInfo(name, type(module).__name__, tuple(output.shape), 1, layout, note, takes_image)
+                if gradients and layout is not None and activation.requires_grad:
+                    activation.register_hook(lambda g, name=name, layout=layout: zero.__setitem__(name, not bool(layout.to_nchw(g).any())))
 
             return hook
 
         for name, module in modules.items():
             hooks.add(module.register_forward_hook(make_hook(name)))
-        model(image)
-        del image
+        result = activation_of(model(image))
+        if gradients and result is not None and result.requires_grad:
+            torch.autograd.grad(result.float().sum(), image, allow_unused=True)  # never into a parameter's .grad
+            for name, info in seen.items():
+                info.zero = zero.get(name, info.layout is not None)  # a map no gradient reached is zero
+        del image, result
     never_ran = [LayerInfo(n, type(m).__name__, None, 0, None, "never runs") for n, m in modules.items() if n not in seen]
     image = LayerInfo(INPUT, "input", tuple(example.shape), 1, Layout("nchw", evidence.image))
     return [image, *seen.values(), *never_ran]
+
+
+def _tensors(output: object) -> list[torch.Tensor]:
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, (tuple, list)):
+        return [item for item in output if isinstance(item, torch.Tensor)]
+    if isinstance(output, dict):
+        return [item for item in output.values() if isinstance(item, torch.Tensor)]
+    return []
+
+
+def _running_ancestor(name: str, modules: dict[str, nn.Module]) -> str:
+    """The nearest ancestor with a forward of its own ("" for the model): a ``ModuleList``/``ModuleDict`` never runs."""
+    parent = name.rpartition(".")[0]
+    while parent and isinstance(modules[parent], (nn.ModuleList, nn.ModuleDict)) and type(modules[parent]).forward is nn.Module.forward:
+        parent = parent.rpartition(".")[0]
+    return parent
+
+
+def _mark_feeders(name: str, output: object, below: dict[str, list[str]], outputs: dict[str, list[weakref.ref]], seen: dict) -> None:
+    """Mark the modules under ``name`` whose output (still alive) shares storage with ``name``'s output."""
+    storages = {t.untyped_storage().data_ptr() for t in _tensors(output) if t.numel()}
+    for child in below.get(name, ()):
+        alive = [ref() for ref in outputs.get(child, ())]
+        if child in seen and any(t is not None and t.numel() and t.untyped_storage().data_ptr() in storages for t in alive):
+            seen[child].feeds_parent = True
 
 
 def _layout_or_reason(output: torch.Tensor, module: nn.Module, evidence: Evidence, name: str) -> tuple[Layout | None, str]:
@@ -233,16 +284,15 @@ ISOTROPIC_BLOCKS = 4
 def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     """Default layers, by architecture: one per stage (hierarchical models) or evenly spaced blocks (isotropic ones).
 
-    Candidates are modules that run once, whose output is on the image grid
-    (any layout: maps, channels-last maps, tokens) at a stride of at least
-    4 and more than one position, that sit in the network's trunk (every
-    ancestor is the model or a ``Sequential``/``ModuleList``/``ModuleDict``:
-    never a part of an attention or a block), that are not a stem or patch
-    embedding (a module that takes the image itself, or lies inside one that
-    takes it and ends above the coarsest resolution) and that compute
-    something (not an ``Identity``, ``Dropout``, ``Flatten`` or ``Permute``).
-
-    A container of several stages (``stages``, ``blocks``) is not a stage.
+    Candidates are block outputs (:func:`block_outputs`) that run once, whose
+    output is on the image grid (any layout: maps, channels-last maps,
+    tokens) at a stride of at least 4 and more than one position, whose
+    gradient is not identically zero, that are not a stem or patch embedding
+    (a module that takes the image itself, or lies inside one that takes it
+    and ends above the coarsest resolution; a ``stem``/``patch_embed``) and
+    that compute something (not an ``Identity``, ``Dropout``, ``Flatten`` or
+    ``Permute``).  A container of several stages (``stages``, ``blocks``) is
+    not a stage.
 
     * **Hierarchical** models (candidates at several resolutions: ResNet,
       ConvNeXt, Swin, MaxViT, CoAtNet, EfficientFormer, MobileViT, LeViT...):
@@ -253,42 +303,127 @@ def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
       the second-to-last — in a class-token model the last block's patch
       tokens do not reach the output, so its map is zero (ViT-B:
       ``blocks.2, .5, .8, .10``).
+
+    A model without any candidate (blocks that output tuples or lists, tokens
+    off the image grid) gets one error saying why; never a fallback to a patch
+    embedding, a head or a zero map.
     """
-    infos = describe_layers(model, example)
+    infos = describe_layers(model, example, gradients=True)
     modules = named_layers(model)
     height, width = example.shape[-2:]
     on_grid = [info for info in infos[1:] if _on_coarse_grid(info, height, width)]
     coarsest = min((info.layout.grid[0] * info.layout.grid[1] for info in on_grid), default=0)  # type: ignore[union-attr]
     stems = [info.name + "." for info in infos[1:] if info.takes_image and info.layout is not None and _area(info.layout) > coarsest]
-    candidates = [
-        info
-        for info in on_grid
-        if not info.takes_image and not _layout_only(modules[info.name]) and not any(info.name.startswith(stem) for stem in stems)
-    ]
-    trunk = [info for info in candidates if _in_trunk(info.name, modules) and grid_fit(*info.layout.grid, height, width, True)]  # type: ignore[union-attr]
+    blocks = set(block_outputs(model, infos))
+    candidates = [info for info in on_grid if info.name in blocks and not any(info.name.startswith(stem) for stem in stems)]
+    trunk = [info for info in candidates if not info.zero and grid_fit(*info.layout.grid, height, width, True)]  # type: ignore[union-attr]
     trunk = [info for info in trunk if not any(_holds_another_stage(info, other) for other in trunk)]
     by_grid: dict[tuple[int, int], list[LayerInfo]] = {}
     for info in trunk:
         by_grid.setdefault(info.layout.grid, []).append(info)  # type: ignore[union-attr]
-    if len(by_grid) == 1 or not by_grid:
-        blocks = _longest_block_run(candidates, modules)[:-1]  # a class-token model reads nothing from the last block's patches
-        if len(blocks) >= 2:
-            count = min(ISOTROPIC_BLOCKS, len(blocks))
-            return [blocks[math.ceil((i + 1) * len(blocks) / count) - 1].name for i in range(count)]
+    if len(by_grid) <= 1:
+        run = _longest_block_run(candidates, modules)[:-1]  # a class-token model reads nothing from the last block's patches
+        run = [info for info in run if not info.zero]
+        if len(run) >= 2:
+            count = min(ISOTROPIC_BLOCKS, len(run))
+            return [run[math.ceil((i + 1) * len(run) / count) - 1].name for i in range(count)]
     if not by_grid:
-        reasons = collections.Counter(info.note for info in infos if info.note.startswith("no map"))
-        why = "; ".join(f"{count} layers: {note}" for note, count in reasons.most_common(3))
-        raise NormGradError(
-            "cannot choose default layers: no module of the trunk outputs a map on the image grid at stride 4 or more"
-            + (f" ({why})" if why else "")
-            + "; pass layers=[...] (`normgrad layers MODEL` lists every layer with its layout)"
-        )
+        raise NormGradError(no_default_layers_message(infos, "no block output of the model is a map on the image grid at stride 4 or more"))
     chosen = []
     for members in by_grid.values():
         depth = min(info.name.count(".") for info in members)
         chosen.append([info for info in members if info.name.count(".") == depth][-1])
     order = {info.name: i for i, info in enumerate(infos)}
     return [info.name for info in sorted(chosen, key=lambda info: order[info.name])]
+
+
+def no_default_layers_message(infos: list[LayerInfo], what: str) -> str:
+    """Why no default layer could be chosen, with the commonest reasons layers have no map, and what to do."""
+    reasons = collections.Counter(
+        info.note if info.note.startswith("no map") else f"blocks output a {info.note.rpartition(' ')[2]} (several tensors)"
+        for info in infos
+        if info.note.startswith(("no map", "outputs a"))
+    )
+    why = "; ".join(f"{count} layers: {note}" for note, count in reasons.most_common(3))
+    return (
+        f"cannot choose default layers: {what}"
+        + (f" ({why})" if why else "")
+        + f"; {LAYERS_HINT}, choosing layers with a map (`normgrad layers MODEL` lists every layer with its layout)"
+    )
+
+
+STEM_NAMES = ("stem", "patch_embed", "pos_embed", "pos_drop", "cls_token")
+
+
+def block_outputs(model: nn.Module, infos: list[LayerInfo]) -> list[str]:
+    """The modules whose output is a block's output on the network's spine, in execution order.
+
+    A block output is a module that runs once, has a map, computes something,
+    is no stem or patch embedding (a module that takes the image itself, or
+    one named ``stem``/``patch_embed``), and lies on the spine:
+
+    * no ancestor is named ``stem``/``patch_embed``; each ancestor is a ``Sequential``/``ModuleList``/``ModuleDict`` (the
+      trunk), or a stage module whose block sequence ends it (its output,
+      or a view of it, is the stage's output: ``stages.1.blocks.2`` of a
+      ConvNeXt stage, PiT's ``transformers.1.blocks.0``; blocks, not bare
+      layers, and all but the first of the same output shape) — never a branch
+      added to a shortcut (ResNet's ``downsample``), a part of an attention,
+      or layers inside a block (MobileNet's ``conv.0``);
+    * it is not a layer whose next sibling normalises or activates its output
+      (a convolution before its BatchNorm, a BatchNorm before its ReLU): the
+      layer group's output is the activation after them.
+    """
+    modules = named_layers(model)
+    by_name = {info.name: info for info in infos}
+    return [
+        info.name
+        for info in infos[1:]
+        if info.calls == 1
+        and info.layout is not None
+        and info.layout.kind != "vector"
+        and not info.takes_image
+        and not _layout_only(modules[info.name])
+        and not any(part.startswith(STEM_NAMES) for part in info.name.split("."))
+        and _on_spine(info.name, modules, by_name)
+        and not _followed_by_pointwise(info.name, modules)
+    ]
+
+
+def _on_spine(name: str, modules: dict[str, nn.Module], by_name: dict[str, LayerInfo]) -> bool:
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        if isinstance(modules[".".join(parts[:i])], SEQUENCE_CONTAINERS):
+            continue
+        path_child = ".".join(parts[: i + 1])  # inside a stage module: only its block sequence, when it ends the stage
+        sequence = modules[path_child]
+        if path_child == name or not isinstance(sequence, (nn.Sequential, nn.ModuleList)) or not len(sequence):
+            return False
+        if any(not list(block.children()) for block in sequence):  # a sequence of bare layers is a block's inside
+            return False
+        shapes = [getattr(by_name.get(f"{path_child}.{k}"), "output_shape", None) for k in range(len(sequence))]
+        if any(shape is None or shape != before for before, shape in zip(shapes[1:], shapes[2:])) or (
+            len(shapes) > 1 and shapes[1] != shapes[-1]
+        ):
+            return False  # blocks keep their shape (the first may resample); layers of a block change it (expand, project)
+        last = path_child if isinstance(sequence, nn.Sequential) else f"{path_child}.{len(sequence) - 1}"
+        info = by_name.get(last)
+        if info is None or not info.feeds_parent:
+            return False
+    return True
+
+
+def _followed_by_pointwise(name: str, modules: dict[str, nn.Module]) -> bool:
+    parent, _, index = name.rpartition(".")
+    container = modules.get(parent) if parent else None
+    if not index.isdigit() or not isinstance(container, (nn.Sequential, nn.ModuleList)) or int(index) + 1 >= len(container):
+        return False
+    return _pointwise(container[int(index) + 1])
+
+
+def _pointwise(module: nn.Module) -> bool:
+    """A normalisation or an activation: it finishes the layer before it."""
+    norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+    return isinstance(module, norms) or "activation" in type(module).__module__
 
 
 def _on_coarse_grid(info: LayerInfo, height: int, width: int) -> bool:
@@ -308,11 +443,6 @@ def _area(layout: Layout) -> int:
 
 def _layout_only(module: nn.Module) -> bool:
     return isinstance(module, LAYOUT_ONLY) or type(module).__name__ in LAYOUT_ONLY_NAMES
-
-
-def _in_trunk(name: str, modules: dict[str, nn.Module]) -> bool:
-    parts = name.split(".")
-    return all(isinstance(modules[".".join(parts[:i])], SEQUENCE_CONTAINERS) for i in range(1, len(parts)))
 
 
 def _longest_block_run(candidates: list[LayerInfo], modules: dict[str, nn.Module]) -> list[LayerInfo]:
