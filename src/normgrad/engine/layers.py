@@ -308,7 +308,8 @@ def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     off the image grid) gets one error saying why; never a fallback to a patch
     embedding, a head or a zero map.
     """
-    infos = describe_layers(model, example, gradients=True)
+    noise = torch.randn(example.shape, generator=torch.Generator().manual_seed(0)).to(example)  # a zero image zeroes gradients
+    infos = describe_layers(model, noise, gradients=True)
     modules = named_layers(model)
     height, width = example.shape[-2:]
     on_grid = [info for info in infos[1:] if _on_coarse_grid(info, height, width)]
