@@ -177,3 +177,12 @@ def test_default_layers_have_maps_at_the_sizes_explained():
         x = torch.randn(1, 3, *defaults.preprocess.input_size(width, height))
         maps = defaults.method(model, x, None, layers=list(defaults.layers))
         assert list(maps) == list(defaults.layers)
+
+
+def test_a_model_that_takes_only_its_own_size_gets_exactly_that_size():
+    """A flattening head (or HaloNet's blocks): no other size works, so every photo is resized to the model's own square."""
+    model = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 64 * 64, 5))
+    policy = input_policy(model, Preprocess(size=64))
+    assert policy.max_size is None and policy.fixed_size == (64, 64)
+    for width, height in ((451, 300), (300, 451)):
+        model(torch.zeros(1, 3, *policy.input_size(width, height)))  # accepted

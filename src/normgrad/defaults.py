@@ -193,7 +193,7 @@ def choose_layers(stages: list[Stage], fine_stride: int = FINE_STRIDE, deep_laye
 
 
 CHECK_PHOTOS = ((451, 300), (300, 451))  # (width, height) of photos whose input sizes the default layers must also map
-MULTIPLES = (2, 4, 8, 16, 32, 64)  # side multiples tried for a model that refuses an odd size
+MULTIPLES = (2, 4, 8, 16, 32, 64, 128, 256)  # side multiples tried for a model that refuses an odd size
 AWKWARD = (17, 45)  # the probe's size: the model's own plus these, odd and non-square, so a divisibility constraint shows
 
 
@@ -203,9 +203,9 @@ def input_policy(model: nn.Module, preprocess: Any, max_scale: int = MAX_SCALE) 
     A model with a declared fixed input size (``Preprocess.fixed_size``) keeps it.  For the
     others forward passes decide: at an odd, non-square size just above the model's own
     (any size works: shorter side up to ``max_scale ×``); else at the smallest side
-    multiple of 2, 4, ... 64 that works (DLA, HRNet, HaloNet need divisible sizes:
-    ``Preprocess.multiple``); else the model keeps its own size (a position embedding of
-    fixed size refuses any other).
+    multiple of 2, 4, ... 256 that works (DLA, HRNet, HaloNet need divisible sizes:
+    ``Preprocess.multiple``); else the model takes its own square size only (a position
+    embedding of fixed size refuses any other).
     """
     if getattr(preprocess, "fixed_size", None) is not None or preprocess.square:  # the model's declared input size
         return replace(preprocess, max_size=None)
@@ -214,7 +214,7 @@ def input_policy(model: nn.Module, preprocess: Any, max_scale: int = MAX_SCALE) 
         size = (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
         if _accepts(model, size):
             return replace(preprocess, max_size=max_scale * preprocess.size, multiple=multiple)
-    return replace(preprocess, max_size=None)  # a fixed input size: keep the model's own
+    return replace(preprocess, max_size=None, fixed_size=(preprocess.size, preprocess.size))  # the model's own size only
 
 
 def _accepts(model: nn.Module, size: tuple[int, int]) -> bool:

@@ -353,7 +353,7 @@ def no_default_layers_message(infos: list[LayerInfo], what: str) -> str:
     )
 
 
-STEM_NAMES = ("stem", "patch_embed", "pos_embed", "pos_drop", "cls_token")
+STEM_NAMES = ("stem", "patch_embed", "pos_embed", "pos_drop", "cls_token", "head", "aux_head", "classifier", "pre_logits")
 
 
 def block_outputs(model: nn.Module, infos: list[LayerInfo]) -> list[str]:
@@ -363,7 +363,8 @@ def block_outputs(model: nn.Module, infos: list[LayerInfo]) -> list[str]:
     is no stem or patch embedding (a module that takes the image itself, or
     one named ``stem``/``patch_embed``), and lies on the spine:
 
-    * no ancestor is named ``stem``/``patch_embed``; each ancestor is a ``Sequential``/``ModuleList``/``ModuleDict`` (the
+    * neither it nor an ancestor is named ``stem``/``patch_embed`` or ``head``/``aux_head``/``classifier``;
+      each ancestor is a ``Sequential``/``ModuleList``/``ModuleDict`` (the
       trunk), or a stage module whose block sequence ends it (its output,
       or a view of it, is the stage's output: ``stages.1.blocks.2`` of a
       ConvNeXt stage, PiT's ``transformers.1.blocks.0``; blocks, not bare
@@ -402,9 +403,7 @@ def _on_spine(name: str, modules: dict[str, nn.Module], by_name: dict[str, Layer
         if any(not list(block.children()) for block in sequence):  # a sequence of bare layers is a block's inside
             return False
         shapes = [getattr(by_name.get(f"{path_child}.{k}"), "output_shape", None) for k in range(len(sequence))]
-        if any(shape is None or shape != before for before, shape in zip(shapes[1:], shapes[2:])) or (
-            len(shapes) > 1 and shapes[1] != shapes[-1]
-        ):
+        if None in shapes or len(set(shapes[1:] if len(shapes) > 2 else shapes)) > 1:  # two of different shapes: squeeze, expand
             return False  # blocks keep their shape (the first may resample); layers of a block change it (expand, project)
         last = path_child if isinstance(sequence, nn.Sequential) else f"{path_child}.{len(sequence) - 1}"
         info = by_name.get(last)
