@@ -203,6 +203,7 @@ def describe_layers(model: nn.Module, example: torch.Tensor, *, gradients: bool 
     zero: dict[str, bool] = {}
     with torch.inference_mode(False), torch.enable_grad(), eval_mode(model), Hooks() as hooks:
         image = example.detach().to(model_device(model, example.device)).requires_grad_(True).clone()  # a non-leaf, as in the engine
+        gradients = gradients and image.device.type != "meta"  # a meta tensor has no values to tell a zero gradient
 
         def make_hook(name: str):
             def hook(module: nn.Module, inputs: tuple, output: object) -> None:
@@ -259,11 +260,16 @@ def _running_ancestor(name: str, modules: dict[str, nn.Module]) -> str:
 
 def _mark_feeders(name: str, output: object, below: dict[str, list[str]], outputs: dict[str, list[weakref.ref]], seen: dict) -> None:
     """Mark the modules under ``name`` whose output (still alive) shares storage with ``name``'s output."""
-    storages = {t.untyped_storage().data_ptr() for t in _tensors(output) if t.numel()}
+    storages = {_storage(t) for t in _tensors(output)}
     for child in below.get(name, ()):
         alive = [ref() for ref in outputs.get(child, ())]
-        if child in seen and any(t is not None and t.numel() and t.untyped_storage().data_ptr() in storages for t in alive):
+        if child in seen and any(t is not None and _storage(t) in storages for t in alive):
             seen[child].feeds_parent = True
+
+
+def _storage(tensor: torch.Tensor) -> int:
+    """The identity of a tensor's storage (both tensors alive: equal only when shared; meta tensors included)."""
+    return tensor.untyped_storage()._cdata
 
 
 def _layout_or_reason(output: torch.Tensor, module: nn.Module, evidence: Evidence, name: str) -> tuple[Layout | None, str]:
