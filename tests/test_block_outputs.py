@@ -186,3 +186,37 @@ def test_a_model_that_takes_only_its_own_size_gets_exactly_that_size():
     assert policy.max_size is None and policy.fixed_size == (64, 64)
     for width, height in ((451, 300), (300, 451)):
         model(torch.zeros(1, 3, *policy.input_size(width, height)))  # accepted
+
+
+FAMILIES = {  # timm families where the default once picked internals or fell back (random weights, small inputs)
+    "efficientvit_b0": (128, 160), "fastvit_t8": (128, 160), "dla34": (128, 128), "resnest14d": (128, 160), "ghostnet_100": (128, 160),
+    "ghostnetv2_100": (128, 160), "hgnetv2_b0": (128, 160), "fasternet_t0": (128, 160), "inception_next_atto": (128, 160),
+    "shvit_s1": (224, 224), "volo_d1_224": (224, 224), "pit_ti_224": (224, 224), "mobilevitv2_050": (256, 256),
+    "hrnet_w18_small": (128, 160), "selecsls42b": (128, 160),
+}  # fmt: skip
+REFUSED = {"tnt_s_patch16_224": (224, 224), "crossvit_tiny_240": (240, 240)}  # blocks output tuples / lists of branches
+FORBIDDEN = ("attn", "attention", "downsample", "shortcut", "proj", "head", "aggregation", "patch_embed", "stem", "conv_dw", ".se")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_timm_families_get_block_outputs_as_default_layers(name):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    x = torch.randn(1, 3, *FAMILIES[name])
+    stages = probe(model, x)
+    chosen = [*auto_layers(model, x), *choose_layers(stages)]
+    assert chosen and not any(part in layer for layer in chosen for part in FORBIDDEN), chosen
+    assert set(choose_layers(stages)) <= {s.name for s in stages if not s.zero}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_timm_families_without_block_maps_get_a_refusal(name):
+    timm = pytest.importorskip("timm")
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    x = torch.randn(1, 3, *REFUSED[name])
+    for choose in (lambda: auto_layers(model, x), lambda: choose_layers(probe(model, x))):
+        with pytest.raises(ng.NormGradError, match="cannot choose default layers.*--layers"):
+            choose()
