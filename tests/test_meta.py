@@ -160,7 +160,7 @@ def test_resnet_batch_equals_single_calls():
         assert_maps_close({k: v[i : i + 1] for k, v in batch.items()}, alone)
 
 
-@pytest.mark.parametrize("kwargs, message", [(dict(lr=-1.0), "lr must be non-negative"), (dict(steps=1.5), "steps must be")])
+@pytest.mark.parametrize("kwargs, message", [(dict(lr=-1.0), "lr must be a finite number ≥ 0"), (dict(steps=1.5), "steps must be")])
 def test_bad_arguments(model, kwargs, message):
     with pytest.raises(ng.NormGradError, match=message):
         ng.meta_saliency(model, torch.randn(1, 3, 20, 18), layers="features.3", **kwargs)

@@ -396,3 +396,26 @@ def test_roar_retrains_in_worker_processes_as_in_this_process(tmp_path, one_thre
     workers = RoarRun(trained, x, train.labels, xt, test.labels, ["normgrad", "random"], jobs=2, **options).collect()
     assert here.correct.shape == (2, 2, 1, 1, 30)
     assert np.array_equal(here.correct, workers.correct) and np.array_equal(here.reference, workers.reference)
+
+
+def test_the_quick_study_runs_on_one_thread_and_one_photo(monkeypatch, tmp_path):
+    """--quick fits its stated minutes on a shared 2-core machine: one torch thread (no oversubscription beside the ROAR
+    worker), one photo for the EfficientNet-Lite0 phase (its largest)."""
+    import torch
+
+    from normgrad.cli import main
+    from normgrad.evaluation.training import study
+
+    seen = {}
+
+    def fake_run_study(config, out, **kwargs):
+        seen.update(threads=torch.get_num_threads(), photos=config.photos, quick=config.quick)
+        return {"claims": []}
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(study, "run_study", fake_run_study)
+    try:
+        assert main(["eval", "training", "--out", str(tmp_path), "--quick"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == {"threads": 1, "photos": ("chelsea",), "quick": True}

@@ -37,17 +37,19 @@ are defaults, each overridable (``--method``, ``--layers``, ``--combine``,
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from normgrad.engine.layers import auto_layers, describe_layers
+from normgrad.engine.layers import auto_layers, block_outputs, describe_layers, no_default_layers_message
 from normgrad.engine.model_state import eval_mode
 from normgrad.errors import NormGradError
 from normgrad.methods import saliency
 from normgrad.registry import Method, get_method
+from normgrad.support import LAYERS_HINT
 
 FINE_METHOD = "selective"
 DEEP_METHOD = "scaling+sum"
@@ -129,14 +131,17 @@ def probe(model: nn.Module, example: Tensor) -> list[Stage]:
     """
     infos = describe_layers(model, example)
     modules = dict(model.named_modules())
-    names = set(auto_layers(model, example)) if _has_spatial(infos) else set()
-    for info in infos:
-        parent, _, index = info.name.rpartition(".")
-        if info.calls == 1 and index.isdigit() and isinstance(modules.get(parent), (nn.Sequential, nn.ModuleList)):
-            names.add(info.name)
+    names: set[str] = set()
+    if _has_spatial(infos):
+        with contextlib.suppress(NormGradError):  # no stage output: the block sequences may still have some
+            names.update(auto_layers(model, example))
+    for name in block_outputs(model, infos):  # block outputs with a map only: candidates without one are skipped
+        parent, _, index = name.rpartition(".")
+        if index.isdigit() and isinstance(modules.get(parent), (nn.Sequential, nn.ModuleList)):
+            names.add(name)
     ordered = [info.name for info in infos if info.name in names]
     if not ordered:
-        raise NormGradError("cannot choose default layers: the model has neither stage outputs nor a sequence of blocks")
+        raise NormGradError(no_default_layers_message(infos, "the model has neither stage outputs nor block outputs with a map"))
     device = next(model.parameters()).device
     maps = saliency(model, example.to(device), probe_target(model, example.to(device)), layers=ordered, extract="bias", aggregate="norm")
     stages: list[Stage] = []
@@ -182,7 +187,10 @@ def choose_layers(stages: list[Stage], fine_stride: int = FINE_STRIDE, deep_laye
     """
     usable = [s for s in stages if not s.zero]
     if len(usable) < 2:
-        raise NormGradError(f"cannot choose default layers: fewer than two usable layers among {[s.name for s in stages]}")
+        raise NormGradError(
+            f"cannot choose default layers: fewer than two block outputs with a map that reaches the output among "
+            f"{[s.name for s in stages]}; {LAYERS_HINT} (`normgrad layers MODEL` lists them)"
+        )
     coarsest = max(s.stride for s in usable)
     deep = [s for s in usable if s.stride == coarsest][-deep_layers:]
     first_deep = stages.index(deep[0])
@@ -193,31 +201,59 @@ def choose_layers(stages: list[Stage], fine_stride: int = FINE_STRIDE, deep_laye
     return chosen
 
 
+CHECK_PHOTOS = ((451, 300), (300, 451))  # (width, height) of photos whose input sizes the default layers must also map
+MULTIPLES = (2, 4, 8, 16, 32, 64, 128, 256)  # side multiples tried for a model that refuses an odd size
+AWKWARD = (17, 45)  # the probe's size: the model's own plus these, odd and non-square, so a divisibility constraint shows
+
+
 def input_policy(model: nn.Module, preprocess: Any, max_scale: int = MAX_SCALE) -> Any:
     """``preprocess`` keeping the shorter side up to ``max_scale ×`` its size, if the model takes inputs of other sizes.
 
-    A model with a declared fixed input size (``Preprocess.fixed_size``) keeps it; for the
-    others one forward pass at a non-square size just above the model's own decides it
-    (a model whose position embedding has a fixed size refuses any other size).
+    A model with a declared fixed input size (``Preprocess.fixed_size``) keeps it.  For the
+    others forward passes decide: at an odd, non-square size just above the model's own
+    (any size works: shorter side up to ``max_scale ×``); else at the smallest side
+    multiple of 2, 4, ... 256 that works (DLA, HRNet, HaloNet need divisible sizes:
+    ``Preprocess.multiple``); else the model takes its own square size only (a position
+    embedding of fixed size refuses any other).
     """
     if getattr(preprocess, "fixed_size", None) is not None or preprocess.square:  # the model's declared input size
         return replace(preprocess, max_size=None)
+    height, width = preprocess.size + AWKWARD[0], preprocess.size + AWKWARD[1]
+    for multiple in (1, *MULTIPLES):
+        size = (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
+        if _accepts(model, size):
+            return replace(preprocess, max_size=max_scale * preprocess.size, multiple=multiple)
+    return replace(preprocess, max_size=None, fixed_size=(preprocess.size, preprocess.size))  # the model's own size only
+
+
+def _accepts(model: nn.Module, size: tuple[int, int]) -> bool:
     device = next(model.parameters()).device
     try:
         with torch.no_grad(), eval_mode(model):  # BatchNorm statistics untouched
-            model(torch.zeros(1, 3, preprocess.size + 32, preprocess.size + 64, device=device))
-    except Exception:  # a fixed input size: keep the model's own
-        return replace(preprocess, max_size=None)
-    return replace(preprocess, max_size=max_scale * preprocess.size)
+            model(torch.zeros(1, 3, *size, device=device))
+    except Exception:  # any refusal of the model's forward: this size is not one it takes
+        return False
+    return True
 
 
 def explain_defaults(model: nn.Module, preprocess: Any, policy: Any = None) -> ExplainDefaults:
-    """The defaults for a model and its preprocessing (probed once, at the model's own input size); ``policy``: the
-    :func:`input_policy` when already known."""
+    """The defaults for a model and its preprocessing; ``policy``: the :func:`input_policy` when already known.
+
+    Probed once at the model's own input size; when the policy lets photos keep
+    other sizes, only layers that also have a map at the input sizes of a
+    landscape and a portrait photo are candidates (MobileViTv2 resamples to a
+    multiple of its patch size inside some blocks, so their grid depends on
+    the input size).
+    """
     policy = input_policy(model, preprocess) if policy is None else policy
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(1, 3, *preprocess.example_size, generator=generator)
     stages = probe(model, example)  # in eval mode, the model left as it was (the engine's guarantee)
+    if policy.max_size is not None:  # photos are explained at other sizes: keep the layers that have a map there too
+        for width, height in CHECK_PHOTOS:
+            other = torch.randn(1, 3, *policy.input_size(width, height), generator=generator)
+            with_map = {info.name for info in describe_layers(model, other) if info.calls == 1 and info.layout is not None}
+            stages = [stage for stage in stages if stage.name in with_map]
     methods = choose_layers(stages)
     return ExplainDefaults(tuple(methods), methods, COMBINE, policy, tuple(stages))
 

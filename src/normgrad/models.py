@@ -60,6 +60,8 @@ class Preprocess:
     ``fixed_input_size`` and that have no ``dynamic_img_size``, torchvision's
     ViT and MaxViT): the image is resized to exactly H × W — squashed, never
     padded or cropped.  ``square=True`` is ``fixed_size=(size, size)``.
+    ``multiple=k`` rounds each side to a multiple of ``k`` (models that refuse
+    other sizes), which is still a scale along each axis.
     Either way every pixel of the original is explained and the input is
     the original scaled along each axis, so a plain bilinear resize of a map
     to the original size (:meth:`to_original`, ``ng.images.to_original_size``)
@@ -72,6 +74,7 @@ class Preprocess:
     square: bool = False
     max_size: int | None = None
     fixed_size: tuple[int, int] | None = None
+    multiple: int = 1  # each side a multiple of this (models whose stages need divisible sizes: DLA, HRNet, HaloNet)
 
     def input_size(self, width: int, height: int) -> tuple[int, int]:
         """(H, W) of the model input for an original image of ``width × height``."""
@@ -81,7 +84,8 @@ class Preprocess:
             return self.size, self.size
         shorter = self.size if self.max_size is None else min(max(min(width, height), self.size), self.max_size)
         scale = shorter / min(width, height)
-        return max(1, round(height * scale)), max(1, round(width * scale))
+        k = self.multiple
+        return max(k, round(height * scale / k) * k), max(k, round(width * scale / k) * k)
 
     @property
     def example_size(self) -> tuple[int, int]:

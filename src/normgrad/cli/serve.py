@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from normgrad.serve.app import create_app
+        from normgrad.serve.app import create_app, return_large_buffers_to_the_system
     except ImportError as error:
         raise NormGradError(f"normgrad serve needs the serve extra ({error.name} is missing): pip install 'normgrad[serve]'") from None
     from normgrad.run.files import expand_inputs
@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         listed = [Path(i.path) for i in found]
         names = [Path(i.path).relative_to(i.root).as_posix() for i in found]
     listener = _listen(args.host, args.port)  # before the model loads: a taken port is one line, at once
+    return_large_buffers_to_the_system()  # full-size decodes of uploads must not stay in the process's heap
     try:
         explorer = Explorer(load_model(args), listed, listed_names=names, device=args.device)
         hosts = allowed_hosts(args.host)

@@ -53,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--threads",
         type=positive_int,
         default=None,
-        help="torch CPU threads (default: torch's; 1 is much faster on a CPU shared with other work)",
+        help="torch CPU threads (default: torch's, 1 with --quick; 1 is much faster on a CPU shared with other work)",
     )
     parser.set_defaults(run=run)
     return parser
@@ -70,10 +70,11 @@ def run(args: argparse.Namespace) -> int:
     config = replace(config, imagenet=not args.no_imagenet, roar=not args.no_roar)
     if args.jobs is not None:
         config = replace(config, jobs=args.jobs)
-    if args.threads is not None:
+    threads = args.threads if args.threads is not None else (1 if args.quick else None)  # quick: small models, a shared CPU
+    if threads is not None:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
     document = run_study(
         config, args.out, data=args.data, cache=args.cache, retrain=args.retrain, log=lambda message: print(message, file=sys.stderr)
     )

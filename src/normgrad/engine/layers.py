@@ -29,6 +29,7 @@ from normgrad.engine.model_state import Hooks, eval_mode
 from normgrad.errors import NormGradError
 from normgrad.formulas.layout import Layout
 from normgrad.outputs import logits_of
+from normgrad.support import LAYERS_HINT
 
 INPUT = "input"
 
@@ -88,7 +89,7 @@ def resolve_layers(model: nn.Module, layers: Layers) -> list[Selected]:
     if not chosen:
         if unmatched:
             raise NormGradError(f"no layer of the model matches {' or '.join(unmatched)}")
-        raise NormGradError("no layer selected: pass layer names, module types or a predicate in layers=[...]")
+        raise NormGradError(f"no layer selected: {LAYERS_HINT} (names, module types or a predicate)")
     return list(chosen.values())
 
 
@@ -154,10 +155,15 @@ class LayerInfo:
 
     ``layout`` is ``None`` when the output has no map; ``note`` then says why.
     ``takes_image`` marks modules whose input is the image itself (stems,
-    patch embeddings and the containers that hold them); ``is_output`` the
-    modules whose output is the model's score tensor (a Hugging Face
-    ``ModelOutput``'s ``logits``) or, for a segmenter, a map with as many
-    channels as its scores (torchvision's ``classifier`` and
+    patch embeddings and the containers that hold them).  ``feeds_parent``:
+    the output (or a view of it) is part of the output of the nearest
+    enclosing module that runs (a block sequence that ends its stage; not a
+    branch added to a shortcut, not a part of an attention).  ``zero``: the
+    gradient of the summed logits is exactly zero there (patch tokens after a
+    class-token model's last attention); ``None`` when not computed.
+    ``is_output`` marks the modules whose output is the model's score tensor
+    (a Hugging Face ``ModelOutput``'s ``logits``) or, for a segmenter, a map
+    with as many channels as its scores (torchvision's ``classifier`` and
     ``aux_classifier`` heads before the upsampling).
     """
 
@@ -168,6 +174,8 @@ class LayerInfo:
     layout: Layout | None = None
     note: str = ""
     takes_image: bool = False
+    feeds_parent: bool = False
+    zero: bool | None = None
     is_output: bool = False
 
     @property
@@ -183,18 +191,26 @@ def model_device(model: nn.Module, default: torch.device | str = "cpu") -> torch
     return tensor.device if tensor is not None else torch.device(default)
 
 
-def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
+def describe_layers(model: nn.Module, example: torch.Tensor, *, gradients: bool = False) -> list[LayerInfo]:
     """Every submodule with its type, output shape and layout, in execution (post-)order, from one forward pass.
 
     The pass builds the autograd graph (as the engine's does) so that layouts
-    are decided on the same evidence; nothing is back-propagated.
+    are decided on the same evidence; with ``gradients`` the summed logits
+    are back-propagated once to tell which outputs get a zero gradient
+    (nothing is stored but one flag per layer).
     """
     modules = named_layers(model)
     evidence = Evidence.of(model, example)
     seen: dict[str, LayerInfo] = {}
+    outputs: dict[str, list[weakref.ref]] = {}  # weak: a child's output that its parent dropped is gone, never mistaken
+    below: dict[str, list[str]] = collections.defaultdict(list)  # a running module → the modules whose nearest running ancestor it is
+    for name in modules:
+        below[_running_ancestor(name, modules)].append(name)
+    zero: dict[str, bool] = {}
     activations: dict[str, weakref.ref] = {}  # to find the module that outputs the model's scores, without keeping tensors alive
     with torch.inference_mode(False), torch.enable_grad(), eval_mode(model), Hooks() as hooks:
         image = example.detach().to(model_device(model, example.device)).requires_grad_(True).clone()  # a non-leaf, as in the engine
+        gradients = gradients and image.device.type != "meta"  # a meta tensor has no values to tell a zero gradient
 
         def make_hook(name: str):
             def hook(module: nn.Module, inputs: tuple, output: object) -> None:
@@ -203,6 +219,8 @@ def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
                     info.calls += 1
                     info.layout, info.note = None, "runs more than once (a shared module)"
                     return
+                _mark_feeders(name, output, below, outputs, seen)
+                outputs[name] = [weakref.ref(t) for t in _tensors(output)]
                 takes_image = bool(inputs) and inputs[0] is image
                 activation = activation_of(output)
                 if activation is None:
@@ -212,23 +230,61 @@ def describe_layers(model: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
                 output = activation
                 activations[name] = weakref.ref(activation)
                 seen[name] = LayerInfo(name, type(module).__name__, tuple(output.shape), 1, layout, note, takes_image)
+                if gradients and layout is not None and activation.requires_grad:
+                    activation.register_hook(lambda g, name=name, layout=layout: zero.__setitem__(name, not bool(layout.to_nchw(g).any())))
 
             return hook
 
         for name, module in modules.items():
             hooks.add(module.register_forward_hook(make_hook(name)))
-        scores = logits_of(model(image))
+        result = logits_of(model(image))
         for name, reference in activations.items():
-            seen[name].is_output = _scores_like(reference(), seen[name], scores)
-        del image, scores
+            seen[name].is_output = _scores_like(reference(), seen[name], result)
+        if gradients and result is not None and result.requires_grad:
+            torch.autograd.grad(result.float().sum(), image, allow_unused=True)  # never into a parameter's .grad
+            for name, info in seen.items():
+                info.zero = zero.get(name, info.layout is not None)  # a map no gradient reached is zero
+        del image, result
     never_ran = [LayerInfo(n, type(m).__name__, None, 0, None, "never runs") for n, m in modules.items() if n not in seen]
     image = LayerInfo(INPUT, "input", tuple(example.shape), 1, Layout("nchw", evidence.grid))
     return [image, *seen.values(), *never_ran]
 
 
+def _tensors(output: object) -> list[torch.Tensor]:
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, (tuple, list)):
+        return [item for item in output if isinstance(item, torch.Tensor)]
+    if isinstance(output, dict):
+        return [item for item in output.values() if isinstance(item, torch.Tensor)]
+    return []
+
+
+def _running_ancestor(name: str, modules: dict[str, nn.Module]) -> str:
+    """The nearest ancestor with a forward of its own ("" for the model): a ``ModuleList``/``ModuleDict`` never runs."""
+    parent = name.rpartition(".")[0]
+    while parent and isinstance(modules[parent], (nn.ModuleList, nn.ModuleDict)) and type(modules[parent]).forward is nn.Module.forward:
+        parent = parent.rpartition(".")[0]
+    return parent
+
+
+def _mark_feeders(name: str, output: object, below: dict[str, list[str]], outputs: dict[str, list[weakref.ref]], seen: dict) -> None:
+    """Mark the modules under ``name`` whose output (still alive) shares storage with ``name``'s output."""
+    storages = {_storage(t) for t in _tensors(output)}
+    for child in below.get(name, ()):
+        alive = [ref() for ref in outputs.get(child, ())]
+        if child in seen and any(t is not None and _storage(t) in storages for t in alive):
+            seen[child].feeds_parent = True
+
+
+def _storage(tensor: torch.Tensor) -> int:
+    """The identity of a tensor's storage (both tensors alive: equal only when shared; meta tensors included)."""
+    return tensor.untyped_storage()._cdata
+
+
 def _scores_like(activation: torch.Tensor | None, info: LayerInfo, scores: torch.Tensor | None) -> bool:
     """The model's scores, or (dense scores only) a map with as many channels: a segmenter's head before its upsampling."""
-    if scores is None:
+    if scores is None or not isinstance(scores, torch.Tensor):
         return False
     if activation is scores:
         return True
@@ -252,82 +308,66 @@ def _layout_or_reason(
 SEQUENCE_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 LAYOUT_ONLY = (nn.Identity, nn.modules.dropout._DropoutNd, nn.Flatten, nn.Unflatten)
 LAYOUT_ONLY_NAMES = ("Permute", "Flat", "DropPath")
-EMBEDDING_NAMES = ("PositionalEncoding",)  # torchvision MViT's: positions added to the patch embedding, not a stage
 ISOTROPIC_BLOCKS = 4
+EMBEDDING_NAMES = ("PositionalEncoding",)  # torchvision MViT's: positions added to the patch embedding, not a stage
 
 
 def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     """Default layers, by architecture: one per stage (hierarchical models) or evenly spaced blocks (isotropic ones).
 
-    Candidates are modules that run once, whose output is on the image grid
-    (any layout: maps, channels-last maps, tokens) at a stride of at least
-    4 and more than one position, that sit in the network's trunk (every
-    ancestor is the model, a ``Sequential``/``ModuleList``/``ModuleDict``, or
-    a wrapper whose output is not one tensor — Hugging Face's ``ResNetModel``
-    and ``encoder`` return a ``ModelOutput``, its ``SwinStage`` a tuple of
-    tensors —: never a part of an attention or a block), that are not a stem
-    or patch embedding (a module that takes the image itself, or lies inside
-    one that takes it and ends above the coarsest resolution; a module that
-    takes the image and holds a ``ModuleList`` of blocks is a stage, as
-    SegFormer's first), that compute
-    something (not an ``Identity``, ``Dropout``, ``Flatten`` or ``Permute``)
-    and that are not the head whose output is the model's scores (a
-    segmenter's logits), nor MViT's positional encoding.
-
-    A container of several stages (``stages``, ``blocks``) is not a stage.
+    Candidates are block outputs (:func:`block_outputs`) that run once, whose
+    output is on the image grid (any layout: maps, channels-last maps,
+    tokens) at a stride of at least 4 and more than one position, whose
+    gradient is not identically zero, that are not a stem or patch embedding
+    (a module that takes the image itself, or lies inside one that takes it
+    and ends above the coarsest resolution; a ``stem``/``patch_embed``) and
+    that compute something (not an ``Identity``, ``Dropout``, ``Flatten`` or
+    ``Permute``).  A container of several stages (``stages``, ``blocks``) is
+    not a stage.
 
     * **Hierarchical** models (candidates at several resolutions: ResNet,
       ConvNeXt, Swin, MaxViT, CoAtNet, EfficientFormer, MobileViT, LeViT...):
-      at each resolution, the shallowest candidate (fewest ancestors that
-      output a tensor), and of those the last to run — the stage output
-      (``layer1..4``; the ReLU before each VGG pool; Hugging Face Swin's last
-      block of a stage, not the patch merging that ends it);
-      in a model with prefix tokens the very last block is passed over, as
-      below (MViT reads its class token).
+      at each resolution, the shallowest candidate, and of those the last to
+      run — the stage output (``layer1..4``; the ReLU before each VGG pool).
     * **Isotropic** models (one resolution: ViT, DeiT, EVA...): four evenly
       spaced blocks of the longest run of equal-shaped sibling blocks, up to
       the second-to-last — in a class-token model the last block's patch
       tokens do not reach the output, so its map is zero (ViT-B:
       ``blocks.2, .5, .8, .10``).
+
+    A model without any candidate (blocks that output tuples or lists, tokens
+    off the image grid) gets one error saying why; never a fallback to a patch
+    embedding, a head or a zero map.
     """
-    infos = describe_layers(model, example)
+    noise = torch.randn(example.shape, generator=torch.Generator().manual_seed(0)).to(example)  # a zero image zeroes gradients
+    infos = describe_layers(model, noise, gradients=True)
     modules = named_layers(model)
     height, width = example.shape[-2:]
     on_grid = [info for info in infos[1:] if _on_coarse_grid(info, height, width)]
     coarsest = min((_area(info.layout) for info in on_grid), default=0)  # type: ignore[arg-type]
-    stem_like = {info.name for info in infos[1:] if info.takes_image and not _holds_blocks(modules[info.name])}
-    stems = [info.name + "." for info in infos[1:] if info.name in stem_like and info.layout is not None and _area(info.layout) > coarsest]
+    stems = [
+        info.name + "." for info in infos[1:] if _stem_like(info, modules) and info.layout is not None and _area(info.layout) > coarsest
+    ]
+    blocks = set(block_outputs(model, infos))
     candidates = [
-        info
-        for info in on_grid
-        if info.name not in stem_like
-        and not info.is_output
-        and not _layout_only(modules[info.name])
-        and not any(info.name.startswith(stem) for stem in stems)
+        info for info in on_grid if info.name in blocks and not info.is_output and not any(info.name.startswith(stem) for stem in stems)
     ]
-    wrappers = {info.name for info in infos[1:] if info.calls >= 1 and info.output_shape is None}  # a ModelOutput, a dict, a tuple
-    trunk = [
-        info
-        for info in candidates
-        if _in_trunk(info.name, modules, wrappers) and grid_fit(*info.layout.grid[-2:], height, width, True)  # type: ignore[union-attr]
-    ]
+    trunk = [info for info in candidates if not info.zero and grid_fit(*info.layout.grid[-2:], height, width, True)]  # type: ignore[union-attr]
     trunk = [info for info in trunk if not any(_holds_another_stage(info, other) for other in trunk)]
     by_grid: dict[tuple[int, int], list[LayerInfo]] = {}
     for info in trunk:
         by_grid.setdefault(info.layout.grid, []).append(info)  # type: ignore[union-attr]
-    if len(by_grid) == 1 or not by_grid:
-        blocks = _longest_block_run(candidates, modules)[:-1]  # a class-token model reads nothing from the last block's patches
-        if len(blocks) >= 2:
-            count = min(ISOTROPIC_BLOCKS, len(blocks))
-            return [blocks[math.ceil((i + 1) * len(blocks) / count) - 1].name for i in range(count)]
+    if len(by_grid) <= 1:
+        run = _longest_block_run(candidates, modules)[:-1]  # a class-token model reads nothing from the last block's patches
+        run = [info for info in run if not info.zero]
+        if len(run) >= 2:
+            count = min(ISOTROPIC_BLOCKS, len(run))
+            return [run[math.ceil((i + 1) * len(run) / count) - 1].name for i in range(count)]
     if not by_grid:
-        reasons = collections.Counter(info.note for info in infos if info.note.startswith("no map"))
-        why = "; ".join(f"{count} layers: {note}" for note, count in reasons.most_common(3))
-        raise NormGradError(
-            "cannot choose default layers: no module of the trunk outputs a map on the image grid at stride 4 or more"
-            + (f" ({why})" if why else "")
-            + "; pass layers=[...] (`normgrad layers MODEL` lists every layer with its layout)"
-        )
+        raise NormGradError(no_default_layers_message(infos, "no block output of the model is a map on the image grid at stride 4 or more"))
+    if len(by_grid) == 1 and sum(len(members) for members in by_grid.values()) == 1:  # one resolution, one lone layer: no blocks
+        (only,) = (members[0].name for members in by_grid.values())
+        raise NormGradError(no_default_layers_message(infos, f"one resolution and no sequence of blocks with maps (only {only!r})"))
     shapes = {info.name: info.output_shape for info in infos if info.calls >= 1}
     chosen = []
     order = {info.name: i for i, info in enumerate(infos)}
@@ -341,6 +381,117 @@ def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     return [info.name for info in sorted(chosen, key=lambda info: order[info.name])]
 
 
+def no_default_layers_message(infos: list[LayerInfo], what: str) -> str:
+    """Why no default layer could be chosen, with the commonest reasons layers have no map, and what to do."""
+    reasons = collections.Counter(
+        info.note if info.note.startswith("no map") else f"blocks output a {info.note.rpartition(' ')[2]} (several tensors)"
+        for info in infos
+        if info.note.startswith(("no map", "outputs a"))
+    )
+    why = "; ".join(f"{count} layers: {note}" for note, count in reasons.most_common(3))
+    return (
+        f"cannot choose default layers: {what}"
+        + (f" ({why})" if why else "")
+        + f"; {LAYERS_HINT}, choosing layers with a map (`normgrad layers MODEL` lists every layer with its layout)"
+    )
+
+
+STEM_NAMES = ("stem", "patch_embed", "pos_embed", "pos_drop", "cls_token", "head", "aux_head", "classifier", "pre_logits")
+
+
+def block_outputs(model: nn.Module, infos: list[LayerInfo]) -> list[str]:
+    """The modules whose output is a block's output on the network's spine, in execution order.
+
+    A block output is a module that runs once, has a map, computes something,
+    is no stem or patch embedding (a module that takes the image itself, or
+    one named ``stem``/``patch_embed``), and lies on the spine:
+
+    * neither it nor an ancestor is named ``stem``/``patch_embed`` or ``head``/``aux_head``/``classifier``;
+      each ancestor is a ``Sequential``/``ModuleList``/``ModuleDict`` (the
+      trunk), or a stage module whose block sequence ends it (its output,
+      or a view of it, is the stage's output: ``stages.1.blocks.2`` of a
+      ConvNeXt stage, PiT's ``transformers.1.blocks.0``; blocks, not bare
+      layers, and all but the first of the same output shape) — never a branch
+      added to a shortcut (ResNet's ``downsample``), a part of an attention,
+      or layers inside a block (MobileNet's ``conv.0``);
+    * it is not a layer whose next sibling normalises or activates its output
+      (a convolution before its BatchNorm, a BatchNorm before its ReLU): the
+      layer group's output is the activation after them.
+    """
+    modules = named_layers(model)
+    by_name = {info.name: info for info in infos}
+    wrappers = {info.name for info in infos[1:] if info.calls >= 1 and info.output_shape is None and _hugging_face(modules[info.name])}
+    return [
+        info.name
+        for info in infos[1:]
+        if info.calls == 1
+        and info.layout is not None
+        and info.layout.kind != "vector"
+        and not _stem_like(info, modules)
+        and not _layout_only(modules[info.name])
+        and not any(part.startswith(STEM_NAMES) for part in info.name.split("."))
+        and _on_spine(info.name, modules, by_name, wrappers)
+        and not _followed_by_pointwise(info.name, modules)
+    ]
+
+
+def _on_spine(name: str, modules: dict[str, nn.Module], by_name: dict[str, LayerInfo], wrappers: set[str]) -> bool:
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        ancestor = ".".join(parts[:i])
+        if isinstance(modules[ancestor], SEQUENCE_CONTAINERS) or ancestor in wrappers:
+            continue
+        path_child = ".".join(parts[: i + 1])  # inside a stage module: only its block sequence, when it ends the stage
+        sequence = modules[path_child]
+        if path_child == name or not isinstance(sequence, (nn.Sequential, nn.ModuleList)) or not len(sequence):
+            return False
+        if any(not list(block.children()) for block in sequence):  # a sequence of bare layers is a block's inside
+            return False
+        shapes = [getattr(by_name.get(f"{path_child}.{k}"), "output_shape", None) for k in range(len(sequence))]
+        if None in shapes or len(set(shapes[1:] if len(shapes) > 2 else shapes)) > 1:  # two of different shapes: squeeze, expand
+            return False  # blocks keep their shape (the first may resample); layers of a block change it (expand, project)
+        last = path_child if isinstance(sequence, nn.Sequential) else f"{path_child}.{len(sequence) - 1}"
+        info = by_name.get(last)
+        if info is None or not info.feeds_parent:
+            return False
+    return True
+
+
+def _followed_by_pointwise(name: str, modules: dict[str, nn.Module]) -> bool:
+    parent, _, index = name.rpartition(".")
+    container = modules.get(parent) if parent else None
+    if not index.isdigit() or not isinstance(container, (nn.Sequential, nn.ModuleList)) or int(index) + 1 >= len(container):
+        return False
+    return _pointwise(container[int(index) + 1])
+
+
+def _pointwise(module: nn.Module) -> bool:
+    """A normalisation or an activation: it finishes the layer before it."""
+    norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+    return isinstance(module, norms) or "activation" in type(module).__module__
+
+
+def _hugging_face(module: nn.Module) -> bool:
+    """A Hugging Face ``transformers`` module: its wrappers (``ResNetModel``, the encoders, Swin's ``SwinStage``) return a
+    ``ModelOutput`` or a tuple around the tensor that flows on, so they are passed through like a ``Sequential``."""
+    return type(module).__module__.startswith("transformers.")
+
+
+def _stem_like(info: LayerInfo, modules: dict[str, nn.Module]) -> bool:
+    """A module that takes the image, unless it holds a ``ModuleList`` of blocks: then it is a stage (SegFormer's first)."""
+    return info.takes_image and not _holds_blocks(modules[info.name])
+
+
+def _holds_blocks(module: nn.Module) -> bool:
+    return any(isinstance(child, nn.ModuleList) for child in module.modules())
+
+
+def _nesting(name: str, shapes: dict[str, tuple | None]) -> int:
+    """How many ancestors of ``name`` output one tensor: lists that never run and wrappers (a ``ModelOutput``, a tuple) do not count."""
+    parts = name.split(".")
+    return sum(shapes.get(".".join(parts[:i])) is not None for i in range(1, len(parts)))
+
+
 def _on_coarse_grid(info: LayerInfo, height: int, width: int) -> bool:
     if info.calls != 1 or info.layout is None or info.layout.kind == "vector":
         return False
@@ -352,29 +503,12 @@ def _holds_another_stage(container: LayerInfo, other: LayerInfo) -> bool:
     return other.name.startswith(container.name + ".") and other.layout.grid != container.layout.grid  # type: ignore[union-attr]
 
 
-def _nesting(name: str, shapes: dict[str, tuple | None]) -> int:
-    """How many ancestors of ``name`` output one tensor: lists that never run and wrappers (a ``ModelOutput``, a tuple) do not count."""
-    parts = name.split(".")
-    return sum(shapes.get(".".join(parts[:i])) is not None for i in range(1, len(parts)))
-
-
-def _holds_blocks(module: nn.Module) -> bool:
-    """A module holding a ``ModuleList`` of blocks is a stage, even when it takes the image (SegFormer's first stage)."""
-    return any(isinstance(child, nn.ModuleList) for child in module.modules())
-
-
 def _area(layout: Layout) -> int:
     return layout.grid[-2] * layout.grid[-1]
 
 
 def _layout_only(module: nn.Module) -> bool:
     return isinstance(module, LAYOUT_ONLY) or type(module).__name__ in LAYOUT_ONLY_NAMES + EMBEDDING_NAMES
-
-
-def _in_trunk(name: str, modules: dict[str, nn.Module], wrappers: set[str]) -> bool:
-    parts = name.split(".")
-    ancestors = (".".join(parts[:i]) for i in range(1, len(parts)))
-    return all(isinstance(modules[ancestor], SEQUENCE_CONTAINERS) or ancestor in wrappers for ancestor in ancestors)
 
 
 def _longest_block_run(candidates: list[LayerInfo], modules: dict[str, nn.Module]) -> list[LayerInfo]:

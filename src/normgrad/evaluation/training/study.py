@@ -63,7 +63,7 @@ QUICK = StudyConfig(
     pool=6,
     fractions=(0.10, 0.50),
     model=TrainConfig(epochs=1, train_images=12000),
-    photos=("chelsea", "coffee"),
+    photos=("chelsea",),  # one photo: EfficientNet-Lite0's per-image study is the quick run's largest phase
     roar_methods=("normgrad", "selective", "meta", "meta:selective", "random"),
     roar_fractions=(0.10, 0.50),
     roar_seeds=(0, 1),

@@ -1,0 +1,222 @@
+"""Default layers are block outputs (the residual sum, never a branch or a layer inside a block), chosen where they have
+a map at the sizes explained, or one clear refusal; the input policy finds a size the model accepts."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import normgrad as ng
+from normgrad.defaults import choose_layers, explain_defaults, input_policy, probe
+from normgrad.engine.layers import auto_layers
+from normgrad.models import Preprocess
+
+INTERNALS = ("downsample", ".conv.", ".block.", ".proj", ".f.", "attn", "shortcut", "branch")
+
+
+@pytest.mark.parametrize("build", [torchvision.models.resnet18, torchvision.models.mobilenet_v2, torchvision.models.mnasnet0_5,
+                                   torchvision.models.efficientnet_b0, torchvision.models.regnet_x_400mf])  # fmt: skip
+def test_default_layers_are_block_outputs_not_their_insides(build):
+    torch.manual_seed(0)
+    model = build(num_classes=10).eval()
+    x = torch.randn(1, 3, 96, 128)
+    chosen = [*auto_layers(model, x), *choose_layers(probe(model, x))]
+    modules = dict(model.named_modules())
+    assert not any(part in name for name in chosen for part in INTERNALS), chosen
+    for name in chosen:  # never a layer whose output a BatchNorm or an activation finishes
+        parent, _, index = name.rpartition(".")
+        if index.isdigit() and isinstance(modules.get(parent), nn.Sequential) and int(index) + 1 < len(modules[parent]):
+            follower = modules[parent][int(index) + 1]
+            assert not isinstance(follower, (nn.BatchNorm2d, nn.ReLU, nn.ReLU6)), (name, type(follower).__name__)
+
+
+class Stage(nn.Module):
+    """A stage module (not a Sequential): a downsampling, then a block sequence that ends it."""
+
+    def __init__(self, channels: int, ends_with_blocks: bool = True) -> None:
+        super().__init__()
+        self.downsample = nn.Sequential(nn.BatchNorm2d(channels), nn.Conv2d(channels, channels, 2, stride=2))
+        self.blocks = nn.Sequential(*(Residual(channels) for _ in range(2)))
+        self.norm = nn.Identity() if ends_with_blocks else nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return self.norm(self.blocks(self.downsample(x)))
+
+
+class Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.branch = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU())
+
+    def forward(self, x):
+        return x + self.branch(x)
+
+
+class Staged(nn.Module):
+    def __init__(self, ends_with_blocks: bool = True) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 4, stride=4)
+        self.stages = nn.Sequential(*(Stage(8, ends_with_blocks) for _ in range(3)))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+
+    def forward(self, x):
+        return self.head(self.stages(self.stem(x)))
+
+
+@pytest.mark.parametrize("ends_with_blocks", [True, False])
+def test_blocks_of_a_stage_module_count_only_when_they_end_the_stage(ends_with_blocks):
+    model = Staged(ends_with_blocks).eval()
+    stages = probe(model, torch.randn(1, 3, 128, 160))
+    names = [s.name for s in stages]
+    assert not any("downsample" in n or "branch" in n for n in names), names
+    assert any(".blocks." in n for n in names) == ends_with_blocks, names
+
+
+class TupleBlock(nn.Module):
+    """A block that returns several tensors (TNT's (pixel, patch) embeddings, CrossViT's branches, HRNet's resolutions)."""
+
+    def __init__(self, kind: type) -> None:
+        super().__init__()
+        self.kind = kind
+        self.mix = nn.Linear(16, 16)
+
+    def forward(self, inputs):
+        tokens, inner = inputs
+        return self.kind((tokens + self.mix(tokens), inner * 2))
+
+
+class TupleTokens(nn.Module):
+    """A class-token model whose blocks output tuples: no block output has a map; its final norm's patch tokens are zero."""
+
+    def __init__(self, kind: type) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, 16, 8, stride=8)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, 16))
+        self.blocks = nn.Sequential(*(TupleBlock(kind) for _ in range(4)))
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 5)
+        self.num_prefix_tokens = 1
+
+    def forward(self, x):
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], 1)
+        tokens, _ = self.blocks((tokens, tokens.mean(1)))
+        return self.head(self.norm(tokens)[:, 0])
+
+
+@pytest.mark.parametrize("kind", [tuple, list])
+def test_blocks_that_output_several_tensors_get_one_clear_refusal_not_a_fallback(kind):
+    model = TupleTokens(kind).eval()
+    x = torch.randn(1, 3, 64, 96)
+    for choose in (lambda: auto_layers(model, x), lambda: explain_defaults(model, Preprocess(size=64, fixed_size=(64, 96)))):
+        with pytest.raises(ng.NormGradError) as error:
+            choose()
+        message = str(error.value)
+        assert "cannot choose default layers" in message and "--layers" in message and "layers=[...] in Python" in message
+        assert f"output a {kind.__name__}" in message or "neither stage outputs nor block outputs" in message
+
+
+class NeedsMultiple(nn.Module):
+    """A model whose skip connection needs each side divisible by ``multiple`` (as DLA, HRNet and HaloNet do)."""
+
+    def __init__(self, multiple: int) -> None:
+        super().__init__()
+        self.multiple = multiple
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+
+    def forward(self, x):
+        y = self.stem(x)
+        coarse = F.avg_pool2d(y, self.multiple)
+        return self.head(y + F.interpolate(coarse, scale_factor=self.multiple))  # a size mismatch unless divisible
+
+
+@pytest.mark.parametrize("multiple", [2, 8, 16, 32, 64])
+def test_the_input_policy_finds_sizes_a_model_with_divisibility_constraints_accepts(multiple):
+    model = NeedsMultiple(multiple).eval()
+    policy = input_policy(model, Preprocess(size=64))
+    assert policy.max_size == 128 and policy.multiple <= multiple and multiple % policy.multiple == 0
+    for width, height in ((451, 300), (300, 451), (640, 480), (97, 1000)):
+        size = policy.input_size(width, height)
+        assert all(side % multiple == 0 for side in size), size
+        model(torch.zeros(1, 3, *size))  # accepted
+
+
+def test_a_model_that_takes_any_size_keeps_any_size():
+    policy = input_policy(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), Preprocess(size=64))
+    assert policy.multiple == 1 and policy.max_size == 128 and policy.input_size(451, 300) == (128, 192)
+
+
+class ResampledTokens(nn.Module):
+    """MobileViTv2's pattern: a block resamples its input to a multiple of 16 and outputs tokens on that grid."""
+
+    def forward(self, x):
+        h, w = -(-x.shape[-2] // 16) * 16, -(-x.shape[-1] // 16) * 16
+        return F.interpolate(x, size=(h, w)).flatten(2).transpose(1, 2)  # (N, h·w, C): a grid of the input only if it fits
+
+
+class SizeDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 4, stride=4)
+        self.blocks = nn.Sequential(*(Residual(8) for _ in range(3)), nn.Conv2d(8, 8, 2, stride=2), *(Residual(8) for _ in range(2)))
+        self.tokens = ResampledTokens()
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.head(self.tokens(self.blocks(self.stem(x))).mean(1))
+
+
+def test_default_layers_have_maps_at_the_sizes_explained():
+    model = SizeDependent().eval()
+    defaults = explain_defaults(model, Preprocess(size=64))
+    assert "tokens" in {s.name for s in probe(model, torch.randn(1, 3, 64, 64))}  # a map at the model's own size
+    assert "tokens" not in defaults.layers
+    for width, height in ((451, 300), (300, 451)):
+        x = torch.randn(1, 3, *defaults.preprocess.input_size(width, height))
+        maps = defaults.method(model, x, None, layers=list(defaults.layers))
+        assert list(maps) == list(defaults.layers)
+
+
+def test_a_model_that_takes_only_its_own_size_gets_exactly_that_size():
+    """A flattening head (or HaloNet's blocks): no other size works, so every photo is resized to the model's own square."""
+    model = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 64 * 64, 5))
+    policy = input_policy(model, Preprocess(size=64))
+    assert policy.max_size is None and policy.fixed_size == (64, 64)
+    for width, height in ((451, 300), (300, 451)):
+        model(torch.zeros(1, 3, *policy.input_size(width, height)))  # accepted
+
+
+FAMILIES = {  # timm families where the default once picked internals or fell back (random weights, small inputs)
+    "efficientvit_b0": (128, 160), "fastvit_t8": (128, 160), "dla34": (128, 128), "resnest14d": (128, 160), "ghostnet_100": (128, 160),
+    "ghostnetv2_100": (128, 160), "hgnetv2_b0": (128, 160), "fasternet_t0": (128, 160), "inception_next_atto": (128, 160),
+    "shvit_s1": (224, 224), "volo_d1_224": (224, 224), "pit_ti_224": (224, 224), "mobilevitv2_050": (256, 256),
+    "hrnet_w18_small": (128, 160), "selecsls42b": (128, 160),
+}  # fmt: skip
+REFUSED = {"tnt_s_patch16_224": (224, 224), "crossvit_tiny_240": (240, 240)}  # blocks output tuples / lists of branches
+FORBIDDEN = ("attn", "attention", "downsample", "shortcut", "proj", "head", "aggregation", "patch_embed", "stem", "conv_dw", ".se")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_timm_families_get_block_outputs_as_default_layers(name):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    x = torch.randn(1, 3, *FAMILIES[name])
+    stages = probe(model, x)
+    chosen = [*auto_layers(model, x), *choose_layers(stages)]
+    assert chosen and not any(part in layer for layer in chosen for part in FORBIDDEN), chosen
+    assert set(choose_layers(stages)) <= {s.name for s in stages if not s.zero}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_timm_families_without_block_maps_get_a_refusal(name):
+    timm = pytest.importorskip("timm")
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    x = torch.randn(1, 3, *REFUSED[name])
+    for choose in (lambda: auto_layers(model, x), lambda: choose_layers(probe(model, x))):
+        with pytest.raises(ng.NormGradError, match="cannot choose default layers.*--layers"):
+            choose()
