@@ -34,7 +34,6 @@ from normgrad.errors import NormGradError, did_you_mean
 from normgrad.formulas.aggregate import AGGREGATES, check_aggregate
 from normgrad.formulas.extract import EXTRACTS, Extract, ForwardRecord, get_extract
 from normgrad.formulas.layout import SUPPORTED_ACTIVATIONS, Layout
-from normgrad.support import resizes_input, resizing_model_message
 from normgrad.targets import Objective, Target
 
 
@@ -104,9 +103,6 @@ def check_inputs(inputs: Any, model: nn.Module | None = None) -> None:
         raise NormGradError(_not_images_message(tuple(inputs.shape), model))
     if not inputs.is_floating_point():
         raise NormGradError(f"inputs must be a float tensor (preprocessed images); got {inputs.dtype}")
-    resizing = resizes_input(model) if model is not None else None
-    if resizing is not None:
-        raise NormGradError(resizing_model_message(resizing))
 
 
 def _not_images_message(shape: tuple[int, ...], model: nn.Module | None) -> str:
