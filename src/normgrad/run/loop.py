@@ -59,9 +59,9 @@ class BatchLoop:
                         try:
                             results += self.batch([item])
                         except (RuntimeError, ValueError, TypeError, IndexError, AssertionError, NotImplementedError) as alone:
-                            results.append((item, _model_message(alone)))
+                            results.append((item, model_message(alone)))
                 else:
-                    results = [(batch[0], _model_message(error))]
+                    results = [(batch[0], model_message(error))]
             for item, result in results:
                 if isinstance(result, str):
                     fail(item, result)
@@ -179,7 +179,7 @@ def _rows(prediction: pipeline.Prediction, rows: list[int]) -> pipeline.Predicti
     return pipeline.Prediction(prediction.logits[rows], prediction.probabilities[rows])
 
 
-def _model_message(error: BaseException) -> str:
+def model_message(error: BaseException) -> str:
     """The model's own message, on one line."""
     text = " ".join(str(error).split()) or type(error).__name__
     return f"the model failed on this image: {type(error).__name__}: {text[:300]}"
