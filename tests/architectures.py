@@ -83,6 +83,8 @@ def _hf(model_class: str, config_class: str, **config: Any) -> Callable[[], nn.M
 
 
 _HF_VIT = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, patch_size=16, num_labels=NUM_CLASSES)
+
+
 def _volume_segmentation_target(output: torch.Tensor) -> torch.Tensor:
     return output[:, 1].mean((1, 2, 3))
 

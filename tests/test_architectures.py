@@ -195,6 +195,8 @@ def test_normgrad_equals_a_hook_based_norm_product(built, name):
         scale = float(reference.abs().max())
         assert scale > 0, f"{name} {layer}: the reference map is zero"
         torch.testing.assert_close(saliency_map, reference, rtol=1e-4, atol=1e-5 * scale, msg=f"{name} {layer}")
+
+
 VOLUMES = [param for param in PARAMS if ARCHITECTURES[param.values[0]].frames is not None]
 
 
