@@ -117,7 +117,7 @@ def channel_stats(values: Tensor, aggregate: str, groups: int) -> Stats:
     plain: Stats = by_chunks(stats, values)  # type: ignore[assignment]
     if aggregate not in NORMS:
         return plain
-    exponent = torch.zeros((values.shape[0], 1, 1, 1), dtype=torch.int32, device=values.device)
+    exponent = torch.zeros((values.shape[0], *[1] * (values.dim() - 1)), dtype=torch.int32, device=values.device)
     if _squares_in_range(plain):
         return (*plain, exponent)
     exponent = sample_exponents(values)
@@ -131,11 +131,11 @@ def _squares_in_range(squares: Stats) -> bool:
 
 
 def sample_exponents(values: Tensor) -> Tensor:
-    """Per-sample ``e`` (N, 1, 1, 1) with ``max |v| · 2^-e`` in [0.5, 1) (clamped to ±126; 0 for a zero or non-finite sample)."""
+    """Per-sample ``e`` (N, 1, 1, 1) — (N, 1, 1, 1, 1) for clips — with ``max |v| · 2^-e`` in [0.5, 1) (clamped to ±126; 0 for a zero or non-finite sample)."""
     peak = torch.linalg.vector_norm(values.detach().flatten(1), ord=float("inf"), dim=1)
     exponent = torch.frexp(peak.to(working_dtype(values)))[1].clamp(-MAX_SHIFT, MAX_SHIFT)
     usable = (peak > 0) & torch.isfinite(peak)
-    return torch.where(usable, exponent, 0).to(torch.int32).view(-1, 1, 1, 1)
+    return torch.where(usable, exponent, 0).to(torch.int32).view(-1, *[1] * (values.dim() - 1))
 
 
 def scale_back(values: Tensor, exponent: Tensor) -> Tensor:
