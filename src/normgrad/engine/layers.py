@@ -365,9 +365,6 @@ def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
             return [run[math.ceil((i + 1) * len(run) / count) - 1].name for i in range(count)]
     if not by_grid:
         raise NormGradError(no_default_layers_message(infos, "no block output of the model is a map on the image grid at stride 4 or more"))
-    if len(by_grid) == 1 and sum(len(members) for members in by_grid.values()) == 1:  # one resolution, one lone layer: no blocks
-        (only,) = (members[0].name for members in by_grid.values())
-        raise NormGradError(no_default_layers_message(infos, f"one resolution and no sequence of blocks with maps (only {only!r})"))
     shapes = {info.name: info.output_shape for info in infos if info.calls >= 1}
     chosen = []
     order = {info.name: i for i, info in enumerate(infos)}

@@ -131,7 +131,8 @@ def _squares_in_range(squares: Stats) -> bool:
 
 
 def sample_exponents(values: Tensor) -> Tensor:
-    """Per-sample ``e`` (N, 1, 1, 1) — (N, 1, 1, 1, 1) for clips — with ``max |v| · 2^-e`` in [0.5, 1) (clamped to ±126; 0 for a zero or non-finite sample)."""
+    """Per-sample ``e`` (N, 1, 1, 1) — (N, 1, 1, 1, 1) for clips — with ``max |v| · 2^-e`` in [0.5, 1)
+    (clamped to ±126; 0 for a zero or non-finite sample)."""
     peak = torch.linalg.vector_norm(values.detach().flatten(1), ord=float("inf"), dim=1)
     exponent = torch.frexp(peak.to(working_dtype(values)))[1].clamp(-MAX_SHIFT, MAX_SHIFT)
     usable = (peak > 0) & torch.isfinite(peak)

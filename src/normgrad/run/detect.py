@@ -30,7 +30,6 @@ from normgrad import detection as det
 from normgrad.errors import NormGradError
 from normgrad.run.loading import Item
 
-TASKS = ("classify", "detect")
 MIN_SCORE = 0.5
 MAX_DETECTIONS = 10
 MAX_DETECTIONS_BOUND = 100
@@ -41,10 +40,7 @@ ALL_COMBINE = "sum"  # the map of all detections: they are read from different l
 
 def check_task(options: Any, method: Any) -> None:
     """``task`` known, ``min_score``/``max_detections`` only with ``detect``, and the options ``detect`` would ignore refused."""
-    if options.task not in TASKS:
-        from normgrad.errors import did_you_mean
-
-        raise NormGradError(f"--task {options.task!r} is not valid{did_you_mean(str(options.task), TASKS)}; valid: {', '.join(TASKS)}")
+    # the task's name is checked with the other choices (ExplainOptions.check)
     if options.task != "detect":
         detect_only = (("--min-score", options.min_score), ("--max-detections", options.max_detections))
         given = [flag for flag, value in detect_only if value is not None]
@@ -240,4 +236,4 @@ class _Chosen:
         return torch.stack(scores)
 
 
-__all__ = ["TASKS", "DetectLoop", "check_detector_model", "check_task", "files_of", "layers_of", "refuse_detector", "settings"]
+__all__ = ["DetectLoop", "check_detector_model", "check_task", "files_of", "layers_of", "refuse_detector", "settings"]

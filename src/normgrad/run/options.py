@@ -23,7 +23,7 @@ EMBEDDED = "efficientnet_lite0"
 MIN_SIZE = 16  # the smallest --size: below it most models have no spatial map left
 COMBINE_CHOICES = ("product", "geometric", "sum", "none")
 PREDICT_AT = ("model", "explained")
-TASKS = ("classify", "segment")
+TASKS = ("classify", "detect", "segment")
 MAP_DTYPES = ("float32", "float16")
 STORAGES = ("files", "shards")  # a .npy file per map, or each process's maps in one file (normgrad.store.shards)
 
