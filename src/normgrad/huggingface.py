@@ -55,6 +55,13 @@ def load_folder(folder: str | Path, weights: Any = DEFAULT, num_classes: int | N
     config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     architectures = list(getattr(config, "architectures", None) or [])
     segmenter = any(name.endswith("ForSemanticSegmentation") for name in architectures)
+    if architectures and not segmenter and not any("ImageClassification" in name for name in architectures):
+        # a saved backbone (ViTModel) would load into a classifier with a random head: scores of nothing, so refuse
+        raise NormGradError(
+            f"hf:{folder} is a {config.model_type!r} model without an image-classification or semantic-segmentation head "
+            f"({', '.join(architectures)}); normgrad explains class scores: save the model of the task "
+            "(AutoModelForImageClassification, AutoModelForSemanticSegmentation), or pass a callable target in Python"
+        )
     auto = transformers.AutoModelForSemanticSegmentation if segmenter else transformers.AutoModelForImageClassification
     try:
         if weights is None:

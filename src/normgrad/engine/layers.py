@@ -352,6 +352,9 @@ def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     candidates = [
         info for info in on_grid if info.name in blocks and not info.is_output and not any(info.name.startswith(stem) for stem in stems)
     ]
+    if all(info.zero for info in candidates):  # no gradient anywhere (a zeroed head): the weights, not the structure, made them zero
+        for info in candidates:
+            info.zero = False
     trunk = [info for info in candidates if not info.zero and grid_fit(*info.layout.grid[-2:], height, width, True)]  # type: ignore[union-attr]
     trunk = [info for info in trunk if not any(_holds_another_stage(info, other) for other in trunk)]
     by_grid: dict[tuple[int, int], list[LayerInfo]] = {}
