@@ -55,7 +55,8 @@ def load_folder(folder: str | Path, weights: Any = DEFAULT, num_classes: int | N
     config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     architectures = list(getattr(config, "architectures", None) or [])
     segmenter = any(name.endswith("ForSemanticSegmentation") for name in architectures)
-    if architectures and not segmenter and not any("ImageClassification" in name for name in architectures):
+    headless = architectures and not segmenter and not any("ImageClassification" in name for name in architectures)
+    if headless and not any("ObjectDetection" in name for name in architectures):  # detectors: refused below, naming what works
         # a saved backbone (ViTModel) would load into a classifier with a random head: scores of nothing, so refuse
         raise NormGradError(
             f"hf:{folder} is a {config.model_type!r} model without an image-classification or semantic-segmentation head "
