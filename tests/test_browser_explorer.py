@@ -59,7 +59,7 @@ def test_upload_choose_a_class_hover_opacity_and_bad_uploads(browser, tmp_path):
         width, height, first, varied = canvas_digest(browser)
         assert (width, height) == (160, 120) and varied > 1000  # the photo and its map are drawn, not a blank canvas
         tiles = browser.find_elements(By.CSS_SELECTOR, "#tiles .tile")
-        assert [t.text for t in tiles] == ["combined", "stage1", "stage2.0", "stage2"]  # the default method's layers
+        assert [t.text for t in tiles] == ["combined", "stage1", "stage2"]  # the default: block outputs, no conv before its ReLU
         assert Select(browser.find_element(By.ID, "method")).first_selected_option.text == "default"
         Select(browser.find_element(By.ID, "method")).select_by_value("normgrad")  # other methods: the stage layers
         wait(lambda: [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#tiles .tile")] == ["combined", "stage1", "stage2"])
