@@ -447,14 +447,23 @@ def _on_spine(name: str, modules: dict[str, nn.Module], by_name: dict[str, Layer
             return False
         if any(not list(block.children()) for block in sequence):  # a sequence of bare layers is a block's inside
             return False
-        shapes = [getattr(by_name.get(f"{path_child}.{k}"), "output_shape", None) for k in range(len(sequence))]
+        children = [child for child, _ in sequence.named_children()]  # "0", "1", ... or the names of an OrderedDict
+        shapes = [getattr(by_name.get(f"{path_child}.{child}"), "output_shape", None) for child in children]
         if None in shapes or len(set(shapes[1:] if len(shapes) > 2 else shapes)) > 1:  # two of different shapes: squeeze, expand
             return False  # blocks keep their shape (the first may resample); layers of a block change it (expand, project)
-        last = path_child if isinstance(sequence, nn.Sequential) else f"{path_child}.{len(sequence) - 1}"
+        last = path_child if isinstance(sequence, nn.Sequential) else f"{path_child}.{children[-1]}"
         info = by_name.get(last)
-        if info is None or not info.feeds_parent:
+        if info is None or not (info.feeds_parent or _only_pointwise_after(modules[ancestor], parts[i])):
             return False
     return True
+
+
+def _only_pointwise_after(parent: nn.Module, child: str) -> bool:
+    """Whether the children registered after ``child`` only normalise or pass on its output (torchvision ViT's
+    encoder: its blocks, then one LayerNorm): the block sequence still ends the stage."""
+    names = [name for name, _ in parent.named_children()]
+    after = names[names.index(child) + 1 :] if child in names else [None]
+    return None not in after and all(_pointwise(getattr(parent, name)) or _layout_only(getattr(parent, name)) for name in after)
 
 
 def _followed_by_pointwise(name: str, modules: dict[str, nn.Module]) -> bool:
