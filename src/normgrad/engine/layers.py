@@ -207,6 +207,7 @@ def describe_layers(model: nn.Module, example: torch.Tensor, *, gradients: bool 
     for name in modules:
         below[_running_ancestor(name, modules)].append(name)
     zero: dict[str, bool] = {}
+    image_zero: bool | None = None
     activations: dict[str, weakref.ref] = {}  # to find the module that outputs the model's scores, without keeping tensors alive
     with torch.inference_mode(False), torch.enable_grad(), eval_mode(model), Hooks() as hooks:
         image = example.detach().to(model_device(model, example.device)).requires_grad_(True).clone()  # a non-leaf, as in the engine
@@ -241,12 +242,14 @@ def describe_layers(model: nn.Module, example: torch.Tensor, *, gradients: bool 
         for name, reference in activations.items():
             seen[name].is_output = _scores_like(reference(), seen[name], result)
         if gradients and result is not None and result.requires_grad:
-            torch.autograd.grad(result.float().sum(), image, allow_unused=True)  # never into a parameter's .grad
+            (reached,) = torch.autograd.grad(result.float().sum(), image, allow_unused=True)  # never into a parameter's .grad
+            image_zero = reached is None or not bool(reached.any())
             for name, info in seen.items():
                 info.zero = zero.get(name, info.layout is not None)  # a map no gradient reached is zero
         del image, result
     never_ran = [LayerInfo(n, type(m).__name__, None, 0, None, "never runs") for n, m in modules.items() if n not in seen]
     image = LayerInfo(INPUT, "input", tuple(example.shape), 1, Layout("nchw", evidence.grid))
+    image.zero = image_zero if gradients and seen and any(info.zero is not None for info in seen.values()) else None
     return [image, *seen.values(), *never_ran]
 
 
@@ -352,7 +355,7 @@ def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     candidates = [
         info for info in on_grid if info.name in blocks and not info.is_output and not any(info.name.startswith(stem) for stem in stems)
     ]
-    if all(info.zero for info in candidates):  # no gradient anywhere (a zeroed head): the weights, not the structure, made them zero
+    if infos[0].zero:  # no gradient reaches even the image (a zeroed head): the weights, not the structure, made the maps zero
         for info in candidates:
             info.zero = False
     trunk = [info for info in candidates if not info.zero and grid_fit(*info.layout.grid[-2:], height, width, True)]  # type: ignore[union-attr]
@@ -362,6 +365,9 @@ def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
         by_grid.setdefault(info.layout.grid, []).append(info)  # type: ignore[union-attr]
     if len(by_grid) <= 1:
         run = _longest_block_run(candidates, modules)[:-1]  # a class-token model reads nothing from the last block's patches
+        if len(run) < 2:  # blocks in a named sequence that a final norm ends (torchvision ViT's encoder): blocks with maps
+            blocks_on_grid = [info for info in on_grid if list(modules[info.name].children()) and not _stem_like(info, modules)]
+            run = _longest_block_run([info for info in blocks_on_grid if not info.is_output], modules)[:-1]
         run = [info for info in run if not info.zero]
         if len(run) >= 2:
             count = min(ISOTROPIC_BLOCKS, len(run))
@@ -378,6 +384,10 @@ def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
         if order[stage[-1].name] == last and stage[-1].layout.kind == "tokens" and stage[-1].layout.prefix:  # type: ignore[union-attr]
             stage = stage[:-1]  # a class-token readout (MViT): the last block's grid tokens reach nothing
         chosen += stage[-1:]
+    if not chosen:
+        raise NormGradError(
+            no_default_layers_message(infos, "the only candidate is the class-token readout, whose patch tokens reach nothing")
+        )
     return [info.name for info in sorted(chosen, key=lambda info: order[info.name])]
 
 
@@ -447,23 +457,14 @@ def _on_spine(name: str, modules: dict[str, nn.Module], by_name: dict[str, Layer
             return False
         if any(not list(block.children()) for block in sequence):  # a sequence of bare layers is a block's inside
             return False
-        children = [child for child, _ in sequence.named_children()]  # "0", "1", ... or the names of an OrderedDict
-        shapes = [getattr(by_name.get(f"{path_child}.{child}"), "output_shape", None) for child in children]
+        shapes = [getattr(by_name.get(f"{path_child}.{k}"), "output_shape", None) for k in range(len(sequence))]
         if None in shapes or len(set(shapes[1:] if len(shapes) > 2 else shapes)) > 1:  # two of different shapes: squeeze, expand
             return False  # blocks keep their shape (the first may resample); layers of a block change it (expand, project)
-        last = path_child if isinstance(sequence, nn.Sequential) else f"{path_child}.{children[-1]}"
+        last = path_child if isinstance(sequence, nn.Sequential) else f"{path_child}.{len(sequence) - 1}"
         info = by_name.get(last)
-        if info is None or not (info.feeds_parent or _only_pointwise_after(modules[ancestor], parts[i])):
+        if info is None or not info.feeds_parent:
             return False
     return True
-
-
-def _only_pointwise_after(parent: nn.Module, child: str) -> bool:
-    """Whether the children registered after ``child`` only normalise or pass on its output (torchvision ViT's
-    encoder: its blocks, then one LayerNorm): the block sequence still ends the stage."""
-    names = [name for name, _ in parent.named_children()]
-    after = names[names.index(child) + 1 :] if child in names else [None]
-    return None not in after and all(_pointwise(getattr(parent, name)) or _layout_only(getattr(parent, name)) for name in after)
 
 
 def _followed_by_pointwise(name: str, modules: dict[str, nn.Module]) -> bool:
