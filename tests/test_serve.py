@@ -319,11 +319,13 @@ def test_a_cancelled_explanation_stops_at_once_and_frees_the_model(explorer):
 
 def test_the_app_cancels_the_work_of_a_client_that_disconnects(explorer):
     import asyncio
+    import time
 
     token = explorer.open_upload(png_bytes(), "a.png")["image"]
     body = json_bytes({"image": token, "method": "meta", "steps": 100, "layers": ["stage2"]})
     calls = []
-    handle = explorer.loaded.model.register_forward_hook(lambda *_: calls.append(1))
+    # each forward takes ≥ 20 ms, so that 101 of them take seconds however fast the machine: the disconnect must stop them
+    handle = explorer.loaded.model.register_forward_hook(lambda *_: (calls.append(1), time.sleep(0.02)))
     sent = []
 
     async def receive():
