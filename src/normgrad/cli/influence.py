@@ -9,7 +9,18 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from normgrad.cli.common import add_model_options, check_device, check_weights, counter, parse_layers, positive_float, positive_int, say
+from normgrad.cli.common import (
+    add_model_options,
+    check_device,
+    check_weights,
+    counter,
+    int_between,
+    parse_layers,
+    positive_float,
+    positive_int,
+    say,
+)
+from normgrad.tracin.product import MAX_TOP_K
 
 EXAMPLES = """examples:
   normgrad influence photos/ --train train/ --model torchvision:resnet18 --weights net.pth --num-classes 10 --out influence/
@@ -37,20 +48,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--lr", nargs="+", type=positive_float, default=[1.0], help="learning rate: one, or one per checkpoint")
     parser.add_argument("--layers", default=None, help="comma-separated layer names (default: the model's default layers)")
     parser.add_argument("--extract", default="conv1x1", choices=["conv1x1", "scaling", "layer"], help="the weight split (default: conv1x1)")
-    parser.add_argument("--top-k", type=_top_k, default=5, help="proponents and opponents per test image (default: 5, at most 100)")
+    parser.add_argument(
+        "--top-k", type=int_between(1, MAX_TOP_K), default=5, help="proponents and opponents per test image (default: 5, at most 100)"
+    )
     parser.add_argument("--batch-size", type=positive_int, default=64, help="training images per forward/backward (default: 64)")
     parser.add_argument("--overwrite", action="store_true", help="start the output folder afresh")
     parser.set_defaults(run=run)
     return parser
-
-
-def _top_k(text: str) -> int:
-    from normgrad.tracin.product import MAX_TOP_K
-
-    value = positive_int(text)
-    if value > MAX_TOP_K:
-        raise argparse.ArgumentTypeError(f"at most {MAX_TOP_K}; got {value}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
