@@ -94,3 +94,9 @@ def torchvision_detector(arch: str, seed: int = 0) -> nn.Module:
         torch.manual_seed(seed)
         model = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=5, **sizes, **DETECTOR_OPTIONS[arch])
     return model.eval()
+
+
+def prepared(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """A model with lazy layers, materialised on ``x``, in float64 and eval mode (the brute-force formula tests)."""
+    model(x)  # materialise the lazy layer
+    return model.double().eval()

@@ -6,6 +6,7 @@ from torch import nn
 
 import normgrad as ng
 from brute_force import aggregate_explicit, brute_force_map, per_location_weight_grads
+from conftest import prepared
 
 VIRTUAL = ["scaling", "conv1x1", "conv3x3", "depthwise3x3", "bias"]
 
@@ -26,11 +27,6 @@ CONVS = {
 
 def conv_model(**conv_args) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(**conv_args), nn.Tanh(), nn.Flatten(), nn.LazyLinear(5))
-
-
-def prepared(model: nn.Sequential, x: torch.Tensor) -> nn.Sequential:
-    model(x)  # materialise the lazy layer
-    return model.double().eval()
 
 
 @pytest.mark.parametrize("aggregate", ng.AGGREGATES)

@@ -7,6 +7,7 @@ from torch import nn
 import brute_force
 import normgrad as ng
 from brute_force import aggregate_explicit, brute_force_map, per_location_weight_grads
+from conftest import prepared
 
 VIRTUAL = ["scaling", "conv1x1", "conv3x3", "depthwise3x3", "bias"]
 
@@ -27,11 +28,6 @@ CONVS = {
 
 def conv3d_model(**conv_args) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(**conv_args), nn.Tanh(), nn.Flatten(), nn.LazyLinear(5))
-
-
-def prepared(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    model(x)  # materialise the lazy layer
-    return model.double().eval()
 
 
 @pytest.mark.parametrize("aggregate", ng.AGGREGATES)
