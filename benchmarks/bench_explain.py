@@ -17,8 +17,9 @@
    one-photo ``normgrad explain``.
 4. **Per-stage costs** in this process, per image: CPU milliseconds of each
    stage run alone on one thread (the engine: wall time with all threads).
-5. **PNG compression**: encode time and size of the overlays per zlib level
-   and strategy (Pillow).
+5. **PNG encoding**: encode time and size of the overlays with normgrad's
+   encoder (Up filter, Huffman-only deflate) per zlib level, and Pillow's
+   (adaptive filters) per level and strategy.
 
 Usage: ``python benchmarks/bench_explain.py [--quick] [--device cuda] [--out docs]``; writes
 ``OUT/benchmarks-explain.md`` and ``.json`` and the end-to-end section of ``OUT/benchmarks.md``.
@@ -316,10 +317,17 @@ def stages(args: argparse.Namespace, paths: list[Path]) -> dict[str, tuple[float
 
 
 def png_levels(paths: list[Path], count: int = 16) -> list[tuple[str, int, float, float]]:
-    """(strategy, level, ms per overlay, KiB) for Pillow's PNG encoder on real overlays."""
+    """(encoder, level, ms per overlay, KiB) on real overlays: normgrad's ``encode_png`` and Pillow's PNG encoder."""
+    import io
+
     from normgrad.images import load_image
     from normgrad.store import encode_png
     from normgrad.viz import overlay
+
+    def pillow(image: Any, level: int, strategy: int) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", compress_level=level, compress_type=strategy)
+        return buffer.getvalue()
 
     rng = np.random.default_rng(0)
     overlays = []
@@ -327,12 +335,14 @@ def png_levels(paths: list[Path], count: int = 16) -> list[tuple[str, int, float
         photo = load_image(path)
         small = torch.from_numpy(rng.random((1, 1, photo.height // 16, photo.width // 16), dtype=np.float32))
         overlays.append(overlay(photo, torch.nn.functional.interpolate(small, size=(photo.height, photo.width), mode="bilinear")))
+    encoders = [("normgrad (Up filter, Huffman only)", lambda o, level: encode_png(o, level), range(0, 4))]
+    encoders += [(f"Pillow ({name})", lambda o, level, k=k: pillow(o, level, k), range(10)) for name, k in (("default", 0), ("Z_RLE", 3))]
     rows = []
-    for strategy, kind in (("default", 0), ("Z_RLE", 3)):
-        for level in range(10):
-            sizes = [len(encode_png(o, level, kind)) for o in overlays]
-            encode = lambda level=level, kind=kind: [encode_png(o, level, kind) for o in overlays]  # noqa: E731
-            rows.append((strategy, level, cpu_ms(encode, len(overlays)), statistics.mean(sizes) / 1024))
+    for name, encode_one, levels in encoders:
+        for level in levels:
+            sizes = [len(encode_one(o, level)) for o in overlays]
+            encode = lambda level=level, encode_one=encode_one: [encode_one(o, level) for o in overlays]  # noqa: E731
+            rows.append((name, level, cpu_ms(encode, len(overlays)), statistics.mean(sizes) / 1024))
     return rows
 
 
@@ -410,7 +420,7 @@ def report(args: argparse.Namespace, results: dict) -> tuple[str, str]:
             "",
         ]
     )
-    png = ["| zlib strategy | level | ms per overlay | KiB |", "|---|---:|---:|---:|"]
+    png = ["| encoder | zlib level | ms per overlay | KiB |", "|---|---:|---:|---:|"]
     png += [f"| {strategy} | {level} | {ms:.2f} | {kib:.0f} |" for strategy, level, ms, kib in results["png"]]
     rounds = ["| round | explain, all (s) | explain, one photo (s) | engine alone (ms/img) | ratio |", "|---:|---:|---:|---:|---:|"]
     rounds += [f"| {i + 1} | {r['all']:.2f} | {r['one']:.2f} | {1000 * r['engine']:.1f} | {q:.3f} |"
@@ -430,7 +440,7 @@ def report(args: argparse.Namespace, results: dict) -> tuple[str, str]:
             "photos, batched as explain batches them, with the same method, layers and target rule; its inputs are ready "
             "on the device (explain's reading, hand-over and copies count against explain).",
             "",
-            "## PNG compression (Pillow, the overlays of real photos)",
+            "## PNG encoding (the overlays of real photos)",
             "",
             (
                 f"The previous overlay (matplotlib's colormap, float blend): {results['matplotlib_overlay']:.2f} ms per photo; "

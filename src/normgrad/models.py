@@ -96,12 +96,11 @@ class Preprocess:
         from PIL import Image
 
         height, width = self.input_size(*image.size)
-        resized = image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
-        array = np.asarray(resized, dtype=np.float32) / 255.0
-        tensor = torch.from_numpy(array).permute(2, 0, 1)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (tensor - mean) / std
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        if rgb.size != (width, height):  # an image already at the input size is used as it is (resizing would copy it)
+            rgb = rgb.resize((width, height), Image.Resampling.BICUBIC)
+        tensor = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float().div_(255.0)  # the operations of ToTensor + Normalize,
+        return tensor.sub_(torch.tensor(self.mean).view(3, 1, 1)).div_(torch.tensor(self.std).view(3, 1, 1))  # in place
 
     @staticmethod
     def to_original(saliency_map: Tensor, width: int, height: int) -> Tensor:

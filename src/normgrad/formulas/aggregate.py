@@ -140,7 +140,12 @@ def sample_exponents(values: Tensor) -> Tensor:
 
 
 def scale_back(values: Tensor, exponent: Tensor) -> Tensor:
-    """``values · 2^exponent`` in two halves (each a normal float32): finite whenever the result is."""
+    """``values · 2^exponent`` in two halves (each a normal float32): finite whenever the result is.
+
+    On the CPU, where checking is free, exponents that are all zero (the
+    usual case: no sample was rescaled) return ``values`` untouched."""
+    if values.device.type == "cpu" and not bool(exponent.any()):
+        return values
     half = torch.div(exponent, 2, rounding_mode="floor")
     return torch.ldexp(torch.ldexp(values, half), exponent - half)
 

@@ -77,7 +77,7 @@ reading), :mod:`~normgrad.store.shards` (compact map storage),
 (``.npy`` and PNG bytes).
 """
 
-from normgrad.store.encode import PNG_COMPRESS_LEVEL, PNG_COMPRESS_TYPE, encode_npy, encode_png
+from normgrad.store.encode import encode_npy, encode_png
 from normgrad.store.folder import OutputStore
 from normgrad.store.identity import file_digest, identity, weights_identity
 from normgrad.store.journal import JsonLines, atomic_write, dumps, new_run_id
@@ -110,8 +110,6 @@ __all__ = [
     "INTERNAL",
     "MANIFEST",
     "OUTPUT_KINDS",
-    "PNG_COMPRESS_LEVEL",
-    "PNG_COMPRESS_TYPE",
     "RESERVED",
     "STORAGES",
     "VERSION",

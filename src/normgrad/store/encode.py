@@ -3,25 +3,55 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from typing import Any
+
+import numpy as np
 
 
 def encode_npy(array: Any) -> bytes:
     """An array as ``.npy`` bytes."""
-    import numpy as np
-
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
 
 
-# zlib level 1 with the run-length strategy on Pillow's adaptively filtered rows: on photo overlays 3.7x faster
-# to encode than Pillow's default (level 6) for 3 % larger files (docs/benchmarks.md, "PNG compression")
-PNG_COMPRESS_LEVEL, PNG_COMPRESS_TYPE = 1, 3  # 3 = zlib.Z_RLE
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_COLOUR_TYPES = {"L": (0, 1), "RGB": (2, 3), "RGBA": (6, 4)}  # mode -> (PNG colour type, bytes per pixel)
+PNG_UP_FILTER = 2
 
 
-def encode_png(image: Any, compress_level: int = PNG_COMPRESS_LEVEL, compress_type: int = PNG_COMPRESS_TYPE) -> bytes:
-    """A ``PIL.Image`` as PNG bytes (lossless at any level; the level and zlib strategy trade time for size)."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=compress_level, compress_type=compress_type)
-    return buffer.getvalue()
+def encode_png(image: Any, level: int = 1) -> bytes:
+    """A ``PIL.Image`` (mode L, RGB or RGBA; other modes through Pillow) as lossless 8-bit PNG bytes.
+
+    Every row is stored with PNG's *Up* filter — its difference with the row
+    above, modulo 256 (PNG spec, §9.2) — computed in one vectorised
+    subtraction, and the rows are deflated with zlib's Huffman-only strategy.
+    Pillow instead tries the five filters on every row and keeps the best,
+    which is most of its encoding time: on 400×300 photo overlays this
+    encoder takes 2.9 ms against Pillow's 7.9 ms at level 1 (9 ms at its
+    default level) for files about 10 % larger (``benchmarks/bench_explain.py``,
+    "PNG encoding").  zlib releases the GIL, so writer threads encode in
+    parallel.  ``level`` is zlib's (0: stored, larger files and faster still).
+    """
+    kind = PNG_COLOUR_TYPES.get(image.mode)
+    if kind is None or image.info.get("transparency") is not None:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", compress_level=level)
+        return buffer.getvalue()
+    colour_type, channels = kind
+    pixels = np.asarray(image, dtype=np.uint8).reshape(image.height, image.width * channels)
+    rows = np.empty((image.height, pixels.shape[1] + 1), dtype=np.uint8)
+    rows[:, 0] = PNG_UP_FILTER
+    rows[0, 1:] = pixels[0]
+    np.subtract(pixels[1:], pixels[:-1], out=rows[1:, 1:])  # uint8 arithmetic wraps: the filter's modulo 256
+    deflate = zlib.compressobj(level, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
+    data = deflate.compress(rows.data) + deflate.flush()
+    header = struct.pack(">IIBBBBB", image.width, image.height, 8, colour_type, 0, 0, 0)
+    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    """A PNG chunk: length, type, data and the CRC-32 of type and data."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
