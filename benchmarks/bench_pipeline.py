@@ -38,6 +38,8 @@ from measure import load_average, machine, write_section  # noqa: E402
 VARIANTS = {  # name -> ng.explain keywords
     "default outputs (overlay, .npy, gallery)": {},
     "overlay and .npy, no gallery": {"gallery": False},
+    "JPEG overlay (--overlay-format jpg), .npy, gallery": {"overlay_format": "jpg"},
+    "JPEG overlay and .npy, no gallery": {"overlay_format": "jpg", "gallery": False},
     "maps only (.npy)": {"overlay": False, "gallery": False},
 }
 

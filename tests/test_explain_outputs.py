@@ -163,6 +163,41 @@ def test_overlay_png_is_the_photo_blended_with_the_map(photos, tmp_path, explain
     assert np.array_equal(np.asarray(Image.open(tmp_path / "img1.png")), expected)
 
 
+def test_jpeg_overlays_hold_the_same_maps_and_a_close_picture(photos, tmp_path, explain):
+    """--overlay-format jpg: .jpg overlays (a lossy copy of the PNG's pixels), the very same .npy maps, linked by the gallery."""
+    for kind in ("png", "jpg"):
+        code, stdout, err = explain(photos, "--out", tmp_path / kind, "--method", "selective", "--overlay-format", kind)
+        assert code == 0, err
+    out = tmp_path / "jpg"
+    assert files(out) == {f"img{i}.{k}" for i in range(3) for k in ("jpg", "npy")} | {"summary.json"}
+    assert "img0.jpg" in stdout and "JPG overlays" in stdout
+    for i in range(3):
+        assert np.array_equal(np.load(out / f"img{i}.npy"), np.load(tmp_path / "png" / f"img{i}.npy"))
+        exact = np.asarray(Image.open(tmp_path / "png" / f"img{i}.png"), dtype=np.float32)
+        lossy = Image.open(out / f"img{i}.jpg")
+        error = np.abs(np.asarray(lossy, dtype=np.float32) - exact).mean()  # random-noise photos: the worst case for JPEG
+        assert lossy.format == "JPEG" and lossy.size == (exact.shape[1], exact.shape[0]) and error < 12
+    record = records(out)[0]["outputs"][0]
+    assert set(record) == {"layer", "jpg", "jpg_bytes", "npy", "npy_bytes"} and record["jpg_bytes"] == (out / "img0.jpg").stat().st_size
+    assert json.loads((out / "summary.json").read_text())["settings"]["overlay_format"] == "jpg"
+    page = "".join(p.read_text() for p in (out / "gallery").rglob("chunk-*.js"))
+    assert '"png":"img0.jpg"' in page  # the gallery's link to the overlay
+
+
+def test_resume_with_another_overlay_format_is_another_run(photos, tmp_path, explain):
+    code, _, err = explain(photos, "--out", tmp_path, "--method", "selective", "--overlay-format", "jpg")
+    assert code == 0, err
+    code, stdout, err = explain(photos, "--out", tmp_path, "--method", "selective", "--overlay-format", "jpg", "--resume")
+    assert code == 0 and "3 of them done earlier" in stdout, err
+    code, _, err = explain(photos, "--out", tmp_path, "--method", "selective", "--resume")
+    assert code == 2 and "other settings" in err
+
+
+def test_overlay_format_without_overlays_is_an_error(photos, tmp_path, explain):
+    code, _, err = explain(photos, "--out", tmp_path / "o", "--no-overlay", "--overlay-format", "jpg")
+    assert code == 2 and "--no-overlay writes none" in err and err.count("\n") == 1
+
+
 def test_background_threads_follow_the_device(monkeypatch):
     """Two readers and writers next to a CPU model; three quarters of the cores (shared by torchrun's local processes) on CUDA."""
     from normgrad.run.options import background_threads

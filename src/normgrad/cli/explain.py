@@ -26,7 +26,7 @@ from typing import Any
 from normgrad.cli import explain_clips
 from normgrad.cli.common import add_meta_options, add_model_options, command, non_negative_int, positive_int
 from normgrad.combine import COMBINE_MODES
-from normgrad.run import ExplainOptions, RunResult
+from normgrad.run import MAP_DTYPES, OVERLAY_FORMATS, ExplainOptions, RunResult
 from normgrad.run import run as run_explain
 from normgrad.run.report import printable, say
 
@@ -118,11 +118,17 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help="background threads rendering, encoding and writing outputs (default: as --workers; 0: none)",
     )
-    parser.add_argument("--no-overlay", action="store_true", help="do not write the .png overlays")
+    parser.add_argument("--no-overlay", action="store_true", help="do not write the overlays")
+    parser.add_argument(
+        "--overlay-format",
+        choices=OVERLAY_FORMATS,
+        default="png",
+        help="the overlays' format: png (lossless, default) or jpg (quality 90, 4:4:4: about 5x faster to encode and half the size)",
+    )
     parser.add_argument("--no-npy", action="store_true", help="do not write the .npy maps")
     parser.add_argument(
         "--map-dtype",
-        choices=["float32", "float16"],
+        choices=MAP_DTYPES,
         default="float32",
         help="number type of the .npy maps (default: float32); float16 halves them, for combined maps in [0, 1] only",
     )
@@ -173,6 +179,7 @@ def options_from(args: argparse.Namespace) -> ExplainOptions:
         save_layers=args.save_layers,
         gallery=not args.no_gallery,
         overlay=not args.no_overlay,
+        overlay_format=args.overlay_format,
         npy=not args.no_npy,
         map_dtype=args.map_dtype,
         storage=args.storage,
@@ -223,11 +230,12 @@ def _print_table(result: RunResult, out: Path, options: ExplainOptions) -> None:
     for name, r in zip(names, records):
         best = r["predictions"][0] if r["predictions"] else r["target"]
         first = r["outputs"][0]
-        output = printable(str(out / next(first[k] for k in ("png", "npy", "shard") if k in first)))
+        output = printable(str(out / next(first[k] for k in ("png", "jpg", "npy", "shard") if k in first)))
         print(f"{name:{width}s}  {best['name'][:28]:28s} {best['probability']:6.1%}  {r['target']['name'][:24]:24s}  {output}")
     earlier = f", {result.done_earlier} of them done earlier" if result.done_earlier else ""
     maps = f"{options.map_dtype} maps in shards/" if options.storage == "shards" else f"{options.map_dtype} .npy maps"
-    written = [*(["PNG overlays"] if options.overlay else []), *([maps] if options.npy else []), "summary.json"]
+    overlays = f"{options.overlay_format.upper()} overlays"
+    written = [*([overlays] if options.overlay else []), *([maps] if options.npy else []), "summary.json"]
     print(f"explained {len(records)} image(s) into {out}/{earlier} ({', '.join(written)})")
     if records and result.settings.get("task") == "detect":
         print("prediction and p: each photo's best detection and its score; the maps explain all detections above "

@@ -45,7 +45,7 @@ import numpy as np
 
 from normgrad.errors import NormGradError
 from normgrad.gallery import pictures
-from normgrad.store import GALLERY, INDEX, Manifest, OutputConflict, OutputStore, identity
+from normgrad.store import GALLERY, INDEX, Manifest, OutputConflict, OutputStore, identity, overlay_of
 
 CHUNK = 256
 DATA = f"{GALLERY}/data"
@@ -96,7 +96,7 @@ def item(entry: dict, settings: dict | None, status: str, pictures_found: set[st
             {
                 "layer": o.get("layer", "combined"),
                 "view": view,
-                "png": _url(o["png"]) if "png" in o else None,
+                "png": _url(overlay_of(o)) if overlay_of(o) else None,  # the overlay, .png or .jpg
                 "npy": _url(o["npy"]) if "npy" in o else None,
             }
             for o, view in zip(outputs, where["maps"])
@@ -288,7 +288,7 @@ class Gallery:
         path = entry.get("image")
         if path and entry.get("input") and identity(path) == entry["input"]:
             return load_image(path), True
-        written = _ordered(entry)[0].get("png")  # None: written with --no-overlay
+        written = overlay_of(_ordered(entry)[0])  # None: written with --no-overlay
         overlay = self.store.read(written, limit=MAX_MAP_BYTES) if written else None
         if overlay is None:
             raise NormGradError("neither the input nor its overlay can be read")

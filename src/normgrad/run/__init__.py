@@ -19,7 +19,7 @@ module              job
 """
 
 from normgrad.run.api import RunResult, explain, run
-from normgrad.run.options import ExplainOptions
+from normgrad.run.options import MAP_DTYPES, OVERLAY_FORMATS, ExplainOptions
 from normgrad.run.records import Explained
 
-__all__ = ["ExplainOptions", "Explained", "RunResult", "explain", "run"]
+__all__ = ["MAP_DTYPES", "OVERLAY_FORMATS", "ExplainOptions", "Explained", "RunResult", "explain", "run"]

@@ -347,7 +347,8 @@ def _write(options: ExplainOptions, setup: Setup, work: Any, item: Any, pending:
         return item, explained
     try:
         files, record = outputs(explained, work.name, run=setup.plan.run, rank=rank, identity=item.identity, layers=setup.layers,
-                                overlay=options.overlay, npy=options.npy, map_dtype=options.map_dtype)  # fmt: skip
+                                overlay=options.overlay, npy=options.npy, map_dtype=options.map_dtype,
+                                overlay_format=options.overlay_format)  # fmt: skip
         store.save(work, files, record)
     except StoreError:
         raise

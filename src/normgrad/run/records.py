@@ -44,9 +44,9 @@ class Explained:
 
 
 def outputs(explained: Explained, name: str, *, run: str, rank: int, identity: Any, layers: list[str] | None, overlay: bool,
-            npy: bool, map_dtype: str) -> tuple[dict[str, bytes], dict]:  # fmt: skip
-    """One image's files (``.png`` overlay and ``.npy`` map per output, at the photo's size) and its record."""
-    from normgrad.store import encode_npy, encode_png
+            npy: bool, map_dtype: str, overlay_format: str = "png") -> tuple[dict[str, bytes], dict]:  # fmt: skip
+    """One image's files (overlay — ``.png`` or ``.jpg`` — and ``.npy`` map per output, at the photo's size) and its record."""
+    from normgrad.store import encode_jpeg, encode_npy, encode_png
     from normgrad.viz import overlay as blend
 
     files, listed = {}, []
@@ -57,8 +57,9 @@ def outputs(explained: Explained, name: str, *, run: str, rank: int, identity: A
             picture = blend(explained.photo, plane)
             if explained.detections is not None:
                 picture = boxes_on(picture, explained.detections, layer)
-            files[f"{stem}.png"] = encode_png(picture)
-            entry |= {"png": f"{stem}.png", "png_bytes": len(files[f"{stem}.png"])}
+            kind = overlay_format
+            files[f"{stem}.{kind}"] = encode_jpeg(picture) if kind == "jpg" else encode_png(picture)
+            entry |= {kind: f"{stem}.{kind}", f"{kind}_bytes": len(files[f"{stem}.{kind}"])}
         if npy:
             files[f"{stem}.npy"] = encode_npy(plane if plane.dtype == map_dtype else plane.astype(map_dtype))
             entry |= {"npy": f"{stem}.npy", "npy_bytes": len(files[f"{stem}.npy"])}

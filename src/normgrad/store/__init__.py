@@ -77,7 +77,7 @@ reading), :mod:`~normgrad.store.shards` (compact map storage),
 (``.npy`` and PNG bytes).
 """
 
-from normgrad.store.encode import encode_npy, encode_png
+from normgrad.store.encode import encode_jpeg, encode_npy, encode_png
 from normgrad.store.folder import OutputStore
 from normgrad.store.identity import file_digest, identity, weights_identity
 from normgrad.store.journal import JsonLines, atomic_write, dumps, new_run_id
@@ -89,11 +89,13 @@ from normgrad.store.layout import (
     INTERNAL,
     MANIFEST,
     OUTPUT_KINDS,
+    OVERLAY_KINDS,
     RESERVED,
     VERSION,
     OutputConflict,
     StoreError,
     fatal,
+    overlay_of,
 )
 from normgrad.store.lock import precheck
 from normgrad.store.manifest import Manifest
@@ -110,6 +112,7 @@ __all__ = [
     "INTERNAL",
     "MANIFEST",
     "OUTPUT_KINDS",
+    "OVERLAY_KINDS",
     "RESERVED",
     "STORAGES",
     "VERSION",
@@ -125,6 +128,7 @@ __all__ = [
     "atomic_write",
     "dumps",
     "encode_npy",
+    "encode_jpeg",
     "encode_png",
     "fatal",
     "file_digest",
@@ -132,6 +136,7 @@ __all__ = [
     "new_run_id",
     "open_run",
     "output_names",
+    "overlay_of",
     "precheck",
     "weights_identity",
 ]

@@ -18,7 +18,8 @@ GALLERY = "gallery"  # the gallery's scripts, data and pictures
 RESERVED = (MANIFEST, INTERNAL, INDEX, GALLERY)  # top-level entries no output may take or lie below
 RESERVED_KEYS = {name.casefold() for name in RESERVED}
 GALLERY_CLAIM = {"index": INDEX, "folder": GALLERY}  # the manifest's "gallery" entry: normgrad owns both
-OUTPUT_KINDS = ("png", "npy")  # the files an output may have (a record lists those written, with their byte sizes)
+OUTPUT_KINDS = ("png", "jpg", "npy")  # the files an output may have (a record lists those written, with their byte sizes)
+OVERLAY_KINDS = ("png", "jpg")  # an output has at most one overlay
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 FATAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO, errno.EXDEV}
 
@@ -92,3 +93,8 @@ def fatal(error: OSError, path: Path) -> StoreError:
               errno.EACCES: "permission denied", errno.EPERM: "permission denied",
               errno.EXDEV: "a subfolder is another file system"}.get(error.errno, error.strerror or str(error))  # fmt: skip
     return StoreError(f"cannot write into {path}: {reason}")
+
+
+def overlay_of(output: dict) -> str | None:
+    """An output's overlay file (``png`` or ``jpg``, relative to OUT), or None (written with ``overlay=False``)."""
+    return next((output[kind] for kind in OVERLAY_KINDS if isinstance(output.get(kind), str)), None)

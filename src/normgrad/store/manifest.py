@@ -88,7 +88,7 @@ def entry_files(entry: dict) -> set[str]:
     """The files an entry claims or lists as outputs (paths relative to OUT)."""
     files = set(entry.get("files", []))
     for output in entry.get("outputs", []):
-        files |= {output.get("png"), output.get("npy"), output.get("shard")} - {None}
+        files |= {output.get(kind) for kind in ("png", "jpg", "npy", "shard")} - {None}
     return files
 
 

@@ -125,14 +125,15 @@ def check_line(line: Any) -> None:
 
 
 def _output(output: Any, where: str) -> None:
-    """One output of an entry: files (``png``, ``npy``) with their byte sizes, or a map in a shard (see :mod:`normgrad.store.shards`)."""
+    """One output of an entry: files (``png`` or ``jpg``, and ``npy``) with their byte sizes,
+    or a map in a shard (see :mod:`normgrad.store.shards`)."""
     _is(output, dict, where, "an object")
     _optional(output, "layer", str, f"{where}.", "a string")
-    for kind in ("png", "npy", "shard"):
+    for kind in ("png", "jpg", "npy", "shard"):
         if output.get(kind) is not None:
             _is(output[kind], str, f"{where}.{kind}", "a string")
             _relative(output[kind], f"{where}.{kind}")
-    for key in ("png_bytes", "npy_bytes", "offset", "bytes", "crc32"):
+    for key in ("png_bytes", "jpg_bytes", "npy_bytes", "offset", "bytes", "crc32"):
         _optional_integer(output, key, f"{where}.")
     if output.get("shard") is not None:
         shape = output.get("shape")
