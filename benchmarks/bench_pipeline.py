@@ -11,8 +11,9 @@ For each number of cores ``k`` (1, 2, ... ``--cores``) a fresh process is pinned
 ``--count`` photos of 400×300 (JPEG quality 90, the photos of ``bench_explain.py``) into a fresh folder, after
 one photo explained in the same process (imports and first calls warm): images/s = ``count / T`` (T includes
 planning and the readers' start, a fixed cost that ``--count`` amortises).  Reported: images/s, images/s
-per core, and the scaling from 1 to k cores, ``ips(k) / (k · ips(1))``, for the default outputs (overlay,
-``.npy``, gallery), overlays without the gallery, and maps only (``--no-overlay``, no gallery).
+per core, and the scaling from 1 to k cores, ``ips(k) / (k · ips(1))``, for the default outputs (PNG overlay,
+``.npy``, gallery), overlays without the gallery, the same two with JPEG overlays (``--overlay-format jpg``), and
+maps only (``--no-overlay``, no gallery).
 
 Usage: ``python benchmarks/bench_pipeline.py [--count 400] [--cores 2] [--repeats 3] [--out docs]``; ``--quick``:
 24 photos, one round.  Writes ``OUT/benchmarks-pipeline.md``/``.json`` and a section of ``OUT/benchmarks.md``.
