@@ -99,8 +99,9 @@ class Preprocess:
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         if rgb.size != (width, height):  # an image already at the input size is used as it is (resizing would copy it)
             rgb = rgb.resize((width, height), Image.Resampling.BICUBIC)
-        tensor = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float().div_(255.0)  # the operations of ToTensor + Normalize,
-        return tensor.sub_(torch.tensor(self.mean).view(3, 1, 1)).div_(torch.tensor(self.std).view(3, 1, 1))  # in place
+        channels = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()  # (3, H, W) uint8: the float ops run on planes
+        tensor = channels.float().div_(255.0)  # the operations of ToTensor + Normalize, in place
+        return tensor.sub_(torch.tensor(self.mean).view(3, 1, 1)).div_(torch.tensor(self.std).view(3, 1, 1))
 
     @staticmethod
     def to_original(saliency_map: Tensor, width: int, height: int) -> Tensor:
