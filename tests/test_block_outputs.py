@@ -220,3 +220,54 @@ def test_timm_families_without_block_maps_get_a_refusal(name):
     for choose in (lambda: auto_layers(model, x), lambda: choose_layers(probe(model, x))):
         with pytest.raises(ng.NormGradError, match="cannot choose default layers.*--layers"):
             choose()
+
+
+def photo_file(path, width: int, height: int):
+    from PIL import Image
+
+    Image.fromarray(torch.randint(0, 255, (height, width, 3), dtype=torch.uint8).numpy()).save(path)
+    return path
+
+
+SIDE_MULTIPLE = {"method": "normgrad", "layers": ["stem"], "workers": 0, "writers": 0, "verbose": False}
+
+
+def test_a_size_given_keeps_the_side_multiple_the_model_needs(tmp_path):
+    photo = photo_file(tmp_path / "wide.png", 90, 60)
+    model = NeedsMultiple(16).eval()
+    result = ng.explain([photo], model=model, preprocess=Preprocess(size=48), size=56, **SIDE_MULTIPLE)  # 56x84 unless rounded
+    assert result.ok, result.failed
+    (explained,) = result.images
+    assert all(side % 16 == 0 for side in explained.explained_at) and min(explained.explained_at) == 64, explained.explained_at
+    assert result.settings["input"] == {"size": 56, "max_size": None, "fixed_size": None, "multiple": 16}
+
+
+def test_a_size_given_to_a_model_that_takes_only_its_own_size_is_refused():
+    model = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 64 * 64, 5)).eval()
+    with pytest.raises(ng.NormGradError, match=r"--size does not apply to .*takes only its own input size, 64x64"):
+        ng.explain([torch.zeros(3, 64, 64)], model=model, preprocess=Preprocess(size=64), size=80, **{**SIDE_MULTIPLE, "layers": ["0"]})
+
+
+def test_the_side_multiple_is_part_of_the_settings_a_resume_compares(tmp_path):
+    photo = photo_file(tmp_path / "wide.png", 80, 60)
+    options = {**SIDE_MULTIPLE, "preprocess": Preprocess(size=48)}
+    torch.manual_seed(0)
+    first = ng.explain([photo], tmp_path / "out", model=NeedsMultiple(8).eval(), **options)
+    summary = (tmp_path / "out" / "summary.json").read_text()
+    assert first.ok and first.settings["input"]["multiple"] == 8 and '"multiple": 8' in summary
+    torch.manual_seed(0)  # the same weights: only the multiple the model needs differs
+    with pytest.raises(ng.NormGradError, match="other settings"):
+        ng.explain([photo], tmp_path / "out", model=NeedsMultiple(16).eval(), resume=True, **options)
+
+
+def test_a_model_that_takes_any_size_records_no_multiple():
+    result = ng.explain([torch.zeros(3, 40, 60)], model=NeedsMultiple(1).eval(), preprocess=Preprocess(size=40), **SIDE_MULTIPLE)
+    assert result.settings["input"] == {"size": 40, "max_size": 80, "fixed_size": None}  # as recorded by earlier versions
+
+
+def test_predictions_at_the_models_own_size_keep_the_side_multiple_too(tmp_path):
+    photo = photo_file(tmp_path / "wide.png", 90, 60)  # the model's own size, 48, would give 48x72
+    result = ng.explain([photo], model=NeedsMultiple(16).eval(), preprocess=Preprocess(size=48), predict_at="model", **SIDE_MULTIPLE)
+    assert result.ok, result.failed
+    (explained,) = result.images
+    assert explained.predicted_at == (64, 48) and explained.explained_at == (96, 64)
