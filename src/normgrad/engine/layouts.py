@@ -24,7 +24,9 @@ The evidence, strongest first:
    must be ``k`` prefix tokens plus exactly such a grid, with ``k`` the
    number the model declares (timm's ``num_prefix_tokens``, or its
    ``cls_token`` / ``class_token`` / ``dist_token`` / ``reg_token``
-   parameters; Hugging Face DeiT's ``distillation_token``) or 0 — non-square inputs included — laid in raster order, as
+   parameters, a numbered family of one of them counted once — CoaT's
+   ``cls_token1`` … ``cls_token4``, one per stage; Hugging Face DeiT's
+   ``distillation_token``) or 0 — non-square inputs included — laid in raster order, as
    patch embeddings produce them (a family that reorders them, timm's
    Hiera, has no token maps).  A 3-D activation is read as tokens unless its
    module type is channels-first (``Conv1d``...) or a ``Flatten`` of a map:
