@@ -145,3 +145,16 @@ def test_help_has_examples(capsys):
 def test_eval_grid_needs_four_confident_classes(photos, capsys):
     code, _, err = run(capsys, "eval", "grid", photos / "cat.jpg", photos / "cup.png")
     assert code == 2 and "at least 4 different classes" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("predict_at, where", [("model", "at the model's own input size"), ("explained", "at the size explained")])
+def test_the_closing_line_says_where_a_classifiers_predictions_come_from(photos, tmp_path, capsys, predict_at, where):
+    code, out, err = run(capsys, "explain", photos / "cat.jpg", "--out", tmp_path, "--model", "torchvision:resnet18", "--weights", "none",
+                         "--method", "normgrad", "--layers", "layer4", "--target", "3", "--predict-at", predict_at, "--workers", "0",
+                         "--no-gallery")  # fmt: skip
+    assert code == 0, err
+    (record,) = json.loads((tmp_path / "summary.json").read_text())["images"]
+    closing = out.splitlines()[3]
+    predicted, explained = ("x".join(map(str, record[key])) for key in ("predicted_at", "explained_at"))
+    assert closing.startswith(f"prediction and p: {where} (e.g. {predicted})")
+    assert f"the maps explain the class under 'explained' (--target, else the prediction) at {explained}" in closing

@@ -120,3 +120,10 @@ def test_a_detector_fine_tuned_on_other_classes_loads_with_its_class_count(capsy
     [record] = json.loads((tmp_path / "out" / "summary.json").read_text())["images"]
     [found] = record["detections"]
     assert 0 <= found["class"] < 7 and found["name"] == f"class {found['class']}"
+
+
+def test_the_closing_line_of_a_detect_run_says_its_predictions_are_detections(capsys, photo, weights, tmp_path):
+    code, out, err = detect(capsys, photo, weights, tmp_path, "--min-score", "0", "--max-detections", "1")
+    assert code == 0, err
+    closing = out.splitlines()[3]
+    assert closing.startswith("prediction and p: each photo's best detection and its score; the maps explain all detections")

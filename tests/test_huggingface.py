@@ -173,7 +173,8 @@ def explain_cli(*argv) -> tuple[int, str]:
     return main([str(a) for a in argv])
 
 
-def test_explain_a_saved_segmenter_inside_a_region(tmp_path, capsys):
+def tiny_segmenter(tmp_path) -> str:
+    """A saved SegFormer with three classes (sky, road, car), random weights, and a street.png of 120x80 beside it."""
     torch.manual_seed(0)
     config = transformers.SegformerConfig(
         hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 2, 2], num_labels=3,
@@ -182,6 +183,11 @@ def test_explain_a_saved_segmenter_inside_a_region(tmp_path, capsys):
     folder = save_folder(tmp_path / "model", transformers.SegformerForSemanticSegmentation(config).eval(),
                          transformers.SegformerImageProcessor(size={"height": 64, "width": 64}))  # fmt: skip
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 120, 3), dtype=np.uint8)).save(tmp_path / "street.png")
+    return folder
+
+
+def test_explain_a_saved_segmenter_inside_a_region(tmp_path, capsys):
+    folder = tiny_segmenter(tmp_path)
     out = tmp_path / "out"
     common = ["--model", folder, "--task", "segment", "--target", "car", "--workers", 0, "--writers", 0]
     assert explain_cli("explain", tmp_path / "street.png", *common, "--region", "20,10,90,60", "--out", out) == 0
@@ -197,3 +203,16 @@ def test_explain_a_saved_segmenter_inside_a_region(tmp_path, capsys):
     capsys.readouterr()
     assert explain_cli("explain", tmp_path / "street.png", "--model", folder, "--task", "segment", "--out", tmp_path / "o3") == 2
     assert "--task segment needs --target CLASS" in capsys.readouterr().err
+
+
+def test_the_closing_line_of_a_segment_run_says_its_predictions_are_pixel_shares_at_the_size_explained(tmp_path, capsys):
+    folder = tiny_segmenter(tmp_path)
+    argv = ["explain", tmp_path / "street.png", "--model", folder, "--task", "segment", "--target", "car", "--region", "20,10,90,60",
+            "--workers", 0, "--writers", 0, "--out", tmp_path / "out"]  # fmt: skip
+    assert explain_cli(*argv) == 0
+    closing = capsys.readouterr().out.splitlines()[3]
+    (record,) = json.loads((tmp_path / "out" / "summary.json").read_text())["images"]
+    size = "x".join(map(str, record["explained_at"]))
+    assert closing.startswith("prediction and p: the class the model predicts on the most pixels and its share of them")
+    assert f"at the size explained (e.g. {size})" in closing and "summed over the --region box" in closing
+    assert "model's own input size" not in closing

@@ -418,3 +418,18 @@ def test_large_buffers_go_back_to_the_system_once_freed():
         buffer = np.ones(50 << 20, dtype=np.uint8)  # 50 MB, freed at once
         del buffer
     assert rss_mib() - before < 20
+
+
+def test_a_model_that_needs_sides_divisible_by_k_is_predicted_and_explained_at_such_sizes():
+    from normgrad.models import LoadedModel, Preprocess
+    from test_block_outputs import Staged
+
+    class Picky(Staged):
+        def forward(self, x):
+            if x.shape[-2] % 16 or x.shape[-1] % 16:
+                raise RuntimeError(f"sides must be multiples of 16; got {tuple(x.shape[-2:])}")
+            return super().forward(x)
+
+    explorer = Explorer(LoadedModel("picky", Picky().eval(), Preprocess(size=48), [f"class {i}" for i in range(5)]))
+    opened = explorer.open_photo(png_bytes((90, 60)), "wide.png")  # at the model's own size 48x72, which it refuses
+    assert opened["predicted_at"] == [64, 48] and all(side % 16 == 0 for side in opened["explained_at"]), opened

@@ -237,13 +237,26 @@ def _print_table(result: RunResult, out: Path, options: ExplainOptions) -> None:
     overlays = f"{options.overlay_format.upper()} overlays"
     written = [*([overlays] if options.overlay else []), *([maps] if options.npy else []), "summary.json"]
     print(f"explained {len(records)} image(s) into {out}/{earlier} ({', '.join(written)})")
-    if records and result.settings.get("task") == "detect":
-        print("prediction and p: each photo's best detection and its score; the maps explain all detections above "
-              "--min-score (<name>) and each one (<name>_det<k>), listed in summary.json")  # fmt: skip
-    elif records and "predicted_at" in records[0]:
-        where = "the model's own input size" if result.settings.get("predict_at") == "model" else "the size explained"
-        print(f"prediction and p: at {where} (e.g. {_size(records[0]['predicted_at'])}); the maps explain that class at "
-              f"{_size(records[0]['explained_at'])} (each record's predicted_at and explained_at in summary.json)")  # fmt: skip
+    if records:
+        print(closing_line(result.settings, records[0]))
+
+
+def closing_line(settings: dict, record: dict) -> str:
+    """What the table's prediction, p and explained columns are, for the run's task (``record``: an example)."""
+    task = settings.get("task", "classify")
+    if task == "detect":  # the detector resizes each photo itself
+        return ("prediction and p: each photo's best detection and its score; the maps explain all detections above "
+                "--min-score (<name>) and each one (<name>_det<k>), listed in summary.json")  # fmt: skip
+    explained = _size(record.get("explained_at"))
+    if task == "segment":  # one forward at the size explained gives both the classes predicted and the maps
+        region = "the --region box" if settings.get("region") else "the pixels where the model predicts it"
+        return (f"prediction and p: the class the model predicts on the most pixels and its share of them, at the size "
+                f"explained (e.g. {explained}); the maps explain the scores of the class under 'explained' summed over "
+                f"{region} (each record's explained_at in summary.json)")  # fmt: skip
+    where = "the model's own input size" if settings.get("predict_at") == "model" else "the size explained"
+    return (f"prediction and p: at {where} (e.g. {_size(record.get('predicted_at'))}); the maps explain the class under "
+            f"'explained' (--target, else the prediction) at {explained} (each record's predicted_at and explained_at "
+            "in summary.json)")  # fmt: skip
 
 
 def _size(size: Any) -> str:

@@ -366,7 +366,12 @@ def auto_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
     if len(by_grid) <= 1:
         run = _longest_block_run(candidates, modules)[:-1]  # a class-token model reads nothing from the last block's patches
         if len(run) < 2:  # blocks in a named sequence that a final norm ends (torchvision ViT's encoder): blocks with maps
-            blocks_on_grid = [info for info in on_grid if list(modules[info.name].children()) and not _stem_like(info, modules)]
+            by_name = {info.name: info for info in infos}
+            blocks_on_grid = [
+                info
+                for info in on_grid
+                if list(modules[info.name].children()) and not _stem_like(info, modules) and not _in_branch(info.name, modules, by_name)
+            ]
             run = _longest_block_run([info for info in blocks_on_grid if not info.is_output], modules)[:-1]
         run = [info for info in run if not info.zero]
         if len(run) >= 2:
@@ -406,17 +411,22 @@ def no_default_layers_message(infos: list[LayerInfo], what: str) -> str:
     )
 
 
-STEM_NAMES = ("stem", "patch_embed", "pos_embed", "pos_drop", "cls_token", "head", "aux_head", "classifier", "pre_logits")
+STEM_NAMES = ("stem", "patch_embed", "pos_embed", "pos_drop", "cls_token")
+HEAD_NAMES = ("head", "aux_head", "classifier", "pre_logits")
 
 
 def block_outputs(model: nn.Module, infos: list[LayerInfo]) -> list[str]:
     """The modules whose output is a block's output on the network's spine, in execution order.
 
     A block output is a module that runs once, has a map, computes something,
-    is no stem or patch embedding (a module that takes the image itself, or
-    one named ``stem``/``patch_embed``), and lies on the spine:
+    is no stem or patch embedding (a module that takes the image itself, one
+    named ``stem``/``patch_embed``, or one that runs before the spine's first
+    block: TNT's ``norm2_proj``, which projects the pixel embedding into patch
+    tokens), and lies on the spine:
 
-    * neither it nor an ancestor is named ``stem``/``patch_embed`` or ``head``/``aux_head``/``classifier``;
+    * neither it nor an ancestor is named ``stem``/``patch_embed``, nor ``head``/``aux_head``/``classifier``
+      unless the model declares it a feature stage (timm's ``feature_info``:
+      SelecSLS's convolutions ``head.1``, ``head.3`` come before its classifier ``fc``);
       each ancestor is a ``Sequential``/``ModuleList``/``ModuleDict`` (the
       trunk), or a stage module whose block sequence ends it (its output,
       or a view of it, is the stage's output: ``stages.1.blocks.2`` of a
@@ -431,6 +441,8 @@ def block_outputs(model: nn.Module, infos: list[LayerInfo]) -> list[str]:
     modules = named_layers(model)
     by_name = {info.name: info for info in infos}
     wrappers = {info.name for info in infos[1:] if info.calls >= 1 and info.output_shape is None and _hugging_face(modules[info.name])}
+    declared = _declared_stages(model)
+    stem = _before_first_block(infos, modules, by_name, wrappers)
     return [
         info.name
         for info in infos[1:]
@@ -439,10 +451,59 @@ def block_outputs(model: nn.Module, infos: list[LayerInfo]) -> list[str]:
         and info.layout.kind != "vector"
         and not _stem_like(info, modules)
         and not _layout_only(modules[info.name])
-        and not any(part.startswith(STEM_NAMES) for part in info.name.split("."))
+        and not _named_stem_or_head(info.name, declared)
+        and info.name not in stem
         and _on_spine(info.name, modules, by_name, wrappers)
         and not _followed_by_pointwise(info.name, modules)
     ]
+
+
+def _named_stem_or_head(name: str, declared: set[str]) -> bool:
+    parts = name.split(".")
+    if any(part.startswith(STEM_NAMES) for part in parts):
+        return True
+    return name not in declared and any(part.startswith(HEAD_NAMES) for part in parts)
+
+
+def _declared_stages(model: nn.Module) -> set[str]:
+    """The modules a timm model lists as its feature stages (``feature_info``; empty for other models)."""
+    info = getattr(model, "feature_info", None)
+    if not isinstance(info, list):
+        return set()
+    return {entry["module"] for entry in info if isinstance(entry, dict) and isinstance(entry.get("module"), str)}
+
+
+def _before_first_block(
+    infos: list[LayerInfo], modules: dict[str, nn.Module], by_name: dict[str, LayerInfo], wrappers: set[str]
+) -> set[str]:
+    """The modules that finish before the spine's first block starts: the stem or patch embedding, whatever their names.
+
+    A block: an element of a ``Sequential``/``ModuleList``/``ModuleDict`` with
+    children of its own, that runs, lies on the spine and is no stem.  Hooks
+    fire after a module's children (post-order), so a block starts with its
+    first descendant to finish.  A model without such a block (VGG's bare
+    layers, Inception's named modules) has no stem found this way.
+    """
+    order = {info.name: i for i, info in enumerate(infos) if info.calls >= 1}
+    started: dict[str, int] = {}  # a module -> when its first descendant (or itself) finished
+    for name, i in order.items():
+        parts = name.split(".")
+        for k in range(1, len(parts) + 1):
+            started.setdefault(".".join(parts[:k]), i)
+    start: int | None = None
+    for info in infos[1:]:
+        name = info.name
+        parent = name.rpartition(".")[0]
+        if (
+            info.calls >= 1
+            and isinstance(modules.get(parent), SEQUENCE_CONTAINERS)
+            and list(modules[name].children())
+            and not _stem_like(info, modules)
+            and not _named_stem_or_head(name, set())
+            and _on_spine(name, modules, by_name, wrappers)
+        ):
+            start = started[name] if start is None else min(start, started[name])
+    return set() if start is None else {name for name, i in order.items() if i < start}
 
 
 def _on_spine(name: str, modules: dict[str, nn.Module], by_name: dict[str, LayerInfo], wrappers: set[str]) -> bool:
@@ -465,6 +526,24 @@ def _on_spine(name: str, modules: dict[str, nn.Module], by_name: dict[str, Layer
         if info is None or not info.feeds_parent:
             return False
     return True
+
+
+def _in_branch(name: str, modules: dict[str, nn.Module], by_name: dict[str, LayerInfo]) -> bool:
+    """Inside one of parallel branches: an ancestor is an element of a ``ModuleList``/``ModuleDict`` whose elements
+    output different shapes (CrossViT's two token scales, HRNet's resolutions), so no element's output is the model's."""
+    parts = name.split(".")
+    for i in range(2, len(parts) + 1):
+        parent = ".".join(parts[: i - 1])
+        container = modules.get(parent)
+        if isinstance(container, (nn.ModuleList, nn.ModuleDict)) and len(container) > 1:
+            shapes = {getattr(by_name.get(f"{parent}.{key}"), "output_shape", None) for key in _keys(container)}
+            if len(shapes) > 1:
+                return True
+    return False
+
+
+def _keys(container: nn.Module) -> list[str]:
+    return [key for key, _ in container.named_children()]
 
 
 def _followed_by_pointwise(name: str, modules: dict[str, nn.Module]) -> bool:

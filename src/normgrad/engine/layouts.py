@@ -24,7 +24,9 @@ The evidence, strongest first:
    must be ``k`` prefix tokens plus exactly such a grid, with ``k`` the
    number the model declares (timm's ``num_prefix_tokens``, or its
    ``cls_token`` / ``class_token`` / ``dist_token`` / ``reg_token``
-   parameters; Hugging Face DeiT's ``distillation_token``) or 0 — non-square inputs included — laid in raster order, as
+   parameters, a numbered family of one of them counted once — CoaT's
+   ``cls_token1`` … ``cls_token4``, one per stage; Hugging Face DeiT's
+   ``distillation_token``) or 0 — non-square inputs included — laid in raster order, as
    patch embeddings produce them (a family that reorders them, timm's
    Hiera, has no token maps).  A 3-D activation is read as tokens unless its
    module type is channels-first (``Conv1d``...) or a ``Flatten`` of a map:
@@ -128,8 +130,8 @@ class Evidence:
             torchvision_swin, known, from_torch, unrolled = _type_facts(type(module))
             channels_last = channels_last or torchvision_swin or (fmt is not None and str(getattr(fmt, "value", fmt)) == "NHWC")
             parameters = attributes.get("_parameters")
-            if parameters and not _TOKEN_NAMES.isdisjoint(parameters):
-                token_counts += [_token_count(parameters[name]) for name in TOKEN_PARAMETERS if parameters.get(name) is not None]
+            if parameters:
+                token_counts += _prefix_counts(parameters)
             known_family = known_family or known
             all_torch = all_torch and from_torch
             raster_tokens = raster_tokens and not unrolled
@@ -187,6 +189,18 @@ def sizes_of(output: object) -> tuple[int, ...] | None:
         if isinstance(sizes, (tuple, list)) and len(sizes) in (2, 3) and all(isinstance(s, int) and s > 0 for s in sizes):
             return tuple(sizes)
     return None
+
+
+def _prefix_counts(parameters: dict[str, torch.Tensor | None]) -> list[int]:
+    """The prefix tokens a module's parameters declare: each named token parameter, and a numbered family of them
+    (CoaT's ``cls_token1`` … ``cls_token4``, one per stage, each prepended to its own stage's tokens) once."""
+    counts = [_token_count(parameters[name]) for name in TOKEN_PARAMETERS if parameters.get(name) is not None]
+    numbered: dict[str, int] = {}
+    for name, parameter in parameters.items():
+        base = name.rstrip("0123456789").rstrip("_")
+        if parameter is not None and base != name and base in _TOKEN_NAMES:
+            numbered[base] = max(numbered.get(base, 0), _token_count(parameter))
+    return counts + list(numbered.values())
 
 
 def _token_count(parameter: torch.Tensor) -> int:

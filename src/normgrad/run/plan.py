@@ -135,7 +135,7 @@ def resolve(options: ExplainOptions, checked: Checked, loaded: Any) -> Setup:
         "weights": None,  # filled in by into_folder (a hash of the tensors for a model passed in)
         "method": method.name,
         "default": ", ".join(f"{layer}: {name}" for layer, name in default_methods.items()) if default_methods else None,
-        "input": {"size": preprocess.size, "max_size": preprocess.max_size, "fixed_size": preprocess.fixed_size},
+        "input": input_settings(preprocess),
         "layers": layers,
         "combine": options.combine,
         "target": "auto" if target is None else target,
@@ -160,21 +160,45 @@ def _resolve_detect(options: ExplainOptions, checked: Checked, loaded: Any) -> S
     return Setup(layers, None, detect.settings(options, checked.method, loaded, layers), None, None, PhotoTensor())
 
 
+def input_settings(preprocess: Any) -> dict:
+    """The input sizes as the settings record them; ``multiple`` (each side a multiple of it) where it is not 1, so that
+    records of a model taking any size still match those of earlier versions, and a changed multiple is other settings."""
+    multiple = getattr(preprocess, "multiple", 1)
+    return {"size": preprocess.size, "max_size": preprocess.max_size, "fixed_size": preprocess.fixed_size,
+            **({"multiple": multiple} if multiple != 1 else {})}  # fmt: skip
+
+
 def input_preprocess(loaded: Any, size: int | None) -> Any:
-    """The preprocessing of this run: ``size`` (the shorter side), else the model's input policy (:mod:`normgrad.defaults`)."""
+    """The preprocessing of this run: ``size`` (the shorter side), else the model's input policy (:mod:`normgrad.defaults`).
+
+    With ``size`` the policy still says which sizes the model takes: each side stays a multiple of its ``multiple``
+    (DLA needs 32), and a model that takes only its own size refuses ``size`` here rather than on every image.
+    """
     from normgrad.defaults import input_policy_for
 
-    if size is not None:
-        fixed = loaded.preprocess.fixed_size
-        if fixed is not None:
-            raise NormGradError(f"--size does not apply to {loaded.name}: its input size is fixed, {fixed[0]}x{fixed[1]}; drop --size")
-        return replace(loaded.preprocess, size=size, max_size=None)
-    return input_policy_for(loaded)
+    if size is None:
+        return input_policy_for(loaded)
+    fixed = loaded.preprocess.fixed_size
+    if fixed is not None:
+        raise NormGradError(f"--size does not apply to {loaded.name}: its input size is fixed, {fixed[0]}x{fixed[1]}; drop --size")
+    policy = input_policy_for(loaded)
+    if policy.fixed_size is not None:
+        height, width = policy.fixed_size
+        raise NormGradError(
+            f"--size does not apply to {loaded.name}: it takes only its own input size, {height}x{width} (its forward refused "
+            "other sizes); drop --size"
+        )
+    return replace(policy, size=size, max_size=None)
 
 
 def predict_preprocess(loaded: Any, explained: Any) -> Any:
-    """The model's own preprocessing for the predictions, or ``None`` where it is the one explained (nothing to add)."""
-    own = loaded.preprocess
+    """The model's own preprocessing for the predictions, or ``None`` where it is the one explained (nothing to add).
+
+    Its own size as the input policy takes it: each side a multiple of the policy's ``multiple`` (DLA's 224 × 336
+    fails, 224 × 320 works), or the model's own square where it takes no other size."""
+    from normgrad.defaults import input_policy_for
+
+    own = replace(input_policy_for(loaded), max_size=None)
     if own == explained:
         return None
     return own

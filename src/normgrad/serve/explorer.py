@@ -36,7 +36,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ import torch
 
 from normgrad import images, pipeline
 from normgrad.combine import COMBINE_MODES
-from normgrad.defaults import defaults_for
+from normgrad.defaults import defaults_for, input_policy_for
 from normgrad.engine.model_state import Hooks
 from normgrad.errors import NormGradError
 from normgrad.gallery import pictures
@@ -125,7 +125,9 @@ class Explorer:
                 self.defaults = defaults_for(loaded)
             except NormGradError:  # e.g. a model without two usable layers: the other methods only
                 self.defaults = None
-        self.preprocess = self.defaults.preprocess if self.defaults is not None else loaded.preprocess
+            policy = input_policy_for(loaded)  # the sizes the model takes (each side a multiple of what DLA, HRNet need)
+        self.preprocess = self.defaults.preprocess if self.defaults is not None else policy
+        self.own_preprocess = replace(policy, max_size=None)  # the model's own size, as the model takes it
 
     # -- what the page needs first
 
@@ -175,8 +177,8 @@ class Explorer:
         """Decode, keep the model input and a display-size JPEG (the full-size picture is dropped), predict."""
         photo = self._decoded(source)
         x = pipeline.prepare(photo, self.preprocess)
-        own = pipeline.prepare(photo, self.loaded.preprocess)  # predictions at the model's own size, as explain gives them
-        own = x if own.shape == x.shape and self.loaded.preprocess.mean == self.preprocess.mean else own
+        own = pipeline.prepare(photo, self.own_preprocess)  # predictions at the model's own size, as explain gives them
+        own = x if own.shape == x.shape and self.own_preprocess.mean == self.preprocess.mean else own
         size = pictures.fit(*photo.size, DISPLAY_SIDE)
         shown = photo if size == photo.size else photo.resize(size, resample=2)  # bilinear
         display, original = pictures.jpeg(shown), photo.size
