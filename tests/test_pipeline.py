@@ -2,6 +2,7 @@
 
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,3 +243,29 @@ def test_upsampling_a_batch_equals_each_image_alone():
     for i in range(5):
         alone = pipeline.to_image_size({k: m[i : i + 1] for k, m in maps.items()}, (37, 45), "product", layers=True)
         assert all(torch.equal(together[k][i : i + 1], alone[k]) for k in alone)
+
+
+@pytest.mark.parametrize("photo_size", [(400, 300), (90, 160)])
+def test_pixels_handed_over_by_readers_normalise_to_the_same_inputs(photo_size):
+    """Readers hand over uint8 pixels and the main process normalises them: the very tensors of the one-step path."""
+    from normgrad.models import Preprocess
+    from normgrad.run.loading import Item, Prepare
+
+    photo = Image.fromarray(np.random.default_rng(1).integers(0, 256, (*photo_size[::-1], 3), dtype=np.uint8))
+    explained, own_size = Preprocess(max_size=448), Preprocess()
+    for prepare in (Prepare(explained), Prepare(explained, own_size), Prepare(own_size, own_size)):
+        x, own = prepare.read(photo)
+        assert x.dtype == torch.uint8 and (own is None or own.dtype == torch.uint8)
+        item = prepare.finish(Item(0, Path("p.png"), "p", x, photo, predict_tensor=own, pixels=True))
+        expected, expected_own = prepare(photo)
+        assert torch.equal(item.tensor, expected) and not item.pixels
+        assert (item.predict_tensor is None and expected_own is None) or torch.equal(item.predict_tensor, expected_own)
+
+
+def test_a_preprocess_that_does_not_split_is_read_in_one_step():
+    from normgrad.run.loading import Prepare
+
+    prepare = Prepare(lambda photo: torch.zeros(3, photo.height, photo.width))
+    assert not prepare.splits
+    x, own = prepare.read(Image.new("RGB", (20, 10)))
+    assert x.dtype == torch.float32 and x.shape == (3, 10, 20) and own is None

@@ -93,14 +93,22 @@ class Preprocess:
         return self.fixed_size if self.fixed_size is not None else (self.size, self.size)
 
     def __call__(self, image: Any) -> Tensor:
+        return self.normalise(self.pixels(image))
+
+    def pixels(self, image: Any) -> Tensor:
+        """The image at the input size as (3, H, W) uint8, before normalisation (what reader processes hand over:
+        a quarter of the float32 tensor's bytes)."""
         from PIL import Image
 
         height, width = self.input_size(*image.size)
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         if rgb.size != (width, height):  # an image already at the input size is used as it is (resizing would copy it)
             rgb = rgb.resize((width, height), Image.Resampling.BICUBIC)
-        channels = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()  # (3, H, W) uint8: the float ops run on planes
-        tensor = channels.float().div_(255.0)  # the operations of ToTensor + Normalize, in place
+        return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()  # planes: the float ops below run on them
+
+    def normalise(self, pixels: Tensor) -> Tensor:
+        """``(pixels / 255 − mean) / std`` of (…, 3, H, W) uint8 pixels: the operations of ToTensor + Normalize, in place."""
+        tensor = pixels.float().div_(255.0)
         return tensor.sub_(torch.tensor(self.mean).view(3, 1, 1)).div_(torch.tensor(self.std).view(3, 1, 1))
 
     @staticmethod
