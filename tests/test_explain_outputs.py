@@ -199,9 +199,12 @@ def test_overlay_format_without_overlays_is_an_error(photos, tmp_path, explain):
 
 
 def test_background_threads_follow_the_device(monkeypatch):
-    """Two readers and writers next to a CPU model; three quarters of the cores (shared by torchrun's local processes) on CUDA."""
+    """Two readers and writers next to a CPU model (none on two cores); on CUDA three quarters of the cores, shared by
+    torchrun's local processes."""
     from normgrad.run.options import background_threads
 
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert background_threads("cpu") == 0  # two cores: the model's threads need both
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert background_threads("cpu") == 2 and background_threads("cuda") == 12 and background_threads("cuda:1") == 12
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")

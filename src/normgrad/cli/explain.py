@@ -106,7 +106,7 @@ def add_parser(subparsers: Any) -> None:
         "--workers",
         type=non_negative_int,
         default=None,
-        help="background processes reading images (default: 2 on the CPU, 3/4 of the cores with --device cuda; 0: none)",
+        help="background processes reading images (default: 2 on the CPU, none on 2 cores or fewer; 3/4 of the cores on CUDA)",
     )
     parser.add_argument(
         "--save-layers", action="store_true", help="also write each layer's map (<name>_<layer>.png/.npy) besides the combined one"

@@ -271,10 +271,12 @@ def check_weights(weights: str | Path | None) -> None:
 
 
 def background_threads(device: str) -> int:
-    """Default readers and writers: 2 when the model runs on the CPU (it needs the cores; measured on 2 cores),
-    three quarters of the cores on an accelerator, where reading and writing are the bottleneck (measured on 16 cores:
-    12 writers 2.2x faster than 4; docs/benchmarks.md), shared by the processes torchrun starts on this machine."""
+    """Default readers and writers: on the CPU 2, or none (reading and writing in the model's thread) on a machine of
+    at most 2 cores, where background work stalls the model's parallel kernels (192 photos, EfficientNet-Lite0's
+    default, 2 cores: 27.7 s with none, 30.6 s with one reader and one writer, 32.5 s with two each); three quarters
+    of the cores on an accelerator, where reading and writing are the bottleneck (measured on 16 cores: 12 writers
+    2.2x faster than 4; docs/benchmarks.md), shared by the processes torchrun starts on this machine."""
     if not str(device).startswith("cuda"):
-        return 2
+        return 0 if (os.cpu_count() or 1) <= 2 else 2
     processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return max(2, 3 * (os.cpu_count() or 2) // (4 * processes))
