@@ -49,14 +49,12 @@ from measure import load_average, machine, synchronize, write_section  # noqa: E
 SRC = Path(__file__).resolve().parents[1] / "src"
 PHOTO_SIZE = (400, 300)
 VARIANTS = {  # name -> extra explain flags, measured once per round after the main configuration
-    "--no-overlay": ["--no-overlay"],
-    "--no-npy": ["--no-npy"],
-    "--map-dtype float16": ["--map-dtype", "float16"],
-    "--writers 0 (writing in the main thread)": ["--writers", "0"],
-    "--writers 1": ["--writers", "1"],
-    "--workers 0 (reading in the main thread)": ["--workers", "0"],
-    "--workers 1 --writers 1": ["--workers", "1", "--writers", "1"],
     "--predict-at explained (no forward at the model's own size)": ["--predict-at", "explained"],
+    "--overlay-format jpg": ["--overlay-format", "jpg"],
+    "--no-overlay": ["--no-overlay"],
+    "--no-gallery": ["--no-gallery"],
+    "--workers 1 --writers 1": ["--workers", "1", "--writers", "1"],
+    "--workers 2 --writers 2": ["--workers", "2", "--writers", "2"],
 }
 
 
