@@ -66,7 +66,6 @@ class Prepare:
             return x, None  # the same input: the explained pass gives the predictions
         return x, prepare(photo, self.predict)
 
-
     @property
     def splits(self) -> bool:
         """Whether the preprocessing splits into pixels and normalisation (:class:`normgrad.models.Preprocess`)."""
