@@ -3,7 +3,7 @@
 * floor: one forward + ``torch.autograd.grad`` with respect to the same
   activations (``bench_engine.floor``) — what any one-pass method must pay;
 * NormGrad (``conv1x1`` + ``norm``) at the default layers
-  (:func:`normgrad.engine.layers.auto_layers`) and at every ``Conv2d`` of
+  (:func:`normgrad.engine.default_layers.auto_layers`) and at every ``Conv2d`` of
   the convolutional families;
 * the explain default (:func:`normgrad.defaults.explain_defaults`: selective
   at one layer, ``scaling+sum`` at two, one pass) at its own layers.
@@ -34,7 +34,7 @@ import normgrad as ng  # noqa: E402
 from bench_engine import floor  # noqa: E402
 from measure import interleaved, machine, peak_bytes, write_section  # noqa: E402
 from normgrad.defaults import explain_defaults  # noqa: E402
-from normgrad.engine.layers import auto_layers  # noqa: E402
+from normgrad.engine.default_layers import auto_layers  # noqa: E402
 from normgrad.models import Preprocess  # noqa: E402
 
 TITLE = """# Models benchmark: NormGrad vs the floor on every supported family, 224², CPU

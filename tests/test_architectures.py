@@ -31,7 +31,8 @@ import normgrad as ng
 from architectures import ARCHITECTURES, FAST, informative
 from brute_force import hook_norm_product
 from normgrad.captum import LayerNormGrad
-from normgrad.engine.layers import auto_layers, describe_layers
+from normgrad.engine.default_layers import auto_layers
+from normgrad.engine.describe import describe_layers
 from normgrad.engine.layouts import grid_fit, time_fit
 from normgrad.segmentation import Region
 from test_engine import assert_untouched, snapshot

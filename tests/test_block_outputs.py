@@ -9,7 +9,7 @@ from torch import nn
 
 import normgrad as ng
 from normgrad.defaults import choose_layers, explain_defaults, input_policy, probe
-from normgrad.engine.layers import auto_layers
+from normgrad.engine.default_layers import auto_layers
 from normgrad.models import Preprocess
 
 INTERNALS = ("downsample", ".conv.", ".block.", ".proj", ".f.", "attn", "shortcut", "branch")

@@ -8,7 +8,8 @@ from torch import nn
 
 import normgrad as ng
 from conftest import SmallNet
-from normgrad.engine.layers import auto_layers, describe_layers
+from normgrad.engine.default_layers import auto_layers
+from normgrad.engine.describe import describe_layers
 
 
 def test_selectors():
@@ -96,12 +97,12 @@ def test_selection_errors(layers, message):
     ],
 )
 def test_default_layers_follow_the_architecture(build, size, expected):
-    assert ng.engine.layers.auto_layers(build().eval(), torch.zeros(1, 3, *size)) == expected
+    assert ng.engine.default_layers.auto_layers(build().eval(), torch.zeros(1, 3, *size)) == expected
 
 
 def test_layer_listing_shows_layouts():
     model = timm.create_model("vit_tiny_patch16_224", img_size=(64, 96), depth=2)
-    infos = {info.name: info for info in ng.engine.layers.describe_layers(model, torch.zeros(1, 3, 64, 96))}
+    infos = {info.name: info for info in ng.engine.describe.describe_layers(model, torch.zeros(1, 3, 64, 96))}
     assert infos["blocks.0"].layout_text == "(N, T, C) tokens 1 + 4×6"
     assert infos["patch_embed.proj"].layout_text == "(N, C, H, W) 4×6"
     assert infos["blocks.0.attn.q_norm"].layout_text == "no map: not on the image grid"

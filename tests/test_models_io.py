@@ -11,7 +11,8 @@ from PIL import Image
 
 import normgrad as ng
 from normgrad import images, models, viz
-from normgrad.engine.layers import auto_layers, describe_layers
+from normgrad.engine.default_layers import auto_layers
+from normgrad.engine.describe import describe_layers
 
 
 @pytest.fixture(scope="module")

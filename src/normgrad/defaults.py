@@ -4,7 +4,7 @@ Chosen on the grid benchmark (docs/results.md, "Choosing the default"): real
 photos in 2×2 and 3×3 grids, where the target class's cell must hold the
 map's argmax and its positive mass.  The rule reads the architecture from
 one probing pass over the candidate layers — the stage outputs
-(:func:`~normgrad.engine.layers.auto_layers`) and the elements of block
+(:func:`~normgrad.engine.default_layers.auto_layers`) and the elements of block
 sequences (``blocks.6``, ``layer4.1``) — which gives each layer's stride and
 whether its gradient ``g_u = ∂J/∂a_u`` reaches the output at all:
 
@@ -44,7 +44,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from normgrad.engine.layers import auto_layers, block_outputs, describe_layers, no_default_layers_message
+from normgrad.engine.default_layers import auto_layers, block_outputs, no_default_layers_message
+from normgrad.engine.describe import describe_layers
 from normgrad.engine.model_state import eval_mode
 from normgrad.errors import NormGradError
 from normgrad.methods import saliency
@@ -124,7 +125,7 @@ def layered(methods: dict[str, str], fallback: str = FINE_METHOD) -> Method:
 def probe(model: nn.Module, example: Tensor) -> list[Stage]:
     """The candidate layers with stride and gradient variation, from one forward/backward pass on ``example``.
 
-    Candidates: the stage outputs of :func:`~normgrad.engine.layers.auto_layers`
+    Candidates: the stage outputs of :func:`~normgrad.engine.default_layers.auto_layers`
     and every element of a block sequence (``blocks.6``, ``layer4.1``) that
     runs once.  Layers whose output is the same tensor as an earlier one
     (``layer4.2`` and ``layer4``) are kept once, under the shallower name.

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normgrad.engine.layers import auto_layers
+from normgrad.engine.default_layers import auto_layers
 from normgrad.errors import NormGradError
 
 EMBEDDED = "efficientnet_lite0"
@@ -132,7 +132,7 @@ class LoadedModel:
     # (normgrad.defaults: the explain default and input policy)
 
     def default_layers(self, example: Tensor | None = None) -> list[str]:
-        """One layer per stage, or evenly spaced blocks of an isotropic model; see :func:`normgrad.engine.layers.auto_layers`."""
+        """One layer per stage, or evenly spaced blocks of an isotropic model; see :func:`normgrad.engine.default_layers.auto_layers`."""
         if example is None:
             example = torch.zeros(1, 3, *self.preprocess.example_size)
         key = tuple(example.shape[-2:])

@@ -15,7 +15,7 @@ float32 map ``normgrad explain`` would write at the input's size:
   ``meta:selective``, ``conv3x3+max``, ``gradient``, …) or ``"default"``, the
   explain default's rule (:mod:`normgrad.defaults`) applied to this model;
 * ``layers``: module names for layer methods (default: the model's stage
-  outputs, :func:`normgrad.engine.layers.auto_layers`; for ``"default"``,
+  outputs, :func:`normgrad.engine.default_layers.auto_layers`; for ``"default"``,
   the rule's own layers);
 * ``combine``: how layers combine (``product``, ``geometric``, ``sum``);
 * ``lr``, ``steps``: the inner step of meta variants.
@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 import normgrad as ng
-from normgrad.engine.layers import auto_layers
+from normgrad.engine.default_layers import auto_layers
 from normgrad.errors import NormGradError
 from normgrad.registry import get_method
 

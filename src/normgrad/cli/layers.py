@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     example = example_input(loaded.model, height, width)  # videos and volumes: (1, 3, 16, H, W)
     defaults = set(loaded.default_layers(example))
     explain = defaults_for(loaded) if args.size is None and example.dim() == 4 else None  # clips: explain uses the stage outputs
-    infos = ng.engine.layers.describe_layers(loaded.model, example)
+    infos = ng.engine.describe.describe_layers(loaded.model, example)
     name_width = max(len(info.name) for info in infos)
     print(f"   {'name':{name_width}s}  {'type':24s}  {'output shape':20s}  {'layout (or why no map)':30s}  calls")
     for info in infos:

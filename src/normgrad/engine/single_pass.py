@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
-from normgrad.engine.layers import Layers, nearest_grid_layer, resolve_layers, select_layers
+from normgrad.engine.default_layers import nearest_grid_layer
+from normgrad.engine.layers import Layers, resolve_layers, select_layers
 from normgrad.engine.layouts import Evidence, LayoutError, activation_of, decide_layout, sizes_of
 from normgrad.engine.model_state import Hooks, eval_mode
 from normgrad.engine.workarounds import guard_batchnorm_backward, needs_batchnorm_guard

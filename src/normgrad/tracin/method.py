@@ -36,7 +36,8 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-from normgrad.engine.layers import Layers, model_device
+from normgrad.engine.describe import model_device
+from normgrad.engine.layers import Layers
 from normgrad.engine.model_state import eval_mode
 from normgrad.errors import NormGradError
 from normgrad.meta import WithParameters

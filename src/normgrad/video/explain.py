@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normgrad.combine import combine
-from normgrad.engine.layers import auto_layers, model_device
+from normgrad.engine.default_layers import auto_layers
+from normgrad.engine.describe import model_device
 from normgrad.errors import NormGradError
 from normgrad.models import LoadedModel, Preprocess
 from normgrad.registry import get_method
