@@ -140,6 +140,22 @@ def cell_scores(saliency_map: Tensor, box: tuple[int, int, int, int]) -> tuple[b
     return top <= row < bottom and left <= col < right, mass
 
 
+def cell_records(spec: dict, grid: Any, full: Tensor, candidate: str, *, chance: bool = False, **extra: Any) -> list[dict]:
+    """One record per cell of a benchmark grid (``spec``: its id, layout and photo names): the :func:`cell_scores` of
+    cell ``k``'s target map ``full[k, 0]`` (``full``: (cells, 1, H, W) at the grid's size), with the cell's area share
+    as ``chance`` if asked, then ``extra``."""
+    width, height = grid.image.size
+    records = []
+    for k, box in enumerate(grid.boxes):
+        hit, mass = cell_scores(full[k, 0], box)
+        record = {"grid": spec["id"], "layout": spec["layout"], "cell": k, "photo": spec["names"][k], "candidate": candidate,
+                  "hit": hit, "mass": mass}  # fmt: skip
+        if chance:
+            record["chance"] = (box[2] - box[0]) * (box[3] - box[1]) / (width * height)
+        records.append(record | extra)
+    return records
+
+
 @dataclass(frozen=True)
 class Layout:
     """A family of grids: ``rows × cols`` cells, each column width and row height drawn from ``sizes``; ``kinds``: photo kinds allowed."""

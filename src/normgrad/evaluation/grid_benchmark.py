@@ -29,7 +29,7 @@ import normgrad as ng
 from normgrad.defaults import defaults_for
 from normgrad.errors import NormGradError
 from normgrad.evaluation.benchmark_photos import PHOTO_ROOT, confident_photos, install_hint, photo_files, split
-from normgrad.evaluation.grid import LAYOUTS, Grid, benchmark_grids, bootstrap_mean, cell_scores, make_grid
+from normgrad.evaluation.grid import LAYOUTS, Grid, benchmark_grids, bootstrap_mean, cell_records, make_grid
 from normgrad.registry import get_method
 
 DEV_COUNTS = {"2x2": 60, "2x2 scenes": 20, "2x2 mixed": 20, "3x3": 10, "3x3 mixed": 6}
@@ -158,21 +158,7 @@ def score(
         maps = {key: cache.maps(f"{spec['id']}-{content}", grid, *key, tuple(sorted(layers))) for key, layers in needed.items()}
         full_size = _FullSize(maps, height, width)
         for candidate in candidates:
-            full = full_size(candidate)
-            for k, box in enumerate(grid.boxes):
-                hit, mass = cell_scores(full[k, 0], box)
-                records.append(
-                    {
-                        "grid": spec["id"],
-                        "layout": spec["layout"],
-                        "cell": k,
-                        "photo": spec["names"][k],
-                        "candidate": candidate.label,
-                        "hit": hit,
-                        "mass": mass,
-                        "chance": (box[2] - box[0]) * (box[3] - box[1]) / (width * height),
-                    }
-                )
+            records += cell_records(spec, grid, full_size(candidate), candidate.label, chance=True)
     return records
 
 

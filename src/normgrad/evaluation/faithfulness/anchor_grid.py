@@ -34,7 +34,7 @@ from normgrad.defaults import layered
 from normgrad.evaluation import grid_benchmark as benchmark
 from normgrad.evaluation.benchmark_photos import PHOTO_ROOT
 from normgrad.evaluation.faithfulness.anchors import ANCHORS, anchor_maps
-from normgrad.evaluation.grid import cell_scores
+from normgrad.evaluation.grid import cell_records
 
 DEFAULT = "default"
 
@@ -97,22 +97,8 @@ def score_grids(
         floor = forward_backward_seconds(loaded.model, x, targets) / len(grid.classes)
         for name, (final, seconds) in grid_maps(loaded, x, targets, defaults, methods).items():
             full = ng.images.to_original_size(final, width, height)
-            for k, box in enumerate(grid.boxes):
-                hit, mass = cell_scores(full[k, 0], box)
-                records.append(
-                    {
-                        "grid": spec["id"],
-                        "layout": spec["layout"],
-                        "cell": k,
-                        "photo": spec["names"][k],
-                        "candidate": name,
-                        "hit": hit,
-                        "mass": mass,
-                        "seconds_per_map": seconds / len(grid.classes),
-                        "forward_backward_per_map": floor,
-                        "input": list(x.shape[-2:]),
-                    }
-                )
+            records += cell_records(spec, grid, full, name, seconds_per_map=seconds / len(grid.classes),
+                                    forward_backward_per_map=floor, input=list(x.shape[-2:]))  # fmt: skip
         if journal is not None:
             with journal.open("a") as handle:
                 handle.writelines(json.dumps(row) + "\n" for row in records[start:])
