@@ -123,3 +123,20 @@ def test_summaries_and_paired_differences():
     assert difference == pytest.approx(0.5) and low == pytest.approx(0.5) and high == pytest.approx(0.5)
     with pytest.raises(NormGradError, match="no common targets"):
         paired_difference(records, "good", "other", "hit")
+
+
+def test_cell_records_score_each_cell_with_its_own_map():
+    from types import SimpleNamespace
+
+    from normgrad.evaluation.grid import cell_records
+
+    grid = SimpleNamespace(image=Image.new("RGB", (4, 2)), boxes=[(0, 0, 2, 2), (0, 2, 2, 4)])
+    full = torch.zeros(2, 1, 2, 4)
+    full[0, 0, 0, 0] = 1.0  # cell 0's map: all its mass in cell 0
+    full[1, 0, 1, 0], full[1, 0, 0, 3] = 3.0, 1.0  # cell 1's map: argmax in cell 0, a quarter of its mass in cell 1
+    spec = {"id": "g", "layout": "1x2", "names": ["a", "b"]}
+    records = cell_records(spec, grid, full, "m", chance=True, seconds_per_map=0.5)
+    scored = [(r["cell"], r["photo"], r["hit"], r["mass"], r["chance"]) for r in records]
+    assert scored == [(0, "a", True, 1.0, 0.5), (1, "b", False, 0.25, 0.5)]
+    assert all(r["grid"] == "g" and r["layout"] == "1x2" and r["candidate"] == "m" and r["seconds_per_map"] == 0.5 for r in records)
+    assert "chance" not in cell_records(spec, grid, full, "m")[0]
