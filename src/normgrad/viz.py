@@ -96,14 +96,20 @@ def colour_image(saliency_map: Any, cmap: str = "jet") -> Any:
     normalised = (plane - low) / max(high - low, 1e-12)
     if math.isfinite(low) and math.isfinite(high):
         normalised *= np.float32(COLOURS)  # colour_indices' arithmetic, as uint8 levels: int(x · 256), 1.0 → 255
-        levels = np.clip(normalised, 0, COLOURS - 1, out=normalised).astype(np.uint8)
-        image = Image.fromarray(levels, "L")
-        image.putpalette(colour_table(cmap).tobytes())
-        return image.convert("RGB")
+        return palette_image(np.clip(normalised, 0, COLOURS - 1, out=normalised).astype(np.uint8), cmap)
     bad = np.isnan(normalised)
     colours = colour_table(cmap)[colour_indices(np.where(bad, 0, normalised))]
     colours[bad] = 0
     return Image.fromarray(colours)
+
+
+def palette_image(levels: np.ndarray, cmap: str = "jet") -> Any:
+    """(H, W) uint8 table indices → an RGB ``PIL.Image`` of the colormap's colours (a palette image expanded in C)."""
+    from PIL import Image
+
+    image = Image.fromarray(levels, "L")
+    image.putpalette(colour_table(cmap).tobytes())
+    return image.convert("RGB")
 
 
 def overlay_array(base: np.ndarray, saliency_map: Any, *, cmap: str = "jet", alpha: float = 0.5) -> np.ndarray:

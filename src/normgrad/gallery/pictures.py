@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from normgrad.viz import colour_table
+from normgrad.viz import palette_image
 
 THUMB, DISPLAY, QUALITY = 256, 1024, 85
 FOLDER = "gallery/img"
@@ -80,9 +80,7 @@ def colours(plane: np.ndarray, size: tuple[int, int], cmap: str = "jet") -> Any:
     if plane.shape != (size[1], size[0]):
         plane = np.asarray(Image.fromarray(plane).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
     levels = np.clip((plane - low) * (256.0 / max(high - low, 1e-12)), 0, 255).astype(np.uint8)  # matplotlib's 256 levels
-    image = Image.fromarray(levels)
-    image.putpalette(colour_table(cmap).tobytes())  # matplotlib's colours, without matplotlib for "jet"
-    return image.convert("RGB")
+    return palette_image(levels, cmap)  # matplotlib's colours, without matplotlib for "jet"
 
 
 def jpeg(image: Any) -> bytes:
