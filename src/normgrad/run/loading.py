@@ -59,12 +59,14 @@ class Prepare:
         from normgrad.pipeline import prepare
 
         x = prepare(photo, self.preprocess)
-        if self.predict is None:
-            return x, None
-        size = self.predict.input_size(*photo.size) if hasattr(self.predict, "input_size") else None
-        if size is not None and tuple(size) == tuple(x.shape[-2:]) and _same_normalisation(self.predict, self.preprocess):
+        if self.predict is None or self._same_input(photo, x):
             return x, None  # the same input: the explained pass gives the predictions
         return x, prepare(photo, self.predict)
+
+    def _same_input(self, photo: Any, x: torch.Tensor) -> bool:
+        """Whether the model's own preprocessing gives ``photo`` the very input ``x`` (same size, same normalisation)."""
+        size = self.predict.input_size(*photo.size) if hasattr(self.predict, "input_size") else None
+        return size is not None and tuple(size) == tuple(x.shape[-2:]) and _same_normalisation(self.predict, self.preprocess)
 
     @property
     def splits(self) -> bool:
@@ -80,12 +82,9 @@ class Prepare:
             return self(photo)
         check_input_size(*self.preprocess.input_size(*photo.size))
         x = self.preprocess.pixels(photo)
-        if self.predict is None:
+        if self.predict is None or self._same_input(photo, x):
             return x, None
-        size = self.predict.input_size(*photo.size)
-        if tuple(size) == tuple(x.shape[-2:]) and _same_normalisation(self.predict, self.preprocess):
-            return x, None
-        check_input_size(*size)
+        check_input_size(*self.predict.input_size(*photo.size))
         return x, self.predict.pixels(photo)
 
     def finish(self, item: Item) -> Item:
