@@ -29,6 +29,7 @@ from normgrad.combine import COMBINE_MODES
 from normgrad.run import MAP_DTYPES, OVERLAY_FORMATS, ExplainOptions, RunResult
 from normgrad.run import run as run_explain
 from normgrad.run.report import printable, say
+from normgrad.store import OUTPUT_KINDS
 
 EXAMPLES = """examples:
   normgrad explain cat.jpg                                  # the default (normgrad.defaults), embedded model
@@ -230,7 +231,7 @@ def _print_table(result: RunResult, out: Path, options: ExplainOptions) -> None:
     for name, r in zip(names, records):
         best = r["predictions"][0] if r["predictions"] else r["target"]
         first = r["outputs"][0]
-        output = printable(str(out / next(first[k] for k in ("png", "jpg", "npy", "shard") if k in first)))
+        output = printable(str(out / next(first[k] for k in (*OUTPUT_KINDS, "shard") if k in first)))
         print(f"{name:{width}s}  {best['name'][:28]:28s} {best['probability']:6.1%}  {r['target']['name'][:24]:24s}  {output}")
     earlier = f", {result.done_earlier} of them done earlier" if result.done_earlier else ""
     maps = f"{options.map_dtype} maps in shards/" if options.storage == "shards" else f"{options.map_dtype} .npy maps"

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from normgrad.store.layout import FORMAT, VERSION, StoreError
+from normgrad.store.layout import FORMAT, OUTPUT_KINDS, VERSION, StoreError
 from normgrad.store.schema import line_problem, manifest_problem
 
 
@@ -88,7 +88,7 @@ def entry_files(entry: dict) -> set[str]:
     """The files an entry claims or lists as outputs (paths relative to OUT)."""
     files = set(entry.get("files", []))
     for output in entry.get("outputs", []):
-        files |= {output.get(kind) for kind in ("png", "jpg", "npy", "shard")} - {None}
+        files |= {output.get(kind) for kind in (*OUTPUT_KINDS, "shard")} - {None}
     return files
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import Any
 
-from normgrad.store.layout import FORMAT, GALLERY_CLAIM, VERSION
+from normgrad.store.layout import FORMAT, GALLERY_CLAIM, OUTPUT_KINDS, VERSION
 
 ENTRY_LISTS = ("images", "failed", "interrupted")  # the manifest's lists of entries (status ok, failed, interrupted)
 LINE_TYPES = ("run", "claim", "image", "failed")  # a journal's kinds of line
@@ -129,11 +129,11 @@ def _output(output: Any, where: str) -> None:
     or a map in a shard (see :mod:`normgrad.store.shards`)."""
     _is(output, dict, where, "an object")
     _optional(output, "layer", str, f"{where}.", "a string")
-    for kind in ("png", "jpg", "npy", "shard"):
+    for kind in (*OUTPUT_KINDS, "shard"):
         if output.get(kind) is not None:
             _is(output[kind], str, f"{where}.{kind}", "a string")
             _relative(output[kind], f"{where}.{kind}")
-    for key in ("png_bytes", "jpg_bytes", "npy_bytes", "offset", "bytes", "crc32"):
+    for key in (*(f"{kind}_bytes" for kind in OUTPUT_KINDS), "offset", "bytes", "crc32"):
         _optional_integer(output, key, f"{where}.")
     if output.get("shard") is not None:
         shape = output.get("shape")
