@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import normgrad as ng
-from brute_force import aggregate_explicit, brute_force_map, per_location_weight_grads
+from brute_force import aggregate_explicit, assert_engine_matches_brute_force, brute_force_map, per_location_weight_grads
 from conftest import prepared
 
 VIRTUAL = ["scaling", "conv1x1", "conv3x3", "depthwise3x3", "bias"]
@@ -34,10 +34,7 @@ def conv_model(**conv_args) -> nn.Sequential:
 def test_layer_extract_matches_per_location_weight_gradients(conv, aggregate):
     x = torch.randn(2, 4, 9, 10)
     model = prepared(conv_model(**CONVS[conv]), x)
-    x = x.double()
-    maps = ng.saliency(model, x, target=3, layers=["0"], extract="layer", aggregate=aggregate)
-    expected = brute_force_map(model, x, "0", "layer", aggregate, target=3)
-    torch.testing.assert_close(maps["0"], expected.float(), rtol=1e-5, atol=1e-6)
+    assert_engine_matches_brute_force(model, x.double(), "0", "layer", aggregate, target=3)
 
 
 @pytest.mark.parametrize("conv", ["strided", "dilated", "grouped", "depthwise_multiplier", "same", "reflect"])
@@ -65,10 +62,7 @@ def test_layer_extract_one_location_at_a_time(conv):
 def test_virtual_extracts_match_explicit_outer_products(extract, aggregate, layer):
     x = torch.randn(2, 3, 7, 6)
     model = prepared(conv_model(in_channels=3, out_channels=5, kernel_size=3, padding=1), x)
-    x = x.double()
-    maps = ng.saliency(model, x, target=[1, 4], layers=[layer], extract=extract, aggregate=aggregate)
-    expected = brute_force_map(model, x, layer, extract, aggregate, target=[1, 4])
-    torch.testing.assert_close(maps[layer], expected.float(), rtol=1e-5, atol=1e-6)
+    assert_engine_matches_brute_force(model, x.double(), layer, extract, aggregate, target=[1, 4])
 
 
 @pytest.mark.parametrize("aggregate", ng.AGGREGATES)
