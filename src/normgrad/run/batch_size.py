@@ -9,7 +9,8 @@ memory per image ``a`` (every module's output, bytes); a saliency pass keeps abo
   EfficientNet-Lite0) took 12.0 s for 192 photos at batch 2, 11.2 s at 4, 17.3 s at 8 and 21.4 s at 16:
   larger batches spill the activations out of the caches, and a batch of 4 already amortises the per-call
   overhead.  (A fixed 2 GiB budget, used before, gave batch 1 for the largest input, 448 × 597, whose
-  estimate is 1.5 GiB: 2.0× slower per image than batch 4 on 400×300 photos.);
+  estimate is 1.5 GiB: ``normgrad explain`` then took 45.4 s for those 192 photos, against 32.5 s at the
+  batch of 3 this rule gives on a 24 GiB machine.);
 * **CUDA**: the largest batch (≤ ``GPU_MAX``) whose working set fills ``GPU_SHARE`` of the free memory;
 * anything else: ``CPU_MAX``.
 """
