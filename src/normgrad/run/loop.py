@@ -42,6 +42,7 @@ class BatchLoop:
     combine: str = "product"
     save_layers: bool = False
     say: Callable[[str], None] = print
+    channels_last: bool = False  # batches in channels-last memory (normgrad.run.layout): faster depthwise convolutions on the CPU
 
     def run(self, items: Iterator[Item], done: Callable[[Item, Pending], None], fail: Callable[[Item, str], None],
             after_batch: Callable[[], None] | None = None) -> None:  # fmt: skip
@@ -89,7 +90,7 @@ class BatchLoop:
                 return results
             if target is None:
                 target = own.classes
-        x = to_device([item.tensor for item in batch], self.device)
+        x = self._batch_tensor([item.tensor for item in batch])
         if isinstance(target, torch.Tensor):
             target = target.to(x.device)
         usable, prediction, classes, maps = pipeline.explain_batch(self.method, model, x, target, setup.layers)
@@ -141,10 +142,15 @@ class BatchLoop:
         logits: list[Any] = [None] * len(batch)
         for shape in dict.fromkeys(tuple(t.shape) for t in inputs):
             group = [i for i, t in enumerate(inputs) if tuple(t.shape) == shape]
-            found = pipeline.predict(self.loaded.model, to_device([inputs[i] for i in group], self.device))
+            found = pipeline.predict(self.loaded.model, self._batch_tensor([inputs[i] for i in group]))
             for k, i in enumerate(group):
                 logits[i] = found.logits[k]
         return pipeline.prediction_of(torch.stack(logits))
+
+    def _batch_tensor(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """The (N, C, H, W) batch on the device, in the run's memory layout."""
+        x = to_device(tensors, self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _warn_constant(self, item: Item, planes: dict) -> None:
         constant = [name for name, plane in planes.items() if plane.min() == plane.max()]
