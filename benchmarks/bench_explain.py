@@ -386,7 +386,7 @@ def report(args: argparse.Namespace, results: dict) -> tuple[str, str]:
     rows = [
         "| | per image | images/s | vs the engine alone |",
         "|---|---:|---:|---:|",
-        f"| engine alone at its best batch size ({args.engine_batch_sizes} tried; best: {best}), same layers, method and input layout; inputs ready "
+        f"| engine alone at its best batch size ({args.engine_batch_sizes} tried; best: {best}), same layers, method, layout; inputs ready "
         f"| {1000 * t['engine_per_image']:.1f} ms | "
         f"{1 / t['engine_per_image']:.1f} | 1.00 |",
         f"| `normgrad explain`, steady state (batch size {args.explain_batch_size}, PNG + float32 NPY) "
