@@ -4,6 +4,7 @@ import pytest
 import timm
 import torch
 import torchvision
+from torch import nn
 
 import normgrad as ng
 from normgrad.defaults import Stage, choose_layers, defaults_for, explain_defaults, input_policy, layered, probe
@@ -149,6 +150,14 @@ def test_choose_layers_by_stride_and_reach():
         choose_layers(stages, fine_stride=2)
     with pytest.raises(NormGradError, match="fewer than two"):
         choose_layers([Stage("a", 16, 0), Stage("b", 32, 0, zero=True)])
+
+
+def test_a_model_whose_output_depends_on_no_layer_is_refused_with_the_reason():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 10)).eval()  # fmt: skip
+    nn.init.zeros_(model[-1].weight)  # a classifier initialised at zero, as timm does for MLP-Mixer
+    with pytest.raises(NormGradError, match="does not depend on any of its block outputs .* load trained weights"):
+        explain_defaults(model, Preprocess(size=32))
 
 
 def test_input_policy_keeps_large_photos_up_to_twice_the_size():

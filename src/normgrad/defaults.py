@@ -187,6 +187,12 @@ def choose_layers(stages: list[Stage], fine_stride: int = FINE_STRIDE, deep_laye
     stride ≤ ``fine_stride`` before them.
     """
     usable = [s for s in stages if not s.zero]
+    if stages and not usable:
+        raise NormGradError(
+            "cannot choose default layers: the model's output does not depend on any of its block outputs (every gradient "
+            "is exactly zero; an untrained model whose classifier starts at zero, as timm initialises MLP-Mixer, Hiera and "
+            "others, does this): load trained weights"
+        )
     if len(usable) < 2:
         raise NormGradError(
             f"cannot choose default layers: fewer than two block outputs with a map that reaches the output among "
