@@ -202,6 +202,15 @@ def setup_model(model: str, weights: str, device: str) -> tuple[Any, Any, Any, l
     return loaded, input_preprocess(loaded, None), defaults.method, list(defaults.layers)
 
 
+def run_layout(loaded: Any, preprocess: Any, device: str) -> torch.memory_format:
+    """The memory layout explain gives its batches (:mod:`normgrad.run.layout`: channels-last where faster)."""
+    from normgrad.run.batch_size import largest_input
+    from normgrad.run.layout import input_layout
+
+    example = torch.rand(1, 3, *largest_input(preprocess), generator=torch.Generator().manual_seed(0)).to(device)
+    return input_layout(loaded.model, example)
+
+
 def preprocessed_batches(paths: list[Path], preprocess: Any, batch_size: int) -> list[list[Any]]:
     """Items read and batched exactly as explain does (in this process)."""
     from normgrad.run.loading import batches, loader
@@ -212,13 +221,9 @@ def preprocessed_batches(paths: list[Path], preprocess: Any, batch_size: int) ->
 
 def run_engine_alone(folder: Path, model: str, weights: str, device: str, batch_size: int) -> dict:
     """Time the engine call of explain's default on explain's batches, inputs already on the device (one cold pass included)."""
-    from normgrad.run.batch_size import largest_input
-    from normgrad.run.layout import input_layout
-
     loaded, preprocess, method, layers = setup_model(model, weights, device)
     batches = preprocessed_batches(sorted(folder.glob("*.jpg")), preprocess, batch_size)
-    example = torch.rand(1, 3, *largest_input(preprocess), generator=torch.Generator().manual_seed(0)).to(device)
-    layout = input_layout(loaded.model, example)  # the memory layout explain gives its batches (channels-last where faster)
+    layout = run_layout(loaded, preprocess, device)
     tensors = [torch.stack([item.tensor for item in batch]).to(device).contiguous(memory_format=layout) for batch in batches]
     count = sum(x.shape[0] for x in tensors)
     synchronize(device)
@@ -259,6 +264,7 @@ def stages(args: argparse.Namespace, paths: list[Path]) -> dict[str, tuple[float
     prepare = lambda: [pipeline.prepare(p, preprocess) for p in photos]  # noqa: E731
     result["preprocess (resize, normalise, checks)"] = (cpu_ms(prepare, n), "reader processes")
     x = torch.stack([pipeline.prepare(p, preprocess) for p in photos]).to(args.device)
+    x = x.contiguous(memory_format=run_layout(loaded, preprocess, args.device))
 
     from normgrad.run.loading import loader
 
