@@ -94,9 +94,7 @@ class ChainProbe:
             return True
         if any(span is None for span in spans):
             return False
-        return all(
-            span.start > previous.end and self._dominated(span.entry, previous.exit) for previous, span in zip(spans, spans[1:])
-        )
+        return all(span.start > previous.end and self._dominated(span.entry, previous.exit) for previous, span in zip(spans, spans[1:]))
 
     def _span(self, name: str) -> Span | None:
         """The element's own span, or from its first descendant to start to its last one to end; ``None`` if nothing ran."""
