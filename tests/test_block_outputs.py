@@ -400,8 +400,9 @@ class SummedResolutions(nn.Module):
     resolution, and downsamplings of a running sum that ``forward`` computes inline: the lists' outputs are branches and
     summands, never the sum; the spine's outputs are ``layer1`` (before the branches) and ``final_layer`` (after the sum)."""
 
-    def __init__(self) -> None:
+    def __init__(self, through_forward: bool) -> None:
         super().__init__()
+        self.through_forward = through_forward
         self.conv1 = nn.Conv2d(3, 8, 4, stride=4)
         self.layer1 = nn.Sequential(Residual(8), Residual(8))
         self.transition = nn.ModuleList([ConvBlock(8), ConvBlock(8, 2), nn.Sequential(ConvBlock(8, 2), ConvBlock(8, 2))])
@@ -415,12 +416,13 @@ class SummedResolutions(nn.Module):
         branches = [transition(x) for transition in self.transition]
         y = self.incre_modules[0](branches[0])
         for incre, down, branch in zip(self.incre_modules[1:], self.downsamp_modules, branches[1:]):
-            y = incre(branch) + down(y)
+            y = incre(branch) + (down.forward(y) if self.through_forward else down(y))  # timm: ``down``'s own hooks never fire
         return self.fc(self.final_layer(y).mean((2, 3)))
 
 
-def test_lists_of_branches_and_summands_are_not_the_spine():
-    model = SummedResolutions().eval()
+@pytest.mark.parametrize("through_forward", [True, False])
+def test_lists_of_branches_and_summands_are_not_the_spine(through_forward):
+    model = SummedResolutions(through_forward).eval()
     x = torch.randn(1, 3, 128, 192)
     assert auto_layers(model, x) == ["layer1", "final_layer"]
     assert list(choose_layers(probe(model, x))) == ["layer1", "final_layer"]
