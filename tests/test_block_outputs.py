@@ -428,6 +428,13 @@ def test_lists_of_branches_and_summands_are_not_the_spine(through_forward):
     assert list(choose_layers(probe(model, x))) == ["layer1", "final_layer"]
 
 
+class JoiningBlock(Residual):
+    """A block that may take a second input beside the running state (a U-Net decoder block's skip connection)."""
+
+    def forward(self, x, skip=None):
+        return super().forward(x) if skip is None else super().forward(x) + skip
+
+
 class Chain(nn.Module):
     """Four equal blocks in a ``ModuleList``, used by ``forward`` as ``pattern`` says."""
 
@@ -435,7 +442,7 @@ class Chain(nn.Module):
         super().__init__()
         self.pattern = pattern
         self.stem = nn.Conv2d(3, 8, 4, stride=4)
-        self.blocks = nn.ModuleList(Residual(8) for _ in range(4))
+        self.blocks = nn.ModuleList(JoiningBlock(8) for _ in range(4))
         self.pos_embed = nn.Parameter(torch.randn(1, 8, 1, 1))
         self.fc = nn.Linear(8, 5)
 
@@ -448,7 +455,7 @@ class Chain(nn.Module):
             for k, block in enumerate(self.blocks):
                 if self.pattern == "skips some" and k == 1:
                     continue
-                x = block(x)
+                x = block(x, skip) if self.pattern == "image-derived beside" and k == 2 else block(x)  # the block mixes it in
                 if self.pattern == "parameter between" and k == 1:  # VOLO adds its position embedding between two stages
                     x = x + self.pos_embed
                 if self.pattern == "image-derived between" and k == 1:  # another summand from the image: x is now a sum
@@ -458,7 +465,14 @@ class Chain(nn.Module):
 
 @pytest.mark.parametrize(
     ("pattern", "chained"),
-    [("chain", True), ("parameter between", True), ("side by side", False), ("image-derived between", False), ("skips some", False)],
+    [
+        ("chain", True),
+        ("parameter between", True),
+        ("image-derived beside", True),
+        ("side by side", False),
+        ("image-derived between", False),
+        ("skips some", False),
+    ],
 )
 def test_a_list_is_a_chain_when_each_element_runs_on_the_previous_output_alone(pattern, chained):
     model = Chain(pattern).eval()

@@ -7,14 +7,18 @@ network's spine.  HRNet's ``incre_modules`` (one per resolution, each fed
 its own branch of the last stage) and ``downsamp_modules`` (each applied to a
 running sum ``y = incre(yl[i]) + down(y)`` that ``forward_features`` computes
 inline) are side-by-side: their outputs are branches and summands, never
-the sum.  The forward pass tells them apart: in a chain, element ``k``'s
-input is computed from element ``k − 1``'s output *alone* — every path of
-the autograd graph from that input back to the image passes through the
-previous output (the previous output *dominates* it).  Parameters may join
-on the way (VOLO adds its position embedding between two elements of
-``network``), and so may anything that does not depend on the image
-(masks, sizes); another image-derived tensor may not (a branch of the stage
-before, a running sum's other summand, a skip connection).
+the sum.  The forward pass tells them apart: in a chain, one argument of
+element ``k`` is computed from element ``k − 1``'s output *alone* — every
+path of the autograd graph from that argument back to the image passes
+through the previous output (the previous output *dominates* it).
+Parameters may join on the way (VOLO adds its position embedding between
+two elements of ``network``), and so may anything that does not depend on
+the image (masks, sizes); another image-derived tensor may not (a branch of
+the stage before, a running sum's other summand).  Other arguments may
+bring more (a U-Net decoder block's skip connection beside the running
+state): the element mixes them itself, so its output is the new state,
+whereas a parent that mixes the previous output with something else before
+passing it on makes that output one summand of a state it never returns.
 
 An ``nn.Sequential`` run by its own ``forward`` is a chain by definition.
 Every element of a chain runs, in order: a list whose parent skips some
@@ -40,7 +44,7 @@ class Span:
     """Where a module ran in one forward pass: when it started and ended, and its inputs' and outputs' graph nodes."""
 
     start: int
-    entry: list = field(default_factory=list)  # grad_fn of each input tensor that has one (first call)
+    entry: list = field(default_factory=list)  # per argument, the grad_fn of each of its tensors that has one (first call)
     end: int = -1
     exit: list = field(default_factory=list)  # grad_fn of each output tensor that has one (first call)
 
@@ -69,7 +73,8 @@ class ChainProbe:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             self.clock += 1
             if name not in self.spans:
-                self.spans[name] = Span(self.clock, _nodes((args, kwargs)))
+                arguments = [_nodes(value) for value in (*args, *kwargs.values())]
+                self.spans[name] = Span(self.clock, [nodes for nodes in arguments if nodes])
 
         return hook
 
@@ -94,7 +99,10 @@ class ChainProbe:
             return True
         if any(span is None for span in spans):
             return False
-        return all(span.start > previous.end and self._dominated(span.entry, previous.exit) for previous, span in zip(spans, spans[1:]))
+        return all(
+            span.start > previous.end and any(self._dominated(argument, previous.exit) for argument in span.entry)
+            for previous, span in zip(spans, spans[1:])
+        )
 
     def _span(self, name: str) -> Span | None:
         """The element's own span, or from its first descendant to start to its last one to end; ``None`` if nothing ran."""
@@ -108,21 +116,30 @@ class ChainProbe:
         return Span(first.start, first.entry, last.end, last.exit)
 
     def _dominated(self, entry: list, exit: list) -> bool:
-        """Every path from ``entry`` back to the image passes through ``exit`` (and ``entry`` depends on something)."""
-        if not entry or self.image is None:
+        """``entry`` depends on ``exit`` (some path back reaches it) and every path back to the image passes through it.
+
+        A walk back from ``entry`` that stops at ``exit``: it must meet ``exit``
+        and never the image.  Parameters end their paths (leaves), so what is
+        computed from parameters alone (a position embedding) joins freely.
+        """
+        if self.image is None:
             return False
         stop = set(exit)
         seen: set = set()
         stack = list(entry)
+        met = False
         while stack:
             node = stack.pop()
-            if node is None or node in stop or node in seen:
+            if node is None or node in seen:
+                continue
+            if node in stop:
+                met = True
                 continue
             if node is self.image:
                 return False
             seen.add(node)
             stack.extend(following for following, _ in node.next_functions)
-        return True
+        return met
 
 
 def _nodes(value: object, depth: int = 0) -> list:
