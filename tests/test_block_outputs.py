@@ -9,7 +9,8 @@ from torch import nn
 
 import normgrad as ng
 from normgrad.defaults import choose_layers, explain_defaults, input_policy, probe
-from normgrad.engine.default_layers import auto_layers
+from normgrad.engine.default_layers import auto_layers, block_outputs
+from normgrad.engine.describe import describe_layers
 from normgrad.models import Preprocess
 
 INTERNALS = ("downsample", ".conv.", ".block.", ".proj", ".f.", "attn", "shortcut", "branch")
@@ -218,6 +219,19 @@ def test_timm_families_get_block_outputs_as_default_layers(name):
 
 
 @pytest.mark.slow
+def test_hrnet_defaults_are_the_outputs_around_its_resolution_lists_not_their_branches_or_summands():
+    """HRNet's stages output lists of resolutions; ``incre_modules``/``downsamp_modules`` are summands of a sum computed inline."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("hrnet_w18_small", pretrained=False, num_classes=10).eval()
+    x = torch.randn(1, 3, *FAMILIES["hrnet_w18_small"])
+    outputs = block_outputs(model, describe_layers(model, x))
+    assert not any(name.startswith(("transition", "incre_modules", "downsamp_modules", "stage")) for name in outputs), outputs
+    assert auto_layers(model, x) == ["layer1", "final_layer"]
+    assert list(choose_layers(probe(model, x))) == ["layer1", "final_layer"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(REFUSED))
 def test_timm_families_without_block_maps_get_a_refusal(name):
     timm = pytest.importorskip("timm")
@@ -379,3 +393,91 @@ class TwoScales(nn.Module):
 def test_blocks_inside_one_of_parallel_branches_are_never_the_default():
     with pytest.raises(ng.NormGradError, match="cannot choose default layers"):
         auto_layers(TwoScales().eval(), torch.randn(1, 3, 64, 96))
+
+
+class SummedResolutions(nn.Module):
+    """HRNet's pattern: parallel resolution branches (lists whose elements are fed side by side), an increment per
+    resolution, and downsamplings of a running sum that ``forward`` computes inline: the lists' outputs are branches and
+    summands, never the sum; the spine's outputs are ``layer1`` (before the branches) and ``final_layer`` (after the sum)."""
+
+    def __init__(self, through_forward: bool) -> None:
+        super().__init__()
+        self.through_forward = through_forward
+        self.conv1 = nn.Conv2d(3, 8, 4, stride=4)
+        self.layer1 = nn.Sequential(Residual(8), Residual(8))
+        self.transition = nn.ModuleList([ConvBlock(8), ConvBlock(8, 2), nn.Sequential(ConvBlock(8, 2), ConvBlock(8, 2))])
+        self.incre_modules = nn.ModuleList(nn.Sequential(Residual(8)) for _ in range(3))
+        self.downsamp_modules = nn.ModuleList(ConvBlock(8, 2) for _ in range(2))
+        self.final_layer = ConvBlock(8)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.layer1(self.conv1(x))
+        branches = [transition(x) for transition in self.transition]
+        y = self.incre_modules[0](branches[0])
+        for incre, down, branch in zip(self.incre_modules[1:], self.downsamp_modules, branches[1:]):
+            y = incre(branch) + (down.forward(y) if self.through_forward else down(y))  # timm: ``down``'s own hooks never fire
+        return self.fc(self.final_layer(y).mean((2, 3)))
+
+
+@pytest.mark.parametrize("through_forward", [True, False])
+def test_lists_of_branches_and_summands_are_not_the_spine(through_forward):
+    model = SummedResolutions(through_forward).eval()
+    x = torch.randn(1, 3, 128, 192)
+    assert auto_layers(model, x) == ["layer1", "final_layer"]
+    assert list(choose_layers(probe(model, x))) == ["layer1", "final_layer"]
+
+
+class JoiningBlock(Residual):
+    """A block that may take a second input beside the running state (a U-Net decoder block's skip connection)."""
+
+    def forward(self, x, skip=None):
+        return super().forward(x) if skip is None else super().forward(x) + skip
+
+
+class Chain(nn.Module):
+    """Four equal blocks in a ``ModuleList``, used by ``forward`` as ``pattern`` says."""
+
+    def __init__(self, pattern: str) -> None:
+        super().__init__()
+        self.pattern = pattern
+        self.stem = nn.Conv2d(3, 8, 4, stride=4)
+        self.blocks = nn.ModuleList(JoiningBlock(8) for _ in range(4))
+        self.pos_embed = nn.Parameter(torch.randn(1, 8, 1, 1))
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        if self.pattern == "side by side":  # parallel branches of one input, summed
+            x = sum(block(x) for block in self.blocks)
+        else:
+            skip = x
+            for k, block in enumerate(self.blocks):
+                if self.pattern == "skips some" and k == 1:
+                    continue
+                x = block(x, skip) if self.pattern == "image-derived beside" and k == 2 else block(x)  # the block mixes it in
+                if self.pattern == "parameter between" and k == 1:  # VOLO adds its position embedding between two stages
+                    x = x + self.pos_embed
+                if self.pattern == "image-derived between" and k == 1:  # another summand from the image: x is now a sum
+                    x = x + skip
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "chained"),
+    [
+        ("chain", True),
+        ("parameter between", True),
+        ("image-derived beside", True),
+        ("side by side", False),
+        ("image-derived between", False),
+        ("skips some", False),
+    ],
+)
+def test_a_list_is_a_chain_when_each_element_runs_on_the_previous_output_alone(pattern, chained):
+    model = Chain(pattern).eval()
+    described = describe_layers(model, torch.randn(1, 3, 64, 96))
+    infos = {info.name: info for info in described}
+    assert infos["blocks"].chained == chained
+    assert infos["blocks.0.branch"].chained  # a Sequential run by its own forward is a chain by definition
+    assert ("blocks.2" in block_outputs(model, described)) == chained

@@ -138,8 +138,12 @@ def block_outputs(model: nn.Module, infos: list[LayerInfo]) -> list[str]:
     * neither it nor an ancestor is named ``stem``/``patch_embed``, nor ``head``/``aux_head``/``classifier``
       unless the model declares it a feature stage (timm's ``feature_info``:
       SelecSLS's convolutions ``head.1``, ``head.3`` come before its classifier ``fc``);
-      each ancestor is a ``Sequential``/``ModuleList``/``ModuleDict`` (the
-      trunk), or a stage module whose block sequence ends it (its output,
+      each ancestor is a ``Sequential``/``ModuleList``/``ModuleDict`` whose
+      elements form a chain (the trunk: each element runs on the previous
+      one's output alone, :mod:`normgrad.engine.chains`; never a list of
+      parallel branches or of the summands of a sum the parent computes
+      inline, HRNet's ``incre_modules`` and ``downsamp_modules``), or a
+      stage module whose block sequence ends it (its output,
       or a view of it, is the stage's output: ``stages.1.blocks.2`` of a
       ConvNeXt stage, PiT's ``transformers.1.blocks.0``; blocks, not bare
       layers, and all but the first of the same output shape) — never a branch
@@ -221,7 +225,11 @@ def _on_spine(name: str, modules: dict[str, nn.Module], by_name: dict[str, Layer
     parts = name.split(".")
     for i in range(1, len(parts)):
         ancestor = ".".join(parts[:i])
-        if isinstance(modules[ancestor], SEQUENCE_CONTAINERS) or ancestor in wrappers:
+        if isinstance(modules[ancestor], SEQUENCE_CONTAINERS):
+            if not getattr(by_name.get(ancestor), "chained", False):
+                return False  # elements side by side (branches, summands of a sum the parent computes): none is on the spine
+            continue
+        if ancestor in wrappers:
             continue
         path_child = ".".join(parts[: i + 1])  # inside a stage module: only its block sequence, when it ends the stage
         sequence = modules[path_child]

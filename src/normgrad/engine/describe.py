@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from normgrad.engine.chains import ChainProbe
 from normgrad.engine.layers import INPUT, named_layers
 from normgrad.engine.layouts import Evidence, LayoutError, activation_of, decide_layout, sizes_of
 from normgrad.engine.model_state import Hooks, eval_mode
@@ -34,7 +35,10 @@ class LayerInfo:
     ``is_output`` marks the modules whose output is the model's score tensor
     (a Hugging Face ``ModelOutput``'s ``logits``) or, for a segmenter, a map
     with as many channels as its scores (torchvision's ``classifier`` and
-    ``aux_classifier`` heads before the upsampling).
+    ``aux_classifier`` heads before the upsampling).  ``chained`` (containers
+    only): the elements form a chain, each running on the previous one's
+    output alone (a stage of blocks), not side by side (parallel branches,
+    the summands of a sum the parent computes; :mod:`normgrad.engine.chains`).
     """
 
     name: str
@@ -47,6 +51,7 @@ class LayerInfo:
     feeds_parent: bool = False
     zero: bool | None = None
     is_output: bool = False
+    chained: bool = False
 
     @property
     def layout_text(self) -> str:
@@ -108,7 +113,10 @@ def describe_layers(model: nn.Module, example: torch.Tensor, *, gradients: bool 
 
         for name, module in modules.items():
             hooks.add(module.register_forward_hook(make_hook(name)))
+        chains = ChainProbe(modules, image)
+        chains.attach(hooks)
         result = logits_of(model(image))
+        chained = chains.chained()
         for name, reference in activations.items():
             seen[name].is_output = _scores_like(reference(), seen[name], result)
         if gradients and result is not None and result.requires_grad:
@@ -116,8 +124,10 @@ def describe_layers(model: nn.Module, example: torch.Tensor, *, gradients: bool 
             image_zero = reached is None or not bool(reached.any())
             for name, info in seen.items():
                 info.zero = zero.get(name, info.layout is not None)  # a map no gradient reached is zero
-        del image, result
+        del image, result, chains
     never_ran = [LayerInfo(n, type(m).__name__, None, 0, None, "never runs") for n, m in modules.items() if n not in seen]
+    for info in [*seen.values(), *never_ran]:
+        info.chained = info.name in chained
     image = LayerInfo(INPUT, "input", tuple(example.shape), 1, Layout("nchw", evidence.grid))
     image.zero = image_zero if gradients and seen and any(info.zero is not None for info in seen.values()) else None
     return [image, *seen.values(), *never_ran]
