@@ -42,6 +42,19 @@ class ReadsMemoryLayout(nn.Module):
         return self.net(x) + (0.0 if x.is_contiguous() else 1.0)
 
 
+class RefusesSmallChannelsLast(nn.Module):
+    """A depthwise net that refuses channels-last inputs narrower than 40 pixels (the layout probe's input is wider)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = depthwise_net()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_contiguous() and x.shape[-1] < 40:
+            raise RuntimeError("view size is not compatible with input tensor's size and stride")
+        return self.net(x)
+
+
 def example() -> torch.Tensor:
     return torch.rand(1, 3, 32, 32)
 
@@ -106,3 +119,11 @@ def test_a_channels_last_run_gives_the_maps_of_the_usual_layout(tmp_path, monkey
     for layer in ("9", "15"):
         scale = float(np.abs(usual[layer]).max())
         assert scale > 0 and np.allclose(channels_last[layer], usual[layer], rtol=1e-4, atol=1e-6 * scale)
+
+
+def test_a_model_refusing_a_channels_last_batch_the_probe_did_not_show_gets_the_usual_layout(tmp_path):
+    model = RefusesSmallChannelsLast().eval()
+    path = tmp_path / "narrow.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (36, 30, 3), dtype=np.uint8)).save(path)
+    result = ng.explain(str(path), model=model, method="normgrad", layers=["net.9"], size=36, verbose=False)
+    assert not result.failed and result.images[0].map.shape == (36, 30)

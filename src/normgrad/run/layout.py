@@ -22,7 +22,8 @@ So the run passes channels-last batches only where both hold (:func:`input_layou
   (``groups == in_channels > 1``), without a ``LayerNorm`` over channels (ConvNeXt's blocks, slower above);
 * on the example, the model accepts a channels-last input and its output equals the NCHW output up to float32
   rounding (``rtol = 1e-4`` of the output's largest value): a model whose code assumes NCHW memory (``view`` on
-  an activation) keeps NCHW rather than fail or differ.
+  an activation) keeps NCHW rather than fail or differ.  A model that refuses a channels-last batch of another
+  size later gets that batch, and the rest of the run, in NCHW (:class:`~normgrad.run.loop.BatchLoop`).
 
 The maps are the same computation in another order of float32 sums: they differ from the NCHW maps by float32
 rounding only (≤ 1e-6 of the largest value on the depthwise models above).

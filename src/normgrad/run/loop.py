@@ -27,6 +27,7 @@ from normgrad.run.records import Explained
 from normgrad.run.report import printable
 
 NOT_FINITE = "the model's output is NaN or infinite for this image"
+MODEL_ERRORS = (RuntimeError, ValueError, TypeError, IndexError, AssertionError, NotImplementedError)  # a model refusing an input
 
 
 @dataclass
@@ -50,16 +51,16 @@ class BatchLoop:
         or ``fail(item, why)`` for each, in batch order."""
         for batch in batches(items, self.batch_size, lambda item: fail(item, item.error or "unreadable")):
             try:
-                results = self.batch(batch)
+                results = self._batch_in_a_layout_the_model_takes(batch)
             except NormGradError:
                 raise
-            except (RuntimeError, ValueError, TypeError, IndexError, AssertionError, NotImplementedError) as error:
+            except MODEL_ERRORS as error:
                 if len(batch) > 1:  # find the image the model refuses: each alone
                     results = []
                     for item in batch:
                         try:
                             results += self.batch([item])
-                        except (RuntimeError, ValueError, TypeError, IndexError, AssertionError, NotImplementedError) as alone:
+                        except MODEL_ERRORS as alone:
                             results.append((item, model_message(alone)))
                 else:
                     results = [(batch[0], model_message(error))]
@@ -70,6 +71,17 @@ class BatchLoop:
                     done(item, result)
             if after_batch is not None:
                 after_batch()
+
+    def _batch_in_a_layout_the_model_takes(self, batch: list[Item]) -> list[tuple[Item, Pending | str]]:
+        """:meth:`batch`; a model that refuses a channels-last batch the layout probe did not show (another input size)
+        gets this batch and the rest of the run in the usual layout, which it was given before channels-last existed."""
+        try:
+            return self.batch(batch)
+        except MODEL_ERRORS:
+            if not self.channels_last:
+                raise
+        self.channels_last = False
+        return self.batch(batch)
 
     def batch(self, batch: list[Item]) -> list[tuple[Item, Pending | str]]:
         """One batch: each item with its :class:`Pending` result (the maps still at the model's resolution), or why it
