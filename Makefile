@@ -32,7 +32,7 @@ browser:  ## headless Chromium and its driver for the browser tests (Debian's ch
 test: $(STAMP) browser  ## lint, then run the test suite (browser tests included: they fail if Chromium is missing) and the architecture matrix
 	$(BIN)/ruff check src tests benchmarks examples tools
 	NORMGRAD_BROWSER_TESTS=required $(BIN)/python -m pytest -q
-	$(BIN)/python -m pytest -q -m slow tests/test_architectures.py  # the whole architecture matrix (46 models)
+	$(BIN)/python -m pytest -q -m slow tests/test_architectures.py tests/test_block_outputs.py  # the architecture matrix (46 models) and the default layers of the timm families where they broke
 
 demo: $(STAMP)  ## the main job: compare and explain real photos with the embedded pretrained model (gallery included)
 	$(BIN)/normgrad demo
