@@ -12,7 +12,8 @@ For each number of cores ``k`` (1, 2, ... ``--cores``) a fresh process is pinned
 one photo explained in the same process (imports and first calls warm): images/s = ``count / T`` (T includes
 planning and the readers' start, a fixed cost that ``--count`` amortises).  Reported: images/s, images/s
 per core, and the scaling from 1 to k cores, ``ips(k) / (k · ips(1))``, for the default outputs (PNG overlay,
-``.npy``, gallery), overlays without the gallery, the same two with JPEG overlays (``--overlay-format jpg``), and
+``.npy``, gallery) — with k readers and writers, and with none (all in the model's thread, explain's default on
+machines of 2 cores or fewer) — overlays without the gallery, the same two with JPEG overlays (``--overlay-format jpg``), and
 maps only (``--no-overlay``, no gallery).
 
 Usage: ``python benchmarks/bench_pipeline.py [--count 400] [--cores 2] [--repeats 3] [--out docs]``; ``--quick``:
@@ -38,6 +39,7 @@ from measure import load_average, machine, write_section  # noqa: E402
 
 VARIANTS = {  # name -> ng.explain keywords
     "default outputs (overlay, .npy, gallery)": {},
+    "default outputs, all in the model's thread (--workers 0 --writers 0: explain's default on ≤ 2 cores)": {"workers": 0, "writers": 0},
     "overlay and .npy, no gallery": {"gallery": False},
     "JPEG overlay (--overlay-format jpg), .npy, gallery": {"overlay_format": "jpg"},
     "JPEG overlay and .npy, no gallery": {"overlay_format": "jpg", "gallery": False},
@@ -60,9 +62,10 @@ def child(folder: Path, one: Path, out: Path, cores: int, variant: str) -> None:
     torch.set_num_threads(1)
     model = nn.Sequential(nn.Conv2d(3, 1, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1, 1000)).eval()
     options = dict(model=model, method="normgrad", layers=["0"], workers=cores, writers=cores, batch_size=8, verbose=False)
-    ng.explain(one, out.with_name(out.name + "-warm"), **options, **VARIANTS[variant])
+    options.update(VARIANTS[variant])
+    ng.explain(one, out.with_name(out.name + "-warm"), **options)
     start = time.perf_counter()
-    result = ng.explain(folder, out, **options, **VARIANTS[variant])
+    result = ng.explain(folder, out, **options)
     elapsed = time.perf_counter() - start
     assert result.ok, result.failed[:3]
     print(json.dumps({"seconds": elapsed, "images": len(result.records)}))
@@ -105,7 +108,7 @@ def report(table: dict, count: int, results: dict) -> tuple[str, str]:
     where = f"{results['machine']}; load average before/after {results['load'][0]:.2f} / {results['load'][1]:.2f}"
     section = (
         f"The pipeline alone (a trivial model: one 1×1 convolution), {count} JPEG photos of 400×300, one torch thread, "
-        f"k readers and k writers pinned to k cores ({where}); `python benchmarks/bench_pipeline.py`:\n\n{body}\n"
+        f"k readers and k writers (unless the row says none), on k cores ({where}); `python benchmarks/bench_pipeline.py`:\n\n{body}\n"
     )
     page = f"# The explain pipeline's own capacity\n\n{__doc__.split(chr(10) + chr(10), 1)[1]}\n## Results\n\n{section}"
     return page, section
