@@ -25,8 +25,7 @@ from typing import Any
 
 from normgrad.cli import explain_clips
 from normgrad.cli.common import add_meta_options, add_model_options, command, non_negative_int, positive_int
-from normgrad.combine import COMBINE_MODES
-from normgrad.run import MAP_DTYPES, OVERLAY_FORMATS, ExplainOptions, RunResult
+from normgrad.run import COMBINE_CHOICES, MAP_DTYPES, OVERLAY_FORMATS, PREDICT_AT, STORAGES, TASKS, ExplainOptions, RunResult
 from normgrad.run import run as run_explain
 from normgrad.run.report import printable, say
 from normgrad.store import OUTPUT_KINDS
@@ -75,9 +74,7 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help="shorter side of the model input in pixels (default: the photo's own, kept between the model's size and 2x it)",
     )
-    parser.add_argument(
-        "--combine", default="product", choices=[*COMBINE_MODES, "none"], help="how layer maps become one map (default: product)"
-    )
+    parser.add_argument("--combine", default="product", choices=COMBINE_CHOICES, help="how layer maps become one map (default: product)")
     parser.add_argument(
         "--min-score", type=float, default=None, help="--task detect: explain the detections scoring at least this (default: 0.5)"
     )
@@ -88,7 +85,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--task",
         default="classify",
-        choices=["classify", "detect", "segment"],
+        choices=TASKS,
         help="classify (default); detect: a torchvision detector's detections above --min-score, one map each, boxes drawn; "
         "segment: explain --target's scores summed over --region (or where the model predicts it) of a segmenter, "
         "writing <name>_mask.png, the predicted mask, beside the map",
@@ -135,14 +132,14 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--storage",
-        choices=["files", "shards"],
+        choices=STORAGES,
         default="files",
         help="where the maps go: a .npy file per map (default), or shards: each process's maps in one file OUT/shards/*.bin "
         "(for datasets; read them with normgrad.open_run)",
     )
     parser.add_argument(
         "--predict-at",
-        choices=["model", "explained"],
+        choices=PREDICT_AT,
         default="model",
         help="size of the input the predictions (and the auto target) come from: the model's own (default; one extra "
         "forward pass without gradient) or the size explained (no extra pass)",

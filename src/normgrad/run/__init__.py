@@ -19,7 +19,19 @@ module              job
 """
 
 from normgrad.run.api import RunResult, explain, run
-from normgrad.run.options import MAP_DTYPES, OVERLAY_FORMATS, ExplainOptions
+from normgrad.run.options import COMBINE_CHOICES, MAP_DTYPES, OVERLAY_FORMATS, PREDICT_AT, STORAGES, TASKS, ExplainOptions
 from normgrad.run.records import Explained
 
-__all__ = ["MAP_DTYPES", "OVERLAY_FORMATS", "ExplainOptions", "Explained", "RunResult", "explain", "run"]
+__all__ = [
+    "COMBINE_CHOICES",
+    "MAP_DTYPES",
+    "OVERLAY_FORMATS",
+    "PREDICT_AT",
+    "STORAGES",
+    "TASKS",
+    "ExplainOptions",
+    "Explained",
+    "RunResult",
+    "explain",
+    "run",
+]

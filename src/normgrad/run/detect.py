@@ -137,7 +137,7 @@ class DetectLoop:
     def run(self, items: Iterator[Item], done: Callable[[Item, Callable[[], Any]], None], fail: Callable[[Item, str], None],
             after_batch: Callable[[], None] | None = None) -> None:  # fmt: skip
         """As :meth:`normgrad.run.loop.BatchLoop.run`: ``done(item, pending)``, ``pending()`` the :class:`Explained`."""
-        from normgrad.run.loop import model_message
+        from normgrad.run.loop import MODEL_ERRORS, model_message
 
         for item in items:
             if item.error is not None or item.tensor is None:
@@ -147,7 +147,7 @@ class DetectLoop:
                 explained = self.explain(item)
             except NormGradError as error:
                 fail(item, str(error))
-            except (RuntimeError, ValueError, TypeError, IndexError, AssertionError, NotImplementedError) as error:
+            except MODEL_ERRORS as error:
                 fail(item, model_message(error))
             else:
                 done(item, partial(_ready, explained))  # the run's contract: a result the writers complete; this one is complete

@@ -16,17 +16,18 @@ from typing import Any
 
 import torch
 
+from normgrad.combine import COMBINE_MODES
 from normgrad.errors import NormGradError
 from normgrad.meta import PAPER_LR, PAPER_STEPS
+from normgrad.store.shards import STORAGES  # a .npy file per map, or each process's maps in one file
 
 EMBEDDED = "efficientnet_lite0"
 MIN_SIZE = 16  # the smallest --size: below it most models have no spatial map left
-COMBINE_CHOICES = ("product", "geometric", "sum", "none")
+COMBINE_CHOICES = (*COMBINE_MODES, "none")
 PREDICT_AT = ("model", "explained")
 TASKS = ("classify", "detect", "segment")
 MAP_DTYPES = ("float32", "float16")
 OVERLAY_FORMATS = ("png", "jpg")  # lossless, or JPEG (quality 90, 4:4:4): ~5x faster to encode and ~2x smaller
-STORAGES = ("files", "shards")  # a .npy file per map, or each process's maps in one file (normgrad.store.shards)
 
 
 @dataclass
