@@ -202,15 +202,6 @@ def setup_model(model: str, weights: str, device: str) -> tuple[Any, Any, Any, l
     return loaded, input_preprocess(loaded, None), defaults.method, list(defaults.layers)
 
 
-def run_layout(loaded: Any, preprocess: Any, device: str) -> torch.memory_format:
-    """The memory layout explain gives its batches (:mod:`normgrad.run.layout`: channels-last where faster)."""
-    from normgrad.run.batch_size import largest_input
-    from normgrad.run.layout import input_layout
-
-    example = torch.rand(1, 3, *largest_input(preprocess), generator=torch.Generator().manual_seed(0)).to(device)
-    return input_layout(loaded.model, example)
-
-
 def preprocessed_batches(paths: list[Path], preprocess: Any, batch_size: int) -> list[list[Any]]:
     """Items read and batched exactly as explain does (in this process)."""
     from normgrad.run.loading import batches, loader
@@ -221,9 +212,11 @@ def preprocessed_batches(paths: list[Path], preprocess: Any, batch_size: int) ->
 
 def run_engine_alone(folder: Path, model: str, weights: str, device: str, batch_size: int) -> dict:
     """Time the engine call of explain's default on explain's batches, inputs already on the device (one cold pass included)."""
+    from normgrad.run.layout import run_layout
+
     loaded, preprocess, method, layers = setup_model(model, weights, device)
     batches = preprocessed_batches(sorted(folder.glob("*.jpg")), preprocess, batch_size)
-    layout = run_layout(loaded, preprocess, device)
+    layout = run_layout(loaded, preprocess, device)  # the memory layout explain gives its batches
     tensors = [torch.stack([item.tensor for item in batch]).to(device).contiguous(memory_format=layout) for batch in batches]
     count = sum(x.shape[0] for x in tensors)
     synchronize(device)
@@ -249,6 +242,7 @@ def stages(args: argparse.Namespace, paths: list[Path]) -> dict[str, tuple[float
     """CPU ms per image of each stage alone (one thread); the engine in wall ms with the run's threads."""
     from normgrad import pipeline
     from normgrad.images import load_image
+    from normgrad.run.layout import run_layout
     from normgrad.run.records import Explained, outputs
     from normgrad.store import OutputStore, Work, encode_npy, encode_png
     from normgrad.viz import overlay

@@ -105,15 +105,15 @@ def run_maps(path, model) -> dict:
 
 
 def test_a_channels_last_run_gives_the_maps_of_the_usual_layout(tmp_path, monkeypatch):
-    import normgrad.run.api as api
+    import normgrad.run.layout as layout
 
     model = depthwise_net()
     path = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 40, 3), dtype=np.uint8)).save(path)
     chosen = []
-    monkeypatch.setattr(api, "input_layout", lambda *args: chosen.append(input_layout(*args)) or chosen[-1])
+    monkeypatch.setattr(layout, "input_layout", lambda *args: chosen.append(input_layout(*args)) or chosen[-1])
     channels_last = run_maps(path, model)
-    monkeypatch.setattr(api, "input_layout", lambda *args: torch.contiguous_format)
+    monkeypatch.setattr(layout, "input_layout", lambda *args: torch.contiguous_format)
     usual = run_maps(path, model)
     assert chosen == [torch.channels_last]
     for layer in ("9", "15"):

@@ -21,9 +21,9 @@ import torch
 
 from normgrad.errors import NormGradError, did_you_mean
 from normgrad.run import shard as shards
-from normgrad.run.batch_size import choose_batch_size, largest_input
+from normgrad.run.batch_size import choose_batch_size
 from normgrad.run.inputs import Inputs, collect
-from normgrad.run.layout import input_layout
+from normgrad.run.layout import run_layout
 from normgrad.run.loop import BatchLoop
 from normgrad.run.options import ExplainOptions, background_threads
 from normgrad.run.plan import Setup, into_folder, load_model, model_device, resolve
@@ -195,20 +195,9 @@ def _loop(options: ExplainOptions, loaded: Any, setup: Setup, method: Any, say: 
                                  options.combine, detect.min_score(options), detect.max_detections(options))  # fmt: skip
     device = model_device(loaded) if not isinstance(options.model, str) else options.device
     batch_size = options.batch_size or choose_batch_size(loaded, method, setup, model_device(loaded))
-    layout = channels_last(loaded, setup, device) if method.needs_model and setup.task == "classify" else False
+    layout = method.needs_model and setup.task == "classify" and run_layout(loaded, setup.preprocess, device) == torch.channels_last
     return BatchLoop(method, loaded, setup, device, batch_size, options.top_k, options.combine, options.save_layers, say,
                      channels_last=layout)  # fmt: skip
-
-
-def channels_last(loaded: Any, setup: Setup, device: str) -> bool:
-    """Whether the run's batches go channels-last (:func:`normgrad.run.layout.input_layout`, on one seeded random
-    input of the largest size the run explains; decided once per model and size)."""
-    key = ("channels_last", str(device), getattr(setup.preprocess, "max_size", None), getattr(setup.preprocess, "size", None))
-    if key not in loaded.cache:
-        generator = torch.Generator().manual_seed(0)
-        example = torch.rand(1, 3, *largest_input(setup.preprocess), generator=generator).to(device)
-        loaded.cache[key] = input_layout(loaded.model, example) == torch.channels_last
-    return loaded.cache[key]
 
 
 def _into_folder(inputs: Any, out: Path, options: ExplainOptions, checked: Any, shard: shards.Shard,

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from normgrad.engine.model_state import eval_mode
+from normgrad.run.batch_size import largest_input
 
 MIN_DEPTHWISE = 4
 DEPTHWISE_SHARE = 1 / 3
@@ -69,6 +70,16 @@ def input_layout(model: nn.Module, example: torch.Tensor) -> torch.memory_format
     if ((usual - other).abs().max() > RTOL * scale).item():
         return torch.contiguous_format
     return torch.channels_last
+
+
+def run_layout(loaded: Any, preprocess: Any, device: str) -> torch.memory_format:
+    """:func:`input_layout` for a run: on one seeded random input of the largest size ``preprocess`` gives (that of the
+    automatic batch size), decided once per loaded model, device and input sizes (cached in ``loaded.cache``)."""
+    key = ("layout", str(device), getattr(preprocess, "max_size", None), getattr(preprocess, "size", None))
+    if key not in loaded.cache:
+        example = torch.rand(1, 3, *largest_input(preprocess), generator=torch.Generator().manual_seed(0)).to(device)
+        loaded.cache[key] = input_layout(loaded.model, example)
+    return loaded.cache[key]
 
 
 def _logits(output: Any) -> torch.Tensor | None:
