@@ -1,12 +1,13 @@
 """The encodings a run writes: PNG overlays decode to exactly the pixels given, ``.npy`` maps to the array."""
 
 import io
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from normgrad.store import encode_npy, encode_png
+from normgrad.store import encode, encode_npy, encode_png
 
 
 @pytest.mark.parametrize("mode, channels", [("L", 1), ("RGB", 3), ("RGBA", 4)])
@@ -19,8 +20,18 @@ def test_png_decodes_to_the_same_pixels(mode, channels, height, width):
     assert np.array_equal(np.asarray(decoded), np.asarray(image))
 
 
+@pytest.fixture(params=["isal", "zlib"])
+def deflater(request, monkeypatch):
+    """Each deflate the encoder may use: ISA-L's (where installed) and zlib's."""
+    if request.param == "isal":
+        pytest.importorskip("isal")
+    else:
+        monkeypatch.setattr(encode, "isal_zlib", None)
+    return request.param
+
+
 @pytest.mark.parametrize("level", [0, 1, 9])
-def test_png_is_lossless_at_every_level(level):
+def test_png_is_lossless_at_every_level(level, deflater):
     ramp = np.add.outer(np.arange(40), np.arange(60)).astype(np.uint8)  # wraps past 255 in the Up filter
     image = Image.fromarray(np.stack([ramp, 255 - ramp, ramp * 3], -1))
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png(image, level)))), np.asarray(image))
@@ -36,3 +47,9 @@ def test_npy_round_trip_keeps_dtype_and_values():
     array = np.random.default_rng(0).random((5, 7)).astype(np.float16)
     loaded = np.load(io.BytesIO(encode_npy(array)), allow_pickle=False)
     assert loaded.dtype == np.float16 and np.array_equal(loaded, array)
+
+
+@pytest.mark.parametrize("level", [0, 1, 3])
+def test_deflate_streams_inflate_to_the_data(level, deflater):
+    data = np.random.default_rng(level).integers(0, 8, 50_000, dtype=np.uint8).tobytes()
+    assert zlib.decompress(encode.deflate(data, level)) == data

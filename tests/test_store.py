@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shutil
 
 import pytest
 
@@ -18,6 +19,7 @@ from normgrad.store import (
     precheck,
     weights_identity,
 )
+from normgrad.store.folders import FolderCache
 
 
 def two_files(name):
@@ -87,6 +89,46 @@ def test_writes_are_atomic_stay_inside_and_never_follow_symlinks(tmp_path):
         assert not (tmp_path / "x.png").exists()
     finally:
         store.close()
+
+
+def test_a_folder_removed_during_the_run_is_made_again_on_the_next_write(tmp_path):
+    out = tmp_path / "out"
+    store = OutputStore(out, "run1")
+    try:
+        store.write("a/b/x.npy", b"1")
+        shutil.rmtree(out / "a")
+        assert store.write("a/b/y.npy", b"22") == 2 and (out / "a" / "b" / "y.npy").read_bytes() == b"22"
+    finally:
+        store.close()
+
+
+def test_a_folder_swapped_for_a_symlink_during_the_run_is_never_written_through(tmp_path):
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    outside.mkdir()
+    store = OutputStore(out, "run1")
+    try:
+        store.write("a/b/x.npy", b"1")
+        (out / "a" / "b").rename(out / "a" / "moved")
+        (out / "a" / "b").symlink_to(outside)
+        store.write("a/b/y.npy", b"2")  # lands in the folder that was opened, wherever it is now
+        assert not list(outside.iterdir()) and (out / "a" / "moved" / "y.npy").read_bytes() == b"2"
+    finally:
+        store.close()
+
+
+def test_the_folder_cache_keeps_a_bounded_number_of_descriptors(tmp_path):
+    open_fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        cache = FolderCache(root, tmp_path, size=3)
+        before = open_fds()
+        for k in range(20):
+            os.close(cache.dup(f"d{k}/e"))
+        assert open_fds() - before == 3 and sorted(p.name for p in tmp_path.iterdir()) == sorted(f"d{k}" for k in range(20))
+        cache.close()
+        assert open_fds() == before
+    finally:
+        os.close(root)
 
 
 def test_a_full_or_read_only_folder_stops_the_run(tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from normgrad.errors import NormGradError, did_you_mean
 from normgrad.store import plan as planning
 from normgrad.store.encode import encode_npy
+from normgrad.store.folders import FolderCache
 from normgrad.store.journal import JsonLines, dumps
 from normgrad.store.layout import (
     GALLERY,
@@ -70,6 +71,7 @@ class OutputStore:
             self._journals = self._open_dir(f"{INTERNAL}/journal", create=True)
         except OSError as error:
             raise fatal(error, self.out) from None
+        self._folders = FolderCache(self.fd, self.out)
         self.journal = JsonLines(f"{run}.rank{rank}.jsonl", dir_fd=self._journals)
 
     # -- low level
@@ -113,7 +115,18 @@ class OutputStore:
         """
         parent, name = split_relative(relative)
         try:
-            directory = self._open_dir(parent, create=True) if parent else os.dup(self.fd)
+            return self._write_into(parent, name, relative, data, replace)
+        except FileNotFoundError:  # the folder was removed during the run: walk to it (creating it) once more
+            self._folders.forget(parent)
+            try:
+                return self._write_into(parent, name, relative, data, replace)
+            except FileNotFoundError as error:
+                raise classify(error, self.out / relative) from None
+
+    def _write_into(self, parent: str, name: str, relative: str, data: bytes, replace: bool) -> int:
+        """:meth:`write`'s one attempt; ``FileNotFoundError`` when the cached folder ``parent`` is gone."""
+        try:
+            directory = self._folders.dup(parent) if parent else os.dup(self.fd)
         except OSError as error:
             raise classify(error, self.out / relative) from None
         temporary = f"{self.run}.{self.rank}.{os.getpid()}.{next(self._counter)}.tmp"
@@ -137,6 +150,8 @@ class OutputStore:
         except OSError as error:
             with contextlib.suppress(OSError):
                 os.unlink(temporary, dir_fd=self._tmp)
+            if isinstance(error, FileNotFoundError) and parent:
+                raise
             raise classify(error, self.out / relative) from None
         finally:
             os.close(directory)
@@ -369,6 +384,7 @@ class OutputStore:
             if self._shard is not None:
                 self._shard.close()
                 self._shard = None
+        self._folders.close()
         for fd in (self._tmp, self._journals, self._internal, self.fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
