@@ -21,6 +21,9 @@
    encoder (Up filter, Huffman-only deflate) per zlib level, and Pillow's
    (adaptive filters) per level and strategy.
 
+Photos and outputs live in RAM (``/dev/shm``) when it has room (``--scratch DIR`` chooses): a disk's own
+variance is not explain's cost (``measure.scratch_folder``).
+
 Usage: ``python benchmarks/bench_explain.py [--quick] [--device cuda] [--out docs]``; writes
 ``OUT/benchmarks-explain.md`` and ``.json`` and the end-to-end section of ``OUT/benchmarks.md``.
 """
@@ -44,7 +47,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from measure import load_average, machine, synchronize, write_section  # noqa: E402
+from measure import file_system, load_average, machine, scratch_folder, synchronize, write_section  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PHOTO_SIZE = (400, 300)
@@ -379,7 +382,8 @@ def report(args: argparse.Namespace, results: dict) -> tuple[str, str]:
     header = (
         f"Machine: {results['machine']}; device {device}; load average {results['load'][0]:.2f} before, "
         f"{results['load'][1]:.2f} after. Command: `{command}` (`make bench`). {count} real photos of "
-        f"{PHOTO_SIZE[0]}×{PHOTO_SIZE[1]} (JPEG), `normgrad explain FOLDER {' '.join(explain_flags)}` with the "
+        f"{PHOTO_SIZE[0]}×{PHOTO_SIZE[1]} (JPEG; photos and outputs in a {results.get('scratch', 'unknown')} folder), "
+        f"`normgrad explain FOLDER {' '.join(explain_flags)}` with the "
         f"{args.model} model's default (method, layers, input size: normgrad.defaults); medians of {args.repeats} interleaved rounds."
     )
     steady = t["steady_per_image"]["all"]
@@ -484,6 +488,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--photos", type=Path, default=Path(".photos"), help="where `make benchmark-photos` unpacked the photos")
     parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--scratch", type=Path, default=None, help="folder for photos and outputs (default: RAM, /dev/shm, if it has room)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 24 photos, one round, no variants")
     parser.add_argument("--no-variants", action="store_true", help="measure the default output options only")
     parser.add_argument("--explain-args", default="", help="extra options for every explain run, e.g. '--workers 8 --writers 4'")
@@ -496,13 +501,13 @@ def main() -> None:
     if args.quick:
         args.count, args.repeats = min(args.count, 24), 1
     load_before = load_average()
-    with tempfile.TemporaryDirectory(prefix="normgrad-bench-") as tmp:
+    with scratch_folder("normgrad-bench-", args.scratch) as tmp:
         scratch = Path(tmp)
         paths = prepare_photos(scratch / "photos", args.count, photo_root=args.photos)
         (scratch / "one").mkdir()
         shutil.copy(paths[0], scratch / "one" / paths[0].name)
         print(f"{len(paths)} photos in {scratch / 'photos'}; throughput ...", flush=True)
-        results: dict[str, Any] = {"machine": machine(), "device": _device_name(args.device)}
+        results: dict[str, Any] = {"machine": machine(), "device": _device_name(args.device), "scratch": file_system(scratch)}
         variants = {} if args.quick or args.no_variants else VARIANTS
         results["throughput"] = throughput(args, scratch / "photos", scratch / "one", scratch, variants)
         print("start-up ...", flush=True)

@@ -16,6 +16,10 @@ per core, and the scaling from 1 to k cores, ``ips(k) / (k · ips(1))``, for the
 machines of 2 cores or fewer) — overlays without the gallery, the same two with JPEG overlays (``--overlay-format jpg``), and
 maps only (``--no-overlay``, no gallery).
 
+Photos and outputs live in RAM (``/dev/shm``) when it has room, else in the temporary folder (``--scratch DIR``
+chooses): the pipeline's cost is CPU work, and a disk's own variance (TRIMs after the previous round's outputs were
+deleted) would blur it; see ``measure.scratch_folder``.
+
 Usage: ``python benchmarks/bench_pipeline.py [--count 400] [--cores 2] [--repeats 3] [--out docs]``; ``--quick``:
 24 photos, one round.  Writes ``OUT/benchmarks-pipeline.md``/``.json`` and a section of ``OUT/benchmarks.md``.
 """
@@ -29,13 +33,12 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_explain import SRC, prepare_photos  # noqa: E402
-from measure import load_average, machine, write_section  # noqa: E402
+from measure import file_system, load_average, machine, scratch_folder, write_section  # noqa: E402
 
 VARIANTS = {  # name -> ng.explain keywords
     "default outputs (overlay, .npy, gallery)": {},
@@ -108,7 +111,8 @@ def report(table: dict, count: int, results: dict) -> tuple[str, str]:
     where = f"{results['machine']}; load average before/after {results['load'][0]:.2f} / {results['load'][1]:.2f}"
     section = (
         f"The pipeline alone (a trivial model: one 1×1 convolution), {count} JPEG photos of 400×300, one torch thread, "
-        f"k readers and k writers (unless the row says none), on k cores ({where}); `python benchmarks/bench_pipeline.py`:\n\n{body}\n"
+        f"k readers and k writers (unless the row says none), on k cores ({where}); photos and outputs in a "
+        f"{results['scratch']} folder; `python benchmarks/bench_pipeline.py`:\n\n{body}\n"
     )
     page = f"# The explain pipeline's own capacity\n\n{__doc__.split(chr(10) + chr(10), 1)[1]}\n## Results\n\n{section}"
     return page, section
@@ -121,6 +125,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--photos", type=Path, default=Path(".photos"))
     parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--scratch", type=Path, default=None, help="folder for photos and outputs (default: RAM, /dev/shm, if it has room)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 24 photos, one round")
     parser.add_argument("--child", nargs=5, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -132,13 +137,14 @@ def main() -> None:
         args.count, args.repeats = min(args.count, 24), 1
     load_before = load_average()
     cores = sorted({1, *range(2, args.cores + 1)})
-    with tempfile.TemporaryDirectory(prefix="normgrad-pipeline-") as tmp:
+    with scratch_folder("normgrad-pipeline-", args.scratch) as tmp:
         scratch = Path(tmp)
+        scratch_fs = file_system(scratch)
         paths = prepare_photos(scratch / "photos", args.count, photo_root=args.photos)
         (scratch / "one").mkdir()
         shutil.copy(paths[0], scratch / "one" / paths[0].name)
         table = measure(scratch / "photos", scratch / "one", scratch, len(paths), cores, args.repeats)
-    results = {"machine": machine(), "count": args.count, "table": table, "load": (load_before, load_average())}
+    results = {"machine": machine(), "count": args.count, "table": table, "load": (load_before, load_average()), "scratch": scratch_fs}
     page, section = report(table, args.count, results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "benchmarks-pipeline.md").write_text(page)
