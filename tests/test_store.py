@@ -110,8 +110,21 @@ def test_a_folder_swapped_for_a_symlink_during_the_run_is_never_written_through(
         store.write("a/b/x.npy", b"1")
         (out / "a" / "b").rename(out / "a" / "moved")
         (out / "a" / "b").symlink_to(outside)
-        store.write("a/b/y.npy", b"2")  # lands in the folder that was opened, wherever it is now
-        assert not list(outside.iterdir()) and (out / "a" / "moved" / "y.npy").read_bytes() == b"2"
+        with pytest.raises(OutputConflict, match="not a plain folder"):
+            store.write("a/b/y.npy", b"2")
+        assert not list(outside.iterdir()) and not (out / "a" / "moved" / "y.npy").exists()
+    finally:
+        store.close()
+
+
+def test_a_file_lands_at_its_path_after_its_folder_was_renamed_during_the_run(tmp_path):
+    out = tmp_path / "out"
+    store = OutputStore(out, "run1")
+    try:
+        store.write("a/b/x.npy", b"1")
+        (out / "a" / "b").rename(out / "a" / "moved")
+        store.write("a/b/y.npy", b"2")  # where its record will say it is, not in the renamed folder
+        assert (out / "a" / "b" / "y.npy").read_bytes() == b"2" and not (out / "a" / "moved" / "y.npy").exists()
     finally:
         store.close()
 

@@ -9,11 +9,15 @@ time with a trivial model (``benchmarks/bench_pipeline.py``).  :class:`FolderCac
 folder once and keeps its descriptor, so later writes cost one ``dup``.
 
 Why a cached descriptor is as safe as a fresh walk: a descriptor names the
-folder itself, not its path.  Swapping a path component for a symlink after
-the walk cannot redirect writes out of OUT; they still land in the folder
-that was opened.  A folder removed during the run is opened afresh on the
-next write (:meth:`FolderCache.forget`, called by the writer when a write
-finds its folder gone).
+folder itself, not its path, so a path component swapped for a symlink
+cannot redirect writes out of OUT.  And so that files still land where
+their records say, every :meth:`FolderCache.dup` checks with one ``stat``
+of the path that it still leads to the folder opened (same device and
+inode, the last component not a symlink); a folder renamed, removed or
+replaced during the run is walked to afresh, which makes it again or
+refuses a symlink as the first walk would.  A folder removed between that
+check and the write is walked to again by the writer
+(:meth:`FolderCache.forget`).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ class FolderCache:
 
     def __init__(self, root_fd: int, out: Path, size: int = FOLDERS_KEPT) -> None:
         self._root, self._out, self._size = root_fd, out, max(1, size)
-        self._open: OrderedDict[str, int] = OrderedDict()
+        self._open: OrderedDict[str, tuple[int, tuple[int, int]]] = OrderedDict()  # relative -> (fd, (st_dev, st_ino))
         self._lock = threading.Lock()
 
     def dup(self, relative: str) -> int:
@@ -44,31 +48,41 @@ class FolderCache:
         symlink or file on the way, ``OSError`` when the folder cannot be made.
         """
         with self._lock:
-            fd = self._open.get(relative)
-            if fd is not None:
+            kept = self._open.get(relative)
+            if kept is not None and self._still_there(relative, kept[1]):
                 self._open.move_to_end(relative)
-                return os.dup(fd)
+                return os.dup(kept[0])
+        self.forget(relative)
         fd = open_below(self._root, relative, self._out, create=True)  # outside the lock: other writers go on
+        info = os.fstat(fd)
         with self._lock:
-            kept = self._open.setdefault(relative, fd)
-            if kept != fd:  # another thread opened it meanwhile: keep one
-                os.close(fd)
-            self._open.move_to_end(relative)
+            old = self._open.pop(relative, None)  # another thread walked to it meanwhile: keep the newer
+            if old is not None:
+                os.close(old[0])
+            self._open[relative] = (fd, (info.st_dev, info.st_ino))
             while len(self._open) > self._size:
-                os.close(self._open.popitem(last=False)[1])
-            return os.dup(kept)
+                os.close(self._open.popitem(last=False)[1][0])
+            return os.dup(fd)
+
+    def _still_there(self, relative: str, identity: tuple[int, int]) -> bool:
+        """Whether ``OUT/relative`` still names the folder opened (not a symlink, nor another folder put there)."""
+        try:
+            info = os.stat(relative, dir_fd=self._root, follow_symlinks=False)
+        except OSError:
+            return False
+        return (info.st_dev, info.st_ino) == identity
 
     def forget(self, relative: str) -> None:
         """Drop (and close) the descriptor of ``relative``: the next :meth:`dup` walks to it again."""
         with self._lock:
-            fd = self._open.pop(relative, None)
-        if fd is not None:
+            kept = self._open.pop(relative, None)
+        if kept is not None:
             with contextlib.suppress(OSError):
-                os.close(fd)
+                os.close(kept[0])
 
     def close(self) -> None:
         with self._lock:
             kept, self._open = list(self._open.values()), OrderedDict()
-        for fd in kept:
+        for fd, _ in kept:
             with contextlib.suppress(OSError):
                 os.close(fd)
