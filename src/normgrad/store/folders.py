@@ -5,8 +5,9 @@ path component (:func:`normgrad.store.layout.open_below`: ``O_NOFOLLOW`` on
 each, so no symlink is ever followed).  A run writes several files per image
 into a few hundred folders, so doing that walk for every file cost about a
 millisecond per image on an ext4 disk, up to a tenth of the pipeline's own
-time with a trivial model (``benchmarks/bench_pipeline.py``).  :class:`FolderCache` walks each
-folder once and keeps its descriptor, so later writes cost one ``dup``.
+time with a trivial model (``benchmarks/bench_pipeline.py``).
+:class:`FolderCache` walks to each folder once and keeps its descriptor, so
+a later write costs one ``stat`` and one ``dup``.
 
 Why a cached descriptor is as safe as a fresh walk: a descriptor names the
 folder itself, not its path, so a path component swapped for a symlink
