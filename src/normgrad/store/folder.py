@@ -115,17 +115,6 @@ class OutputStore:
         """
         parent, name = split_relative(relative)
         try:
-            return self._write_into(parent, name, relative, data, replace)
-        except FileNotFoundError:  # the folder was removed during the run: walk to it (creating it) once more
-            self._folders.forget(parent)
-            try:
-                return self._write_into(parent, name, relative, data, replace)
-            except FileNotFoundError as error:
-                raise classify(error, self.out / relative) from None
-
-    def _write_into(self, parent: str, name: str, relative: str, data: bytes, replace: bool) -> int:
-        """:meth:`write`'s one attempt; ``FileNotFoundError`` when the cached folder ``parent`` is gone."""
-        try:
             directory = self._folders.dup(parent) if parent else os.dup(self.fd)
         except OSError as error:
             raise classify(error, self.out / relative) from None
@@ -150,8 +139,6 @@ class OutputStore:
         except OSError as error:
             with contextlib.suppress(OSError):
                 os.unlink(temporary, dir_fd=self._tmp)
-            if isinstance(error, FileNotFoundError) and parent:
-                raise
             raise classify(error, self.out / relative) from None
         finally:
             os.close(directory)

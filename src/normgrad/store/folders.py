@@ -16,9 +16,7 @@ their records say, every :meth:`FolderCache.dup` checks with one ``stat``
 of the path that it still leads to the folder opened (same device and
 inode, the last component not a symlink); a folder renamed, removed or
 replaced during the run is walked to afresh, which makes it again or
-refuses a symlink as the first walk would.  A folder removed between that
-check and the write is walked to again by the writer
-(:meth:`FolderCache.forget`).
+refuses a symlink as the first walk would.
 """
 
 from __future__ import annotations
@@ -53,11 +51,10 @@ class FolderCache:
             if kept is not None and self._still_there(relative, kept[1]):
                 self._open.move_to_end(relative)
                 return os.dup(kept[0])
-        self.forget(relative)
         fd = open_below(self._root, relative, self._out, create=True)  # outside the lock: other writers go on
         info = os.fstat(fd)
         with self._lock:
-            old = self._open.pop(relative, None)  # another thread walked to it meanwhile: keep the newer
+            old = self._open.pop(relative, None)  # stale, or another thread's walk meanwhile: keep this one
             if old is not None:
                 os.close(old[0])
             self._open[relative] = (fd, (info.st_dev, info.st_ino))
@@ -72,14 +69,6 @@ class FolderCache:
         except OSError:
             return False
         return (info.st_dev, info.st_ino) == identity
-
-    def forget(self, relative: str) -> None:
-        """Drop (and close) the descriptor of ``relative``: the next :meth:`dup` walks to it again."""
-        with self._lock:
-            kept = self._open.pop(relative, None)
-        if kept is not None:
-            with contextlib.suppress(OSError):
-                os.close(kept[0])
 
     def close(self) -> None:
         with self._lock:
