@@ -26,6 +26,14 @@ def two_files(name):
     return [f"{name}.png", f"{name}.npy"]
 
 
+@pytest.fixture
+def store(tmp_path):
+    """A run's store on a fresh folder ``tmp_path / "out"``, closed after the test."""
+    store = OutputStore(tmp_path / "out", "run1")
+    yield store
+    store.close()
+
+
 @pytest.mark.parametrize(
     "inputs, reserved, expected",
     [
@@ -62,71 +70,55 @@ def test_per_layer_files_take_part_in_the_names():
     assert len(files) == len(set(files))
 
 
-def test_writes_are_atomic_stay_inside_and_never_follow_symlinks(tmp_path):
-    out, outside = tmp_path / "out", tmp_path / "precious.txt"
+def test_writes_are_atomic_stay_inside_and_never_follow_symlinks(tmp_path, store):
+    out, outside = store.out, tmp_path / "precious.txt"
     outside.write_text("precious")
-    store = OutputStore(out, "run1")
-    try:
-        assert store.write("a/b/x.npy", b"12345") == 5 and (out / "a" / "b" / "x.npy").read_bytes() == b"12345"
-        with pytest.raises(OutputConflict, match="did not write"):
-            store.write("a/b/x.npy", b"other")  # replace=False
-        assert store.write("a/b/x.npy", b"other", replace=True) == 5
-        (out / "link.png").symlink_to(outside)
-        with pytest.raises(OutputConflict, match="a symlink"):
-            store.write("link.png", b"png")
-        store.write("link.png", b"png", replace=True)  # --overwrite: the link is replaced, its target untouched
-        assert outside.read_text() == "precious" and not (out / "link.png").is_symlink()
-        (out / "linked").symlink_to(tmp_path)  # a symlinked folder is never written through
-        with pytest.raises(OutputConflict, match="not a plain folder"):
-            store.write("linked/x.png", b"png", replace=True)
-        for bad in ("../x.png", "/etc/x.png", "a/../../x.png"):
-            with pytest.raises(OutputConflict, match="leave the output folder"):
-                store.write(bad, b"png", replace=True)
-        (out / "dir.png").mkdir()
-        with pytest.raises(OutputConflict, match="a folder"):
-            store.write("dir.png", b"png", replace=True)
-        assert not list((out / ".normgrad" / "tmp").iterdir())  # no temporary file left behind
-        assert not (tmp_path / "x.png").exists()
-    finally:
-        store.close()
+    assert store.write("a/b/x.npy", b"12345") == 5 and (out / "a" / "b" / "x.npy").read_bytes() == b"12345"
+    with pytest.raises(OutputConflict, match="did not write"):
+        store.write("a/b/x.npy", b"other")  # replace=False
+    assert store.write("a/b/x.npy", b"other", replace=True) == 5
+    (out / "link.png").symlink_to(outside)
+    with pytest.raises(OutputConflict, match="a symlink"):
+        store.write("link.png", b"png")
+    store.write("link.png", b"png", replace=True)  # --overwrite: the link is replaced, its target untouched
+    assert outside.read_text() == "precious" and not (out / "link.png").is_symlink()
+    (out / "linked").symlink_to(tmp_path)  # a symlinked folder is never written through
+    with pytest.raises(OutputConflict, match="not a plain folder"):
+        store.write("linked/x.png", b"png", replace=True)
+    for bad in ("../x.png", "/etc/x.png", "a/../../x.png"):
+        with pytest.raises(OutputConflict, match="leave the output folder"):
+            store.write(bad, b"png", replace=True)
+    (out / "dir.png").mkdir()
+    with pytest.raises(OutputConflict, match="a folder"):
+        store.write("dir.png", b"png", replace=True)
+    assert not list((out / ".normgrad" / "tmp").iterdir())  # no temporary file left behind
+    assert not (tmp_path / "x.png").exists()
 
 
-def test_a_folder_removed_during_the_run_is_made_again_on_the_next_write(tmp_path):
-    out = tmp_path / "out"
-    store = OutputStore(out, "run1")
-    try:
-        store.write("a/b/x.npy", b"1")
-        shutil.rmtree(out / "a")
-        assert store.write("a/b/y.npy", b"22") == 2 and (out / "a" / "b" / "y.npy").read_bytes() == b"22"
-    finally:
-        store.close()
+def test_a_folder_removed_during_the_run_is_made_again_on_the_next_write(store):
+    out = store.out
+    store.write("a/b/x.npy", b"1")
+    shutil.rmtree(out / "a")
+    assert store.write("a/b/y.npy", b"22") == 2 and (out / "a" / "b" / "y.npy").read_bytes() == b"22"
 
 
-def test_a_folder_swapped_for_a_symlink_during_the_run_is_never_written_through(tmp_path):
-    out, outside = tmp_path / "out", tmp_path / "outside"
+def test_a_folder_swapped_for_a_symlink_during_the_run_is_never_written_through(tmp_path, store):
+    out, outside = store.out, tmp_path / "outside"
     outside.mkdir()
-    store = OutputStore(out, "run1")
-    try:
-        store.write("a/b/x.npy", b"1")
-        (out / "a" / "b").rename(out / "a" / "moved")
-        (out / "a" / "b").symlink_to(outside)
-        with pytest.raises(OutputConflict, match="not a plain folder"):
-            store.write("a/b/y.npy", b"2")
-        assert not list(outside.iterdir()) and not (out / "a" / "moved" / "y.npy").exists()
-    finally:
-        store.close()
+    store.write("a/b/x.npy", b"1")
+    (out / "a" / "b").rename(out / "a" / "moved")
+    (out / "a" / "b").symlink_to(outside)
+    with pytest.raises(OutputConflict, match="not a plain folder"):
+        store.write("a/b/y.npy", b"2")
+    assert not list(outside.iterdir()) and not (out / "a" / "moved" / "y.npy").exists()
 
 
-def test_a_file_lands_at_its_path_after_its_folder_was_renamed_during_the_run(tmp_path):
-    out = tmp_path / "out"
-    store = OutputStore(out, "run1")
-    try:
-        store.write("a/b/x.npy", b"1")
-        (out / "a" / "b").rename(out / "a" / "moved")
-        store.write("a/b/y.npy", b"2")  # where its record will say it is, not in the renamed folder
-        assert (out / "a" / "b" / "y.npy").read_bytes() == b"2" and not (out / "a" / "moved" / "y.npy").exists()
-    finally:
-        store.close()
+def test_a_file_lands_at_its_path_after_its_folder_was_renamed_during_the_run(store):
+    out = store.out
+    store.write("a/b/x.npy", b"1")
+    (out / "a" / "b").rename(out / "a" / "moved")
+    store.write("a/b/y.npy", b"2")  # where its record will say it is, not in the renamed folder
+    assert (out / "a" / "b" / "y.npy").read_bytes() == b"2" and not (out / "a" / "moved" / "y.npy").exists()
 
 
 def test_the_folder_cache_keeps_a_bounded_number_of_descriptors(tmp_path):
@@ -144,21 +136,17 @@ def test_the_folder_cache_keeps_a_bounded_number_of_descriptors(tmp_path):
         os.close(root)
 
 
-def test_a_full_or_read_only_folder_stops_the_run(tmp_path, monkeypatch):
-    store = OutputStore(tmp_path / "out", "run1")
-    try:
-        real_write = os.write
+def test_a_full_or_read_only_folder_stops_the_run(tmp_path, monkeypatch, store):
+    real_write = os.write
 
-        def full(fd, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(os, "write", full)
-        with pytest.raises(StoreError, match="the disk is full"):
-            store.write("x.npy", b"data")
-        monkeypatch.setattr(os, "write", real_write)
-        assert not list((tmp_path / "out" / ".normgrad" / "tmp").iterdir()) and not (tmp_path / "out" / "x.npy").exists()
-    finally:
-        store.close()
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(StoreError, match="the disk is full"):
+        store.write("x.npy", b"data")
+    monkeypatch.setattr(os, "write", real_write)
+    assert not list((tmp_path / "out" / ".normgrad" / "tmp").iterdir()) and not (tmp_path / "out" / "x.npy").exists()
     (tmp_path / "file").write_text("x")
     with pytest.raises(StoreError, match="is a file"):
         precheck(tmp_path / "file")
@@ -330,21 +318,17 @@ def test_foreign_or_damaged_manifests_are_refused(tmp_path):
         store.close()
 
 
-def test_save_commits_claim_then_files_then_record(tmp_path):
-    store = OutputStore(tmp_path / "out", "run1")
-    try:
-        (work,) = plan(store, [tmp_path / "a.jpg"]).work
-        with pytest.raises(OutputConflict, match="not among the files planned"):
-            store.save(work, {"../evil.png": b"x"}, {"type": "image", "run": "run1", "name": "a"})
-        with pytest.raises(ValueError):
-            store.save(work, {"a.png": b"x"}, {"type": "image", "run": "run1", "name": "a", "p": float("nan")})
-        assert store.journal.read() == [] and not (tmp_path / "out" / "a.png").exists()  # refused before anything was written
-        store.save(work, {"a.png": b"png", "a.npy": b"npy"}, {"type": "image", "run": "run1", "name": "a"})
-        claim, record = store.journal.read()
-        assert claim == {"type": "claim", "run": "run1", "name": "a", "image": None, "files": ["a.png", "a.npy"]}
-        assert record["type"] == "image" and (tmp_path / "out" / "a.npy").read_bytes() == b"npy"
-    finally:
-        store.close()
+def test_save_commits_claim_then_files_then_record(tmp_path, store):
+    (work,) = plan(store, [tmp_path / "a.jpg"]).work
+    with pytest.raises(OutputConflict, match="not among the files planned"):
+        store.save(work, {"../evil.png": b"x"}, {"type": "image", "run": "run1", "name": "a"})
+    with pytest.raises(ValueError):
+        store.save(work, {"a.png": b"x"}, {"type": "image", "run": "run1", "name": "a", "p": float("nan")})
+    assert store.journal.read() == [] and not (tmp_path / "out" / "a.png").exists()  # refused before anything was written
+    store.save(work, {"a.png": b"png", "a.npy": b"npy"}, {"type": "image", "run": "run1", "name": "a"})
+    claim, record = store.journal.read()
+    assert claim == {"type": "claim", "run": "run1", "name": "a", "image": None, "files": ["a.png", "a.npy"]}
+    assert record["type"] == "image" and (tmp_path / "out" / "a.npy").read_bytes() == b"npy"
 
 
 def test_a_replaced_weights_file_of_the_same_size_with_its_mtime_kept_is_noticed(tmp_path):
